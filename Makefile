@@ -1,0 +1,44 @@
+# pgrun: `make help` lists the targets.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-fast lint format tensorboard sweep clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv (if missing) and install pgrun with its dev tools
+
+run: $(STAMP) ## train rtg_baseline on CartPole-v1 (extra overrides: make run ARGS="seed=3")
+	$(VENV)/bin/pgrun variant=rtg_baseline env=CartPole-v1 $(ARGS)
+
+test: $(STAMP) ## run the whole test suite, learning tests included
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP) ## run the tests without the slow learning tests
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP) ## ruff: lint and format check
+	$(VENV)/bin/ruff check pgrun tests
+	$(VENV)/bin/ruff format --check pgrun tests
+
+format: $(STAMP) ## ruff: fix lint and format in place
+	$(VENV)/bin/ruff check --fix pgrun tests
+	$(VENV)/bin/ruff format pgrun tests
+
+sweep: $(STAMP) ## the four variants x seeds 0,1,2 on CartPole-v1 (a multirun)
+	$(VENV)/bin/pgrun -m variant=vanilla,rtg,rtg_baseline,off_policy seed=0,1,2 $(ARGS)
+
+tensorboard: $(STAMP) ## serve the curves under outputs/ on 127.0.0.1:6006
+	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1 --port 6006
+
+clean: ## remove outputs, caches and the virtual environment
+	rm -rf outputs/runs outputs/multirun .pytest_cache .ruff_cache $(VENV) *.egg-info

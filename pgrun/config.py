@@ -1,0 +1,184 @@
+"""Typed config schema, registered in Hydra's ConfigStore.
+
+Every YAML file under ``configs/`` is merged onto these dataclasses, so a typo'd key or a value
+of the wrong type fails when the config is composed, before anything runs. Ranges (N >= 1,
+0 < gamma <= 1, ...) are checked by :func:`validate`, which raises :class:`ConfigError` with one
+line naming the key, the value and what is accepted.
+
+This module imports no torch and no gymnasium: ``pgrun --help`` and ``pgrun --cfg job`` stay fast.
+"""
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib import resources
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class Weights(str, Enum):
+    """What multiplies log pi(a_t|s_t) before any baseline."""
+
+    total = "total"  # the whole return of the episode, sum_t' r_t' (vanilla REINFORCE)
+    rtg = "rtg"  # the reward-to-go, sum_{t' >= t} r_t' (causality)
+
+
+class Baseline(str, Enum):
+    """What is subtracted from the weights."""
+
+    none = "none"
+    time = "time"  # b_t = mean of the weights over the batch's episodes still running at t
+    time_loo = "time_loo"  # as `time` but leaving episode i out of its own b_t: exactly unbiased
+
+
+class OptimName(str, Enum):
+    adam = "adam"
+    sgd = "sgd"
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"
+
+
+# auto: the env's own vectorised implementation where it has one, else sync.
+# ("async" is a Python keyword, hence the functional form.)
+Vectorization = Enum(
+    "Vectorization",
+    {m: m for m in ("auto", "vector_entry_point", "sync", "async")},
+    type=str,
+)
+
+
+@dataclass
+class EnvConfig:
+    id: str = MISSING
+    """Any registered gymnasium id, e.g. CartPole-v1."""
+    horizon: Optional[int] = None
+    """T: episodes are cut after T steps. null: the env's own time limit."""
+    vectorization: Vectorization = Vectorization["auto"]
+    """How the N copies are stepped: auto | vector_entry_point | sync | async."""
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments passed to gymnasium.make_vec for the env."""
+    solved_return: Optional[float] = None
+    """Mean episodic return that counts as solved (shown in the summary); null: none."""
+
+
+@dataclass
+class PolicyConfig:
+    name: str = "mlp"
+    hidden_sizes: List[int] = field(default_factory=lambda: [32])
+    """Widths of the hidden layers; [] is a linear policy."""
+    activation: str = "tanh"
+    """tanh | relu | elu | gelu | silu | leaky_relu."""
+    log_std_init: float = -0.5
+    """Initial log standard deviation of a Gaussian policy (Box actions)."""
+
+
+@dataclass
+class VariantConfig:
+    name: str = MISSING
+    """Label of the preset (used in run names); the knobs below define the estimator."""
+    weights: Weights = Weights.rtg
+    """total | rtg: whole-episode return or reward-to-go."""
+    baseline: Baseline = Baseline.time
+    """none | time | time_loo: subtracted from the weights."""
+    inner_steps: int = 1
+    """K: gradient steps per batch; K > 1 reuses the batch with per-step ratios exp(logp - logp_old)."""
+    normalize_advantages: bool = False
+    """Scale the weights to zero mean and unit std over the batch's valid steps."""
+
+
+@dataclass
+class OptimConfig:
+    name: OptimName = OptimName.adam
+    """adam | sgd."""
+    lr: float = 0.01
+    """Learning rate (> 0)."""
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    variant: VariantConfig = field(default_factory=VariantConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    """Seeds torch and every batch's env resets (derived from (seed, iteration))."""
+    batch_episodes: int = 16
+    """N: episodes per batch."""
+    total_steps: int = 100_000
+    """Budget of environment steps; training stops at the first batch that reaches it."""
+    gamma: float = 1.0
+    """Discount in (0, 1] of the reward-to-go sum_{t'>=t} gamma^(t'-t) r_t'; 1 is the notes' objective."""
+    device: Device = Device.cpu
+    """cpu | cuda | auto (cuda when available)."""
+    threads: int = 1
+    """torch CPU threads; small policies run fastest on one."""
+    progress: bool = True
+    """Show a progress bar when stderr is a terminal."""
+
+
+class ConfigError(ValueError):
+    """A config value out of range; its message is one line naming the key and the fix."""
+
+
+_ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu", "leaky_relu")
+_POLICIES = ("mlp",)
+
+
+def validate(cfg: "DictConfig | Config") -> None:
+    """Check ranges that types cannot express. Raises ConfigError (one line) on the first problem."""
+
+    def need(ok: bool, key: str, value: Any, accepted: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={value!r} is out of range: {accepted}")
+
+    need(cfg.batch_episodes >= 1, "batch_episodes", cfg.batch_episodes, "use an integer >= 1")
+    need(cfg.total_steps >= 1, "total_steps", cfg.total_steps, "use an integer >= 1")
+    need(0.0 < cfg.gamma <= 1.0, "gamma", cfg.gamma, "use a value in (0, 1]")
+    need(cfg.optim.lr > 0.0, "optim.lr", cfg.optim.lr, "use a value > 0")
+    need(cfg.threads >= 1, "threads", cfg.threads, "use an integer >= 1")
+    need(cfg.variant.inner_steps >= 1, "variant.inner_steps", cfg.variant.inner_steps,
+         "use an integer >= 1 (1 is on-policy)")
+    horizon = cfg.env.horizon
+    need(horizon is None or horizon >= 1, "env.horizon", horizon, "use an integer >= 1 or null")
+    need(all(h >= 1 for h in cfg.policy.hidden_sizes), "policy.hidden_sizes",
+         list(cfg.policy.hidden_sizes), "use a list of positive widths, [] for a linear policy")
+    need(cfg.policy.activation in _ACTIVATIONS, "policy.activation", cfg.policy.activation,
+         "use one of " + ", ".join(_ACTIVATIONS))
+    need(cfg.policy.name in _POLICIES, "policy.name", cfg.policy.name,
+         "use one of " + ", ".join(_POLICIES))
+
+
+def slug(text: str) -> str:
+    """A name that is safe as one path component: 'ALE/Pong-v5' -> 'ALE-Pong-v5'."""
+    return re.sub(r"[^A-Za-z0-9._=,+-]+", "-", str(text)).strip("-") or "run"
+
+
+def job_subdir(override_dirname: str, num: int) -> str:
+    """A multirun job's directory: its overrides (e.g. 'seed=0,variant=rtg'), or 'job<num>'."""
+    return slug(override_dirname) if override_dirname else f"job{num}"
+
+
+def load_variant(name: str) -> VariantConfig:
+    """The variant preset `name` from configs/variant/<name>.yaml, typed as a VariantConfig."""
+    path = resources.files("pgrun.configs") / "variant" / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(p.name[:-5] for p in (path.parent).iterdir() if p.name.endswith(".yaml"))
+        raise ConfigError(f"unknown variant {name!r}: use one of {', '.join(names)}")
+    node = OmegaConf.merge(OmegaConf.structured(VariantConfig), OmegaConf.load(str(path)))
+    return OmegaConf.to_object(node)
+
+
+def register() -> None:
+    """Register the schema and the resolvers used in configs/config.yaml (idempotent)."""
+    ConfigStore.instance().store(name="pgrun_schema", node=Config)
+    OmegaConf.register_new_resolver("slug", slug, replace=True)
+    OmegaConf.register_new_resolver("job_subdir", job_subdir, replace=True)
+
+
+register()

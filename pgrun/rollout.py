@@ -1,0 +1,136 @@
+"""Collecting a batch: N episodes from reset, stepped in lockstep, cut at the horizon T."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from pgrun.envs import time_limit
+
+
+@dataclass
+class Batch:
+    """N episodes, padded to the longest one (T_b <= T steps) and masked.
+
+    Attributes:
+        obs: (N, T_b, obs_dim) float32; s_t of episode i (zeros after it ended).
+        act: (N, T_b) int64 for Discrete actions, (N, T_b, act_dim) float32 for Box; the
+            sampled a_t (before any clipping to the action bounds).
+        rew: (N, T_b) float32; r_t, zero after the episode ended.
+        mask: (N, T_b) float32; 1 where step t belongs to episode i, else 0.
+        terminated: (N,) bool; the episode reached a terminal state.
+        truncated: (N,) bool; the episode was cut by a time limit or the horizon T.
+        final_obs: (N, obs_dim) float32; the observation after each episode's last step.
+    """
+
+    obs: torch.Tensor
+    act: torch.Tensor
+    rew: torch.Tensor
+    mask: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    final_obs: torch.Tensor
+
+    @property
+    def num_episodes(self) -> int:
+        return self.rew.shape[0]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(N,) int64 episode lengths."""
+        return self.mask.sum(1).long()
+
+    @property
+    def returns(self) -> torch.Tensor:
+        """(N,) float32 undiscounted episode returns, sum_t r_t."""
+        return self.rew.sum(1)
+
+    @property
+    def num_steps(self) -> int:
+        """Environment steps in the batch, sum_i len_i."""
+        return int(self.mask.sum().item())
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def collect_episodes(
+    env: gym.vector.VectorEnv,
+    policy: nn.Module,
+    horizon: int | None = None,
+    seed: int | None = None,
+) -> Batch:
+    """Run `policy` in the N copies of `env` from reset until every episode has ended or T steps.
+
+    One batched forward pass per time step samples all N actions; a copy whose episode has
+    ended keeps being stepped (its results are masked out) so that the N copies stay in
+    lockstep. Box actions are clipped to the bounds when stepping the env; the batch keeps
+    the sampled action, whose log-probability the loss uses.
+
+    Args:
+        env: vector env of N copies.
+        policy: module with `policy(obs) -> Distribution`.
+        horizon: T; None takes the env's time limit.
+        seed: seeds this batch's reset (copy i gets seed + i); None continues the env's RNG.
+    """
+    T = horizon if horizon is not None else time_limit(env)
+    if T is None:
+        raise ValueError("the env has no time limit: set a horizon (env.horizon)")
+    N = env.num_envs
+    obs_shape = env.single_observation_space.shape
+    obs_dim = int(np.prod(obs_shape))
+    act_space = env.single_action_space
+    discrete = isinstance(act_space, gym.spaces.Discrete)
+    act_shape = () if discrete else act_space.shape
+    low, high = (None, None) if discrete else (act_space.low, act_space.high)
+    device = next(policy.parameters()).device
+
+    obs_buf = np.zeros((T, N, obs_dim), dtype=np.float32)
+    act_buf = np.zeros((T, N, *act_shape), dtype=np.int64 if discrete else np.float32)
+    rew_buf = np.zeros((T, N), dtype=np.float32)
+    mask_buf = np.zeros((T, N), dtype=np.float32)
+    final_obs = np.zeros((N, obs_dim), dtype=np.float32)
+    terminated = np.zeros(N, dtype=bool)
+    truncated = np.zeros(N, dtype=bool)
+    alive = np.ones(N, dtype=bool)
+
+    obs, _ = env.reset(seed=seed)
+    t = 0
+    with torch.inference_mode():
+        for t in range(T):  # noqa: B007 (t is the batch length below)
+            obs_buf[t] = obs.reshape(N, obs_dim)
+            mask_buf[t] = alive
+            act = policy(torch.from_numpy(obs_buf[t]).to(device)).sample().cpu().numpy()
+            act_buf[t] = act
+            env_act = act if discrete else np.clip(act, low, high)
+            obs, rew, term, trunc, _ = env.step(env_act)
+            rew_buf[t] = np.where(alive, rew, 0.0)
+            ended = alive & (term | trunc)
+            terminated |= ended & term
+            truncated |= ended & ~term
+            final_obs[ended] = obs.reshape(N, obs_dim)[ended]
+            alive &= ~ended
+            if not alive.any():
+                break
+    # Episodes still running after T steps are cut by the horizon: a truncation.
+    truncated |= alive
+    final_obs[alive] = obs.reshape(N, obs_dim)[alive]
+
+    T_b = t + 1
+
+    def batch_first(x: np.ndarray) -> torch.Tensor:  # (T, N, ...) -> (N, T_b, ...)
+        return torch.from_numpy(np.ascontiguousarray(x[:T_b].swapaxes(0, 1)))
+
+    return Batch(
+        obs=batch_first(obs_buf),
+        act=batch_first(act_buf),
+        rew=batch_first(rew_buf),
+        mask=batch_first(mask_buf),
+        terminated=torch.from_numpy(terminated),
+        truncated=torch.from_numpy(truncated),
+        final_obs=torch.from_numpy(final_obs),
+    ).to(device)

@@ -1,0 +1,162 @@
+"""The training loop: collect a batch, weight it, take K gradient steps, log. The one place
+where state changes; every number it logs comes from the pure functions it calls."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from pgrun.config import ConfigError
+from pgrun.envs import make_env, time_limit
+from pgrun.logger import Logger
+from pgrun.losses import batch_advantages, pg_loss, ratio_stats
+from pgrun.policies import make_policy
+from pgrun.rollout import Batch, collect_episodes
+
+log = logging.getLogger(__name__)
+
+FINAL_WINDOW = 5  # the final return is the mean over the last 5 batches
+
+
+def derive_seed(seed: int, iteration: int, stream: int) -> int:
+    """A 32-bit seed for (run seed, iteration, stream): any iteration can be replayed alone."""
+    return int(np.random.SeedSequence([seed, iteration, stream]).generate_state(1)[0])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but no CUDA device is available: use device=cpu or auto")
+    return torch.device(name)
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr)
+
+
+def update(
+    policy: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    adv: torch.Tensor,
+    inner_steps: int,
+) -> dict[str, float]:
+    """K gradient steps on one batch. K = 1 is the on-policy update; for K > 1 the loss uses
+    the per-step ratios exp(logp - logp_old) against the policy that collected the batch."""
+    logp_old = None
+    if inner_steps > 1:
+        with torch.no_grad():
+            logp_old = policy(batch.obs).log_prob(batch.act)
+    stats: dict[str, float] = {}
+    for k in range(inner_steps):
+        dist = policy(batch.obs)
+        logp = dist.log_prob(batch.act)
+        loss = pg_loss(logp, adv, batch.mask, logp_old)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), float("inf"))
+        optimizer.step()
+        if k == 0:
+            with torch.no_grad():
+                entropy = (dist.entropy() * batch.mask).sum() / batch.mask.sum()
+            stats = {
+                "losses/policy": loss.item(),
+                "stats/entropy": entropy.item(),
+                "stats/grad_norm": grad_norm.item(),
+            }
+    if logp_old is not None:
+        with torch.no_grad():
+            logp_new = policy(batch.obs).log_prob(batch.act)
+        stats.update({f"stats/{k}": v for k, v in ratio_stats(logp_new, logp_old, batch.mask).items()})
+    return stats
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """Train the policy described by `cfg`, logging to TensorBoard in `run_dir`.
+
+    Returns a summary: final_return (mean episodic return of the last 5 batches), env_steps,
+    iterations, wall_seconds.
+    """
+    torch.set_num_threads(cfg.threads)
+    device = resolve_device(str(cfg.device.value if hasattr(cfg.device, "value") else cfg.device))
+    torch.manual_seed(cfg.seed)
+    env = make_env(
+        cfg.env.id,
+        num_envs=cfg.batch_episodes,
+        seed=cfg.seed,
+        vectorization=OmegaConf.to_container(cfg.env, enum_to_str=True)["vectorization"],
+        horizon=cfg.env.horizon,
+        **cfg.env.kwargs,
+    )
+    horizon = cfg.env.horizon or time_limit(env)
+    if horizon is None:
+        raise ConfigError(f"env.id={cfg.env.id!r} has no time limit: set env.horizon=<steps>")
+    policy = make_policy(
+        env, list(cfg.policy.hidden_sizes), cfg.policy.activation, cfg.policy.log_std_init
+    ).to(device)
+    optimizer = make_optimizer(str(cfg.optim.name.value), policy.parameters(), cfg.optim.lr)
+    variant = cfg.variant
+
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    logger = Logger(run_dir, resolved, OmegaConf.to_yaml(cfg, resolve=True))
+    recent: deque[float] = deque(maxlen=FINAL_WINDOW)
+    env_steps, iteration, final_return = 0, 0, None
+    start = time.perf_counter()
+    show = cfg.progress and sys.stderr.isatty()
+    try:
+        with logging_redirect_tqdm(), tqdm(
+            total=cfg.total_steps, unit="step", disable=not show, dynamic_ncols=True
+        ) as bar:
+            while env_steps < cfg.total_steps:
+                torch.manual_seed(derive_seed(cfg.seed, iteration, 1))
+                batch = collect_episodes(
+                    env, policy, horizon, seed=derive_seed(cfg.seed, iteration, 0)
+                )
+                adv = batch_advantages(batch, variant, cfg.gamma)
+                stats = update(policy, optimizer, batch, adv, variant.inner_steps)
+
+                steps = batch.num_steps
+                env_steps += steps
+                iteration += 1
+                returns = batch.returns
+                recent.append(returns.mean().item())
+                sps = env_steps / (time.perf_counter() - start)
+                logger.log(
+                    {
+                        "charts/episodic_return": recent[-1],
+                        "charts/episodic_return_std": returns.std(unbiased=False).item(),
+                        "charts/episodic_length": batch.lengths.float().mean().item(),
+                        "charts/SPS": sps,
+                        **stats,
+                    },
+                    env_steps,
+                )
+                bar.update(min(steps, cfg.total_steps - bar.n))
+                bar.set_postfix(ret=f"{recent[-1]:.1f}", sps=f"{sps:,.0f}", refresh=False)
+        final_return = float(np.mean(recent))
+    finally:
+        logger.close(final_return, env_steps)
+        env.close()
+    wall = time.perf_counter() - start
+    torch.save(
+        {"state_dict": policy.state_dict(), "config": resolved},
+        Path(run_dir) / "policy.pt",
+    )
+    return {
+        "final_return": final_return,
+        "env_steps": env_steps,
+        "iterations": iteration,
+        "wall_seconds": wall,
+    }
