@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from pgrun.config import ConfigError, validate
+from pgrun.config import UserError, validate
 
 log = logging.getLogger("pgrun")
 
@@ -42,14 +42,13 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         validate(cfg)
-        from pgrun.envs import EnvError, env_spec
-        from pgrun.policies import PolicyError
+        from pgrun.envs import env_spec
 
         env_spec(cfg.env.id)
         from pgrun.trainer import train
 
         result = train(cfg, run_dir)
-    except (ConfigError, EnvError, PolicyError) as exc:
+    except UserError as exc:
         _fail(str(exc), run_dir)
     where = _display(run_dir)
     solved = cfg.env.solved_return

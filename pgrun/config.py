@@ -113,7 +113,13 @@ class Config:
     total_steps: int = 100_000
     """Budget of environment steps; training stops at the first batch that reaches it."""
     gamma: float = 1.0
-    """Discount in (0, 1] of the reward-to-go sum_{t'>=t} gamma^(t'-t) r_t'; 1 is the notes' objective."""
+    """Discount in (0, 1] of the weights: rtg_t = sum_{t'>=t} gamma^(t'-t) r_t'. 1 is the notes'
+    objective. With gamma < 1 the usual discounted reward-to-go is NOT the gradient of the
+    discounted objective J_gamma = E[sum_t gamma^t r_t]: that needs the extra factor gamma^t
+    (discount_from_start=true). Without it the estimate drops gamma^t and is biased for J_gamma,
+    though often learns faster (Thomas 2014, "Bias in natural actor-critic algorithms")."""
+    discount_from_start: bool = False
+    """Multiply step t's weight by gamma^t: an unbiased estimate of grad J_gamma."""
     device: Device = Device.cpu
     """cpu | cuda | auto (cuda when available)."""
     threads: int = 1
@@ -122,8 +128,15 @@ class Config:
     """Show a progress bar when stderr is a terminal."""
 
 
-class ConfigError(ValueError):
-    """A config value out of range; its message is one line naming the key and the fix."""
+class UserError(ValueError):
+    """A problem with what the user asked for; its message is one line naming it and the fix.
+
+    The command prints it as `pgrun: error: <message>` and exits with status 2, no traceback.
+    """
+
+
+class ConfigError(UserError):
+    """A config value out of range."""
 
 
 _ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu", "leaky_relu")

@@ -6,8 +6,10 @@ from typing import Any
 
 import gymnasium as gym
 
+from pgrun.config import UserError
 
-class EnvError(ValueError):
+
+class EnvError(UserError):
     """An environment that cannot be made or used; the message is one line naming the fix."""
 
 

@@ -98,12 +98,14 @@ def advantages(
     weights: str = "rtg",
     baseline: str = "time",
     gamma: float = 1.0,
+    discount_from_start: bool = False,
     normalize: bool = False,
 ) -> torch.Tensor:
     """The detached weight A_{i,t} of log pi(a_{i,t}|s_{i,t}) for one variant.
 
     weights "total": every step of episode i gets R_i (vanilla REINFORCE);
-    weights "rtg": step t gets rtg_{i,t}. A baseline ("time", "time_loo") is subtracted, and
+    weights "rtg": step t gets rtg_{i,t}. A baseline ("time", "time_loo") is subtracted;
+    `discount_from_start` multiplies step t by gamma^t (the gradient of E[sum_t gamma^t r_t]);
     `normalize` rescales the result to zero mean, unit std over the valid steps.
 
     Args:
@@ -126,6 +128,9 @@ def advantages(
         w = w - loo_time_baseline(w, mask)
     elif baseline != "none":
         raise ValueError(f"baseline={baseline!r}: use one of {', '.join(BASELINES)}")
+    if discount_from_start and gamma != 1.0:
+        t = torch.arange(rew.shape[1], device=rew.device, dtype=rew.dtype)
+        w = w * gamma**t
     if normalize:
         n = mask.sum()
         mean = (w * mask).sum() / n

@@ -68,6 +68,7 @@ def surrogate_loss(
     variant="rtg_baseline",
     gamma: float = 1.0,
     *,
+    discount_from_start: bool = False,
     adv: torch.Tensor | None = None,
     logp_old: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -79,18 +80,21 @@ def surrogate_loss(
         variant: a preset name (configs/variant/<name>.yaml), or an object / mapping with the
             knobs `weights`, `baseline` and `normalize_advantages`.
         gamma: discount of the weights.
+        discount_from_start: multiply step t's weight by gamma^t (see pgrun.config.Config.gamma).
         adv: precomputed weights (N, T); computed from the batch when None.
         logp_old: (N, T) log-probs of the collecting policy; given, the loss uses the ratios.
     Returns:
         scalar loss, differentiable in the policy's parameters.
     """
     if adv is None:
-        adv = batch_advantages(batch, variant, gamma)
+        adv = batch_advantages(batch, variant, gamma, discount_from_start)
     logp = policy(batch.obs).log_prob(batch.act)
     return pg_loss(logp, adv, batch.mask, logp_old)
 
 
-def batch_advantages(batch, variant="rtg_baseline", gamma: float = 1.0) -> torch.Tensor:
+def batch_advantages(
+    batch, variant="rtg_baseline", gamma: float = 1.0, discount_from_start: bool = False
+) -> torch.Tensor:
     """The variant's detached weights (N, T) for `batch` (see pgrun.estimators.advantages)."""
     from pgrun.estimators import advantages
 
@@ -101,6 +105,7 @@ def batch_advantages(batch, variant="rtg_baseline", gamma: float = 1.0) -> torch
         weights=v["weights"],
         baseline=v["baseline"],
         gamma=gamma,
+        discount_from_start=discount_from_start,
         normalize=v["normalize_advantages"],
     )
 

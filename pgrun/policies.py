@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
+from pgrun.config import UserError
+
 ACTIVATIONS = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
@@ -24,7 +26,7 @@ ACTIVATIONS = {
 }
 
 
-class PolicyError(ValueError):
+class PolicyError(UserError):
     """An observation or action space the policies cannot handle (one-line message)."""
 
 

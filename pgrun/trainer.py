@@ -124,7 +124,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 batch = collect_episodes(
                     env, policy, horizon, seed=derive_seed(cfg.seed, iteration, 0)
                 )
-                adv = batch_advantages(batch, variant, cfg.gamma)
+                adv = batch_advantages(batch, variant, cfg.gamma, cfg.discount_from_start)
                 stats = update(policy, optimizer, batch, adv, variant.inner_steps)
 
                 steps = batch.num_steps
