@@ -51,6 +51,12 @@ class CategoricalPolicy(nn.Module):
         """obs: (..., obs_dim) float32 -> Categorical with batch shape (...)."""
         return Categorical(logits=self.net(obs))
 
+    def sample(self, obs: torch.Tensor) -> torch.Tensor:
+        """Draw a ~ pi(.|s): the same draw as `self(obs).sample()` from the same RNG state,
+        without building the Distribution (the rollout calls this once per time step).
+        obs: (B, obs_dim) -> (B,) int64."""
+        return torch.multinomial(self.net(obs).softmax(-1), 1, True).squeeze(-1)
+
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         """The most likely action: (...,) int64."""
         return self.net(obs).argmax(-1)
@@ -74,6 +80,12 @@ class GaussianPolicy(nn.Module):
     def forward(self, obs: torch.Tensor) -> Distribution:
         """obs: (..., obs_dim) float32 -> diagonal Gaussian over (act_dim,) with batch shape (...)."""
         return Independent(Normal(self.net(obs), self.log_std.exp()), 1)
+
+    def sample(self, obs: torch.Tensor) -> torch.Tensor:
+        """Draw a ~ N(mu(s), std^2): the same draw as `self(obs).sample()` from the same RNG
+        state, without building the Distribution. obs: (B, obs_dim) -> (B, act_dim)."""
+        mean = self.net(obs)
+        return torch.normal(mean, self.log_std.exp().expand_as(mean))
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         """The mean action: (..., act_dim) float32."""

@@ -88,6 +88,8 @@ def collect_episodes(
     act_shape = () if discrete else act_space.shape
     low, high = (None, None) if discrete else (act_space.low, act_space.high)
     device = next(policy.parameters()).device
+    # policy.sample(obs) where the policy has it (pgrun's do), else policy(obs).sample().
+    sample = getattr(policy, "sample", None) or (lambda o: policy(o).sample())
 
     obs_buf = np.zeros((T, N, obs_dim), dtype=np.float32)
     act_buf = np.zeros((T, N, *act_shape), dtype=np.int64 if discrete else np.float32)
@@ -104,7 +106,7 @@ def collect_episodes(
         for t in range(T):  # noqa: B007 (t is the batch length below)
             obs_buf[t] = obs.reshape(N, obs_dim)
             mask_buf[t] = alive
-            act = policy(torch.from_numpy(obs_buf[t]).to(device)).sample().cpu().numpy()
+            act = sample(torch.from_numpy(obs_buf[t]).to(device)).cpu().numpy()
             act_buf[t] = act
             env_act = act if discrete else np.clip(act, low, high)
             obs, rew, term, trunc, _ = env.step(env_act)
