@@ -6,19 +6,24 @@ Imports torch only once the config is known to be good, so `pgrun --help` and
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from pgrun.config import UserError, validate
 
 log = logging.getLogger("pgrun")
+
+FAILED_FILE = "failed.txt"  # in a multirun job's directory when the job failed
 
 
 def _fail(message: str, run_dir: Path) -> None:
@@ -30,6 +35,22 @@ def _fail(message: str, run_dir: Path) -> None:
     sys.exit(2)
 
 
+def _record_failure(exc: Exception, run_dir: Path) -> None:
+    """A multirun job that fails writes `failed.txt` (one line, then a traceback for unexpected
+    errors) into its directory and returns None instead of exiting or raising: Hydra's launchers
+    stop the whole sweep at a job that exits, its basic sweeper raises after the batch for one
+    that raises, and the Optuna sweeper stops at a NaN. All would lose the other jobs' results
+    and the comparison (pgrun/compare.py); the Optuna sweeper records None as a failed trial."""
+    line = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+    text = line + "\n"
+    if not isinstance(exc, UserError):
+        text += "\n" + "".join(traceback.format_exception(exc))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / FAILED_FILE).write_text(text)
+    log.error(f"pgrun: error: {line} (job recorded as failed in {_display(run_dir)})")
+    return None
+
+
 def _display(path: Path) -> str:
     try:
         return os.path.relpath(path)
@@ -37,8 +58,61 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+def one_line(report: str) -> str:
+    """Hydra's multi-line report of a bad command line (unknown key, wrong type, missing
+    preset), reduced to one line: its sentences joined, the available options listed."""
+    parts: list[str] = []
+    options: list[str] = []
+    for raw in report.splitlines():
+        line = raw.strip()
+        if line.startswith("Config search path") or line.startswith("Set the environment"):
+            break
+        if not line or line.startswith(("full_key:", "object_type=", "reference_type=")):
+            continue
+        if raw.startswith("\t"):
+            options.append(line)
+        elif line.startswith("Available options"):
+            parts.append(line.rstrip(":") + ": {options}")
+        else:
+            parts.append(line.rstrip("."))
+    return "; ".join(parts).replace("{options}", ", ".join(options))
+
+
+_stderr = sys.stderr  # the real stderr while main() holds Hydra's reports back
+
+
+def main() -> None:
+    """The `pgrun` command. Hydra's own errors about the command line come before the run
+    starts; they are held back and printed as one line `pgrun: error: ...`, exit status 2."""
+    global _stderr
+    _stderr, held = sys.stderr, io.StringIO()
+    sys.stderr = held
+    try:
+        run()
+    except SystemExit as exc:
+        if sys.stderr is held and exc.code not in (0, None) and held.getvalue().strip():
+            sys.stderr = _stderr
+            print(f"pgrun: error: {one_line(held.getvalue())}", file=sys.stderr)
+            sys.exit(2)
+        raise
+    except BrokenPipeError:  # `pgrun --help | head`: the reader left, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    finally:
+        _release_stderr()
+
+
+def _release_stderr() -> None:
+    """Give stderr back, with what was held (once a run starts, its messages go straight out)."""
+    held = sys.stderr
+    if isinstance(held, io.StringIO) and held is not _stderr:
+        sys.stderr = _stderr
+        sys.stderr.write(held.getvalue())
+
+
 @hydra.main(config_path="pkg://pgrun.configs", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float | None:
+    _release_stderr()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         validate(cfg)
@@ -48,8 +122,12 @@ def main(cfg: DictConfig) -> float:
         from pgrun.trainer import train
 
         result = train(cfg, run_dir)
-    except UserError as exc:
-        _fail(str(exc), run_dir)
+    except Exception as exc:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one failed job must not end the sweep
+            return _record_failure(exc, run_dir)
+        if isinstance(exc, UserError):
+            _fail(str(exc), run_dir)
+        raise
     where = _display(run_dir)
     solved = cfg.env.solved_return
     verdict = "" if solved is None else (" (solved)" if result["final_return"] >= solved else
