@@ -40,5 +40,15 @@ sweep: $(STAMP) ## the four variants x seeds 0,1,2 on CartPole-v1 (a multirun)
 tensorboard: $(STAMP) ## serve the curves under outputs/ on 127.0.0.1:6006
 	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1 --port 6006
 
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[bench]'
+	@touch $(BENCH_STAMP)
+
+.PHONY: bench
+bench: $(BENCH_STAMP) ## pgrun vs Stable-Baselines3 and the raw env, one table (ARGS="--quick": a short run)
+	$(PY) benchmarks/bench.py $(ARGS)
+
 clean: ## remove outputs, caches and the virtual environment
 	rm -rf outputs/runs outputs/multirun .pytest_cache .ruff_cache $(VENV) *.egg-info

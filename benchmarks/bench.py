@@ -1,0 +1,683 @@
+"""pgrun against Stable-Baselines3 and the raw environment, measured side by side.
+
+    make bench                          # the full table (installs the `bench` extra first)
+    python benchmarks/bench.py --quick  # 2 seeds, short throughput runs, no sweep row
+    python benchmarks/bench.py --rows 2,4 --no-sb3
+
+Prints one markdown table. Every row is measured in this invocation, on this machine, so the
+ratios compare like with like; each row states the target of the benchmark issue and whether it
+is met. The rows:
+
+1. Time to solve CartPole-v1: training wall seconds and environment steps until the mean
+   episodic return first reaches 475, median and range over the seeds.
+   - pgrun (rtg_baseline and off_policy, the default config otherwise) is trained in this
+     process by pgrun.trainer.train on a config composed with Hydra's compose API. A batch
+     "solves" when its charts/episodic_return (the mean return of its N = 16 episodes) is
+     >= 475; the time is read back from the run's TensorBoard file as env_steps / charts/SPS
+     at that batch, i.e. seconds since the trainer's clock started (after the env, the policy
+     and the logger are built), collection and updates included.
+   - SB3 PPO and A2C run the RL-Zoo CartPole-v1 hyper-parameters (below). A callback keeps the
+     returns of the last 20 finished episodes and stops training the first time their mean is
+     >= 475; its clock starts when learn() starts training (after the model is built).
+   The seeds are interleaved (seed 0 of every method, then seed 1, ...) so that load from
+   elsewhere on the machine falls on all methods alike. torch runs on one thread throughout
+   (pgrun's default `threads=1`; SB3 is given the same).
+2. Throughput on CartPole-v1 at N copies: pgrun's collect_episodes + batch_advantages +
+   trainer.update per batch, counting valid environment steps, against the raw vector env with
+   random actions, and against the raw env plus the policy's batched forward and sampling (the
+   floor for any runner that steps the env from Python with a torch policy). The policy is the
+   freshly initialised one and the optimiser's learning rate is 0, so the episode lengths stay
+   those of the untrained policy (about 20 steps; the shortest episodes, where N copies run in
+   lockstep waste the most). `lockstep` is the fraction of stepped env slots that were valid.
+   Rows 2 and 3 report the best of 5 measuring windows, the one least disturbed by other load.
+3. HalfCheetah-v5 (needs mujoco): pgrun's collect_episodes against raw env stepping, N = 16.
+4. Whole process: `pgrun variant=rtg_baseline env=CartPole-v1` wall and peak RSS;
+   `pgrun --help` and `pgrun --cfg job` wall (best of 3) and whether torch got imported.
+5. `pgrun -m experiment=compare_variants hydra/launcher=joblib` wall, where the experiment and
+   the joblib launcher are installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+SOLVED = 475.0  # CartPole-v1's threshold on the mean episodic return
+SB3_WINDOW = 20  # SB3 "solves" when the mean return of its last 20 finished episodes >= 475
+
+# RL-Zoo (rl-baselines3-zoo, hyperparams/ppo.yml, entry CartPole-v1, marked "Tuned"); the
+# `lin_x` values are linear schedules from x at the start to 0 at the end of n_timesteps.
+PPO_ZOO = {
+    "n_envs": 8,
+    "n_timesteps": 100_000,
+    "policy": "MlpPolicy",
+    "n_steps": 32,
+    "batch_size": 256,
+    "gae_lambda": 0.8,
+    "gamma": 0.98,
+    "n_epochs": 20,
+    "ent_coef": 0.0,
+    "learning_rate": "lin_0.001",
+    "clip_range": "lin_0.2",
+}
+# RL-Zoo (hyperparams/a2c.yml, entry CartPole-v1): only these four keys; everything else is
+# SB3's A2C default (n_steps 5, RMSprop lr 7e-4, gamma 0.99, gae_lambda 1.0, vf_coef 0.5,
+# max_grad_norm 0.5). No observation normalisation for CartPole (the zoo's `normalize: true`
+# is set for MountainCar and Acrobot, not for CartPole).
+A2C_ZOO = {
+    "n_envs": 8,
+    "n_timesteps": 500_000,
+    "policy": "MlpPolicy",
+    "ent_coef": 0.0,
+}
+
+# Targets of the benchmark issue (medians on the reference 2-core machine).
+TARGET_SOLVE_S = 1.5
+TARGET_SB3_RATIO = 5.0
+TARGET_SPS = 100_000  # at N >= 32
+TARGET_FLOOR_RATIO = 2.0  # pgrun within 2x of raw env + forward
+TARGET_CHEETAH_RATIO = 1.5
+TARGET_RUN_WALL_S = 6.0
+TARGET_HELP_WALL_S = 0.5
+TARGET_RSS_MB = 600.0
+
+
+@dataclass
+class Settings:
+    seeds: int
+    sb3: bool
+    rate_seconds: float  # minimum measuring time of one throughput figure
+    cheetah_horizon: int
+    budget: int | None  # pgrun total_steps override (smoke runs only); None: the config's
+    sb3_budget_cap: int | None  # cap on SB3's total timesteps (smoke runs only)
+    sweep: bool  # run row 5
+    ns: tuple[int, ...]  # the N of row 2
+    repeats: int = 3  # row 4: `pgrun --help` and `pgrun --cfg job` are timed best of this many
+
+
+@dataclass
+class Row:
+    what: str
+    measured: str
+    target: str = "-"
+    met: str = "-"
+
+
+def verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("yes" if ok else "**no**")
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (C libraries print there: mujoco's model-compiler warnings)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def have(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def median_range(values: list[float], fmt: Callable[[float], str]) -> str:
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return fmt(values[0])
+    return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))})"
+
+
+def secs(x: float) -> str:
+    return f"{x:.2f} s"
+
+
+def ksteps(x: float) -> str:
+    return f"{x / 1000:.1f}k"
+
+
+def rate(x: float) -> str:
+    return f"{x / 1000:,.0f}k/s" if x >= 10_000 else f"{x / 1000:,.1f}k/s"
+
+
+def measure_rate(step: Callable[[], int], seconds: float, windows: int = 5) -> float:
+    """Env steps/s of `step` (a callable that returns the env steps it did): the best of
+    `windows` windows of at least seconds / windows each, after one warm-up call. The best
+    window is the one least disturbed by other processes on the machine."""
+    step()  # warm-up: first calls pay for lazy imports and allocations
+    best = 0.0
+    for _ in range(windows):
+        steps, start = 0, time.perf_counter()
+        while True:
+            steps += step()
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds / windows:
+                break
+        best = max(best, steps / elapsed)
+    return best
+
+
+def pgrun_config(overrides: list[str]):
+    """pgrun's composed config, as the `pgrun` command would build it from `overrides`."""
+    from hydra import compose, initialize_config_module
+
+    import pgrun.config  # noqa: F401  (registers the schema and resolvers)
+
+    with initialize_config_module(config_module="pgrun.configs", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = [f"Python {platform.python_version()}"]
+    for name in ("torch", "gymnasium", "numpy", "stable_baselines3", "mujoco"):
+        if have(name):
+            module = __import__(name)
+            versions.append(f"{name} {getattr(module, '__version__', '?')}")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_text = f"; load average at start {load[0]:.1f}" if load else ""
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}; "
+        f"{', '.join(versions)}{load_text}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Time to solve CartPole-v1
+
+
+@dataclass
+class Solve:
+    seconds: float | None  # training wall seconds to the first solved batch / window
+    steps: int | None
+
+
+def solve_pgrun(variant: str, seed: int, settings: Settings) -> Solve:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pgrun.trainer import train
+
+    overrides = [f"variant={variant}", "env=CartPole-v1", f"seed={seed}", "progress=false"]
+    if settings.budget is not None:
+        overrides.append(f"total_steps={settings.budget}")
+    cfg = pgrun_config(overrides)
+    with tempfile.TemporaryDirectory(prefix="pgrun-bench-") as run_dir:
+        train(cfg, Path(run_dir))
+        events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+        events.Reload()
+        returns = events.Scalars("charts/episodic_return")
+        sps = {e.step: e.value for e in events.Scalars("charts/SPS")}
+    for event in returns:
+        if event.value >= SOLVED:
+            # charts/SPS = env_steps / seconds since the trainer's clock started
+            return Solve(event.step / sps[event.step], event.step)
+    return Solve(None, None)
+
+
+def linear(start: float) -> Callable[[float], float]:
+    """RL-Zoo's `lin_<start>`: SB3 passes progress_remaining, from 1 down to 0."""
+    return lambda progress_remaining: progress_remaining * start
+
+
+def solve_sb3(algo: str, seed: int, settings: Settings) -> Solve:
+    import torch
+    from stable_baselines3 import A2C, PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    class StopWhenSolved(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.returns: deque[float] = deque(maxlen=SB3_WINDOW)
+            self.result = Solve(None, None)
+
+        def _on_training_start(self) -> None:
+            self.start = time.perf_counter()
+
+        def _on_step(self) -> bool:
+            for info in self.locals["infos"]:
+                if "episode" in info:  # the Monitor wrapper's record of a finished episode
+                    self.returns.append(float(info["episode"]["r"]))
+            if len(self.returns) == SB3_WINDOW and np.mean(self.returns) >= SOLVED:
+                self.result = Solve(time.perf_counter() - self.start, self.num_timesteps)
+                return False
+            return True
+
+    torch.set_num_threads(1)
+    hp = PPO_ZOO if algo == "ppo" else A2C_ZOO
+    env = make_vec_env("CartPole-v1", n_envs=hp["n_envs"], seed=seed)
+    if algo == "ppo":
+        model = PPO(
+            hp["policy"],
+            env,
+            n_steps=hp["n_steps"],
+            batch_size=hp["batch_size"],
+            gae_lambda=hp["gae_lambda"],
+            gamma=hp["gamma"],
+            n_epochs=hp["n_epochs"],
+            ent_coef=hp["ent_coef"],
+            learning_rate=linear(0.001),
+            clip_range=linear(0.2),
+            seed=seed,
+            device="cpu",
+        )
+    else:
+        model = A2C(hp["policy"], env, ent_coef=hp["ent_coef"], seed=seed, device="cpu")
+    budget = hp["n_timesteps"]
+    if settings.sb3_budget_cap is not None:
+        budget = min(budget, settings.sb3_budget_cap)
+    callback = StopWhenSolved()
+    model.learn(total_timesteps=budget, callback=callback)
+    env.close()
+    return callback.result
+
+
+def solve_rows(settings: Settings) -> list[Row]:
+    methods: dict[str, Callable[[int], Solve]] = {
+        "pgrun rtg_baseline": lambda s: solve_pgrun("rtg_baseline", s, settings),
+        "pgrun off_policy": lambda s: solve_pgrun("off_policy", s, settings),
+    }
+    sb3_note = None
+    if not settings.sb3:
+        sb3_note = "skipped (--no-sb3)"
+    elif not have("stable_baselines3"):
+        sb3_note = "skipped: stable-baselines3 is not installed (`make bench` installs it)"
+    else:
+        methods["SB3 PPO (RL-Zoo)"] = lambda s: solve_sb3("ppo", s, settings)
+        methods["SB3 A2C (RL-Zoo)"] = lambda s: solve_sb3("a2c", s, settings)
+
+    results: dict[str, list[Solve]] = {name: [] for name in methods}
+    for seed in range(settings.seeds):  # interleaved: every method's seed s, then s + 1
+        for name, run in methods.items():
+            results[name].append(run(seed))
+            print(f"  [1] {name} seed {seed}: {results[name][-1]}", file=sys.stderr)
+
+    def describe(name: str) -> tuple[str, list[float], int]:
+        runs = results[name]
+        solved = [r for r in runs if r.seconds is not None]
+        times = [r.seconds for r in solved]
+        text = (
+            f"{median_range(times, secs)}, "
+            f"{median_range([float(r.steps) for r in solved], ksteps)} steps, "
+            f"{len(solved)}/{len(runs)} seeds solved"
+        )
+        return text, times, len(solved)
+
+    rows = []
+    text, pg_times, pg_solved = describe("pgrun rtg_baseline")
+    ok = bool(pg_times) and statistics.median(pg_times) <= TARGET_SOLVE_S
+    ok = ok and pg_solved == settings.seeds
+    rows.append(
+        Row(
+            "1. CartPole-v1 solved: pgrun rtg_baseline (default config)",
+            text,
+            f"<= {TARGET_SOLVE_S} s median, all seeds",
+            verdict(ok),
+        )
+    )
+    text, _, _ = describe("pgrun off_policy")
+    rows.append(Row("1. CartPole-v1 solved: pgrun off_policy", text))
+    if sb3_note is not None:
+        rows.append(Row("1. CartPole-v1 solved: SB3 PPO / A2C", sb3_note))
+        return rows
+    text, ppo_times, _ = describe("SB3 PPO (RL-Zoo)")
+    rows.append(Row("1. CartPole-v1 solved: SB3 PPO (RL-Zoo)", text, "reference"))
+    text, _, _ = describe("SB3 A2C (RL-Zoo)")
+    rows.append(Row("1. CartPole-v1 solved: SB3 A2C (RL-Zoo)", text, "reference"))
+    if pg_times and ppo_times:
+        ratio = statistics.median(ppo_times) / statistics.median(pg_times)
+        rows.append(
+            Row(
+                "1. speed-up: SB3 PPO / pgrun rtg_baseline (median times)",
+                f"{ratio:.1f}x",
+                f">= {TARGET_SB3_RATIO:g}x",
+                verdict(ratio >= TARGET_SB3_RATIO),
+            )
+        )
+    else:
+        rows.append(Row("1. speed-up: SB3 PPO / pgrun rtg_baseline", "n/a (a method never solved)"))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Throughput on CartPole-v1
+
+
+def throughput(n: int, seconds: float) -> tuple[float, float, float, float]:
+    """(raw env, raw env + forward, pgrun collect + update, lockstep fraction) at N = n."""
+    import torch
+
+    import pgrun
+    from pgrun.losses import batch_advantages
+    from pgrun.trainer import make_optimizer, update
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    env = pgrun.make_env("CartPole-v1", num_envs=n, seed=0)
+    policy = pgrun.make_policy(env)
+    actions = rng.integers(0, 2, size=(1024, n))
+
+    def raw() -> int:
+        for a in actions[:256]:
+            env.step(a)
+        return 256 * n
+
+    obs_holder = [env.reset(seed=0)[0]]
+    # the policy's sampler, as collect_episodes uses it
+    sample = getattr(policy, "sample", None) or (lambda o: policy(o).sample())
+
+    def raw_forward() -> int:
+        obs = obs_holder[0]
+        with torch.inference_mode():
+            for _ in range(256):
+                act = sample(torch.from_numpy(obs)).numpy()
+                obs = env.step(act)[0]
+        obs_holder[0] = obs
+        return 256 * n
+
+    raw_rate = measure_rate(raw, seconds)
+    floor_rate = measure_rate(raw_forward, seconds)
+
+    # lr = 0: every update is computed in full but leaves the policy as it is, so the episode
+    # lengths (and the work per batch) do not drift while measuring.
+    optimizer = make_optimizer("adam", policy.parameters(), 0.0)
+    slots = [0, 0]  # valid steps, stepped slots (N x T_b)
+    seed = iter(range(10**9))
+
+    def collect_update() -> int:
+        batch = pgrun.collect_episodes(env, policy, horizon=500, seed=next(seed))
+        adv = batch_advantages(batch, "rtg_baseline", 1.0)
+        update(policy, optimizer, batch, adv, 1)
+        slots[0] += batch.num_steps
+        slots[1] += batch.mask.numel()
+        return batch.num_steps
+
+    pg_rate = measure_rate(collect_update, seconds)
+    env.close()
+    return raw_rate, floor_rate, pg_rate, slots[0] / slots[1]
+
+
+def throughput_rows(settings: Settings) -> list[Row]:
+    rows = []
+    for n in settings.ns:
+        raw, floor, pg, lockstep = throughput(n, settings.rate_seconds)
+        print(f"  [2] N={n}: raw {raw:.0f}, floor {floor:.0f}, pgrun {pg:.0f}", file=sys.stderr)
+        targets = [f"within {TARGET_FLOOR_RATIO:g}x of raw env + forward"]
+        ok = floor / pg <= TARGET_FLOOR_RATIO
+        if n >= 32:
+            targets.insert(0, f">= {TARGET_SPS // 1000}k/s")
+            ok = ok and pg >= TARGET_SPS
+        rows.append(
+            Row(
+                f"2. CartPole-v1 collect + update, N={n}",
+                f"pgrun {rate(pg)} (lockstep {lockstep:.0%}); raw env {rate(raw)} "
+                f"(pgrun {raw / pg:.1f}x slower); raw env + forward {rate(floor)} "
+                f"(pgrun {floor / pg:.1f}x slower)",
+                "; ".join(targets),
+                verdict(ok),
+            )
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. HalfCheetah-v5 collection
+
+
+def cheetah_rows(settings: Settings) -> list[Row]:
+    what = "3. HalfCheetah-v5 collection, N=16"
+    target = f"within {TARGET_CHEETAH_RATIO:g}x of raw env"
+    if not have("mujoco"):
+        return [Row(what, "skipped: mujoco is not installed (`make bench` installs it)", target)]
+    import torch
+
+    import pgrun
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    n, horizon = 16, settings.cheetah_horizon
+    with quiet_stderr():
+        env = pgrun.make_env("HalfCheetah-v5", num_envs=n, seed=0, horizon=horizon)
+    policy = pgrun.make_policy(env)
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, size=(64, n, *env.single_action_space.shape)).astype(np.float32)
+
+    def raw() -> int:
+        for a in actions:
+            env.step(a)
+        return len(actions) * n
+
+    seed = iter(range(10**9))
+
+    def collect() -> int:
+        return pgrun.collect_episodes(env, policy, horizon=horizon, seed=next(seed)).num_steps
+
+    raw_rate = measure_rate(raw, settings.rate_seconds)
+    pg_rate = measure_rate(collect, settings.rate_seconds)
+    env.close()
+    ratio = raw_rate / pg_rate
+    return [
+        Row(
+            f"{what}, T={horizon}",
+            f"pgrun {rate(pg_rate)}; raw env {rate(raw_rate)} (pgrun {ratio:.2f}x slower)",
+            target,
+            verdict(ratio <= TARGET_CHEETAH_RATIO),
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. and 5. Whole processes
+
+
+def pgrun_command() -> list[str]:
+    script = Path(sys.executable).with_name("pgrun")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pgrun.cli"]
+
+
+def run_process(cmd: list[str], cwd: str) -> tuple[float, float, int]:
+    """Run `cmd`; (wall seconds, peak RSS in MB of the process itself, exit status)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss / 1024, proc.returncode  # ru_maxrss is in KiB on Linux
+
+
+# Runs pgrun's entry point in-process and records, at exit, whether torch was imported.
+TORCH_PROBE = """
+import atexit, sys
+report_path = sys.argv[1]
+def _report():
+    with open(report_path, "w") as f:
+        f.write(str("torch" in sys.modules))
+atexit.register(_report)
+sys.argv = ["pgrun", *sys.argv[2:]]
+from pgrun.cli import main
+main()
+"""
+
+
+def torch_imported(args: list[str], cwd: str) -> str:
+    out = Path(cwd) / "torch-probe.txt"
+    subprocess.run(
+        [sys.executable, "-c", TORCH_PROBE, str(out), *args],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+    return out.read_text() if out.exists() else "unknown"
+
+
+def process_rows(settings: Settings) -> list[Row]:
+    rows = []
+    cmd = pgrun_command()
+    run_args = ["variant=rtg_baseline", "env=CartPole-v1"]
+    if settings.budget is not None:
+        run_args.append(f"total_steps={settings.budget}")
+    with tempfile.TemporaryDirectory(prefix="pgrun-bench-") as cwd:
+        wall, rss, status = run_process([*cmd, *run_args], cwd)
+        failed = "" if status == 0 else f" (exit status {status})"
+        rows.append(
+            Row(
+                f"4. `pgrun {' '.join(run_args)}`, whole process",
+                f"{wall:.1f} s wall, peak RSS {rss:.0f} MB{failed}",
+                f"<= {TARGET_RUN_WALL_S:g} s; <= {TARGET_RSS_MB:g} MB",
+                verdict(status == 0 and wall <= TARGET_RUN_WALL_S and rss <= TARGET_RSS_MB),
+            )
+        )
+        for args, target in ((["--help"], TARGET_HELP_WALL_S), (["--cfg", "job"], None)):
+            walls = [run_process([*cmd, *args], cwd)[0] for _ in range(settings.repeats)]
+            loaded = torch_imported(args, cwd)
+            ok = loaded == "False" and (target is None or min(walls) <= target)
+            rows.append(
+                Row(
+                    f"4. `pgrun {' '.join(args)}`",
+                    f"{min(walls):.2f} s wall (best of {len(walls)}); torch imported: {loaded.lower()}",
+                    (f"<= {target:g} s; " if target else "") + "no torch",
+                    verdict(ok),
+                )
+            )
+    return rows
+
+
+def sweep_rows(settings: Settings) -> list[Row]:
+    what = "5. `pgrun -m experiment=compare_variants hydra/launcher=joblib`"
+    if not settings.sweep:
+        return [Row(what, "skipped (--quick / --smoke / --rows)")]
+    experiment = resources.files("pgrun.configs") / "experiment" / "compare_variants.yaml"
+    if not experiment.is_file():
+        return [Row(what, "skipped: the compare_variants experiment does not exist yet")]
+    if not have("hydra_plugins.hydra_joblib_launcher"):
+        return [Row(what, "skipped: hydra-joblib-launcher is not installed (the `sweep` extra)")]
+    with tempfile.TemporaryDirectory(prefix="pgrun-bench-") as cwd:
+        args = ["-m", "experiment=compare_variants", "hydra/launcher=joblib"]
+        wall, _, status = run_process([*pgrun_command(), *args], cwd)
+        jobs = len(list(Path(cwd).glob("outputs/multirun/*/*/.hydra")))
+    failed = "" if status == 0 else f" (exit status {status})"
+    return [Row(what, f"{wall:.1f} s wall, {jobs} jobs{failed}")]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| benchmark | measured | target | met |", "|---|---|---|---|"]
+    lines += [f"| {r.what} | {r.measured} | {r.target} | {r.met} |" for r in rows]
+    return "\n".join(lines)
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings, set[int]]:
+    parser = argparse.ArgumentParser(
+        description="Benchmark pgrun against Stable-Baselines3 and the raw environment; "
+        "prints one markdown table.",
+    )
+    parser.add_argument("--seeds", type=int, help="seeds per method in row 1 (default 10)")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 seeds, short throughput runs, no sweep row"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="check that every row runs (tiny budgets: the figures mean nothing)",
+    )
+    parser.add_argument("--no-sb3", action="store_true", help="leave out the SB3 rows")
+    parser.add_argument(
+        "--rows",
+        help="comma-separated rows to measure, e.g. 2,4 (default: all; "
+        "--quick and --smoke leave out row 5 unless it is named here)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        rows = {int(r) for r in (args.rows or "1,2,3,4,5").split(",") if r.strip()}
+    except ValueError:
+        rows = set()
+    if not rows or not rows <= {1, 2, 3, 4, 5}:
+        parser.error("--rows takes numbers from 1 to 5, e.g. --rows 2,4")
+    if args.smoke:
+        settings = Settings(1, not args.no_sb3, 0.05, 20, 2000, 2000, False, (16,), repeats=1)
+    elif args.quick:
+        settings = Settings(2, not args.no_sb3, 0.5, 200, None, None, False, (16, 64, 256))
+    else:
+        settings = Settings(10, not args.no_sb3, 2.0, 1000, None, None, True, (16, 64, 256))
+    if args.seeds is not None:
+        if args.seeds < 1:
+            parser.error("--seeds takes an integer >= 1")
+        settings.seeds = args.seeds
+    if args.rows is not None:
+        settings.sweep = 5 in rows
+    return args, settings, rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, settings, selected = parse(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    start = time.perf_counter()
+    print(f"Machine: {machine()}", flush=True)
+    mode = (
+        "smoke run (tiny budgets: the figures mean nothing)"
+        if args.smoke
+        else ("quick run" if args.quick else "full run")
+    )
+    print(f"Mode: {mode}; {settings.seeds} seed(s) in row 1; progress goes to stderr\n")
+    sections: dict[int, Callable[[Settings], list[Row]]] = {
+        1: solve_rows,
+        2: throughput_rows,
+        3: cheetah_rows,
+        4: process_rows,
+        5: sweep_rows,
+    }
+    rows: list[Row] = []
+    for number, section in sections.items():
+        if number in selected:
+            rows += section(settings)
+    if args.smoke:  # the budgets are cut: no figure says anything about a target
+        rows = [
+            Row(r.what, r.measured, r.target, "n/a (smoke)" if r.met != "-" else "-") for r in rows
+        ]
+    print(table(rows))
+    print(f"\n(benchmark took {time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
