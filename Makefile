@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint format tensorboard sweep clean
+.PHONY: help install run test test-fast lint format tensorboard sweep clean bench-variance
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ format: $(STAMP) ## ruff: fix lint and format in place
 
 sweep: $(STAMP) ## the four variants x seeds 0,1,2 on CartPole-v1 (a multirun)
 	$(VENV)/bin/pgrun -m variant=vanilla,rtg,rtg_baseline,off_policy seed=0,1,2 $(ARGS)
+
+bench-variance: $(STAMP) ## gradient variance and SNR per estimator on CartPole-v1 (README table)
+	$(PY) benchmarks/variance.py $(ARGS)
 
 tensorboard: $(STAMP) ## serve the curves under outputs/ on 127.0.0.1:6006
 	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1 --port 6006

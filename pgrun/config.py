@@ -101,11 +101,23 @@ class OptimConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    every: int = 10
+    """Log stats/grad_variance and stats/grad_snr, from per-episode gradients, every this many
+    iterations (from the first); 0 turns them off."""
+    ratios: bool = True
+    """With K > 1 inner steps, log the ratios each inner step k uses as inner/<stat>/k<k>
+    (mean, min, max, effective sample size, approx KL) every iteration."""
+
+
+@dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     variant: VariantConfig = field(default_factory=VariantConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    """Estimator diagnostics written to TensorBoard (pgrun/diagnostics.py)."""
     seed: int = 0
     """Seeds torch and every batch's env resets (derived from (seed, iteration))."""
     batch_episodes: int = 16
@@ -154,6 +166,8 @@ def validate(cfg: "DictConfig | Config") -> None:
     need(cfg.total_steps >= 1, "total_steps", cfg.total_steps, "use an integer >= 1")
     need(0.0 < cfg.gamma <= 1.0, "gamma", cfg.gamma, "use a value in (0, 1]")
     need(cfg.optim.lr > 0.0, "optim.lr", cfg.optim.lr, "use a value > 0")
+    need(cfg.diagnostics.every >= 0, "diagnostics.every", cfg.diagnostics.every,
+         "use an integer >= 0 (0 turns the gradient diagnostics off)")
     need(cfg.threads >= 1, "threads", cfg.threads, "use an integer >= 1")
     need(cfg.variant.inner_steps >= 1, "variant.inner_steps", cfg.variant.inner_steps,
          "use an integer >= 1 (1 is on-policy)")

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from pgrun import diagnostics
 from pgrun.config import ConfigError
 from pgrun.envs import make_env, time_limit
 from pgrun.logger import Logger
@@ -52,17 +53,30 @@ def update(
     batch: Batch,
     adv: torch.Tensor,
     inner_steps: int,
+    *,
+    grad_stats: bool = False,
+    inner_stats: bool = False,
 ) -> dict[str, float]:
     """K gradient steps on one batch. K = 1 is the on-policy update; for K > 1 the loss uses
-    the per-step ratios exp(logp - logp_old) against the policy that collected the batch."""
+    the per-step ratios exp(logp - logp_old) against the policy that collected the batch.
+
+    Diagnostics (pgrun.diagnostics), read-only: `grad_stats` adds stats/grad_variance and
+    stats/grad_snr of the first step's gradient; `inner_stats` (K > 1) adds inner/<stat>/k<k>,
+    the ratios that inner step k uses."""
     logp_old = None
     if inner_steps > 1:
         with torch.no_grad():
             logp_old = policy(batch.obs).log_prob(batch.act)
     stats: dict[str, float] = {}
+    if grad_stats:
+        g = diagnostics.per_episode_grads(policy, batch, adv)
+        stats.update({f"stats/{k}": v for k, v in diagnostics.gradient_stats(g).items()})
     for k in range(inner_steps):
         dist = policy(batch.obs)
         logp = dist.log_prob(batch.act)
+        if inner_stats and logp_old is not None:
+            step_stats = diagnostics.inner_step_stats(logp, logp_old, batch.mask)
+            stats.update(diagnostics.inner_step_tags(k, step_stats))
         loss = pg_loss(logp, adv, batch.mask, logp_old)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -71,11 +85,13 @@ def update(
         if k == 0:
             with torch.no_grad():
                 entropy = (dist.entropy() * batch.mask).sum() / batch.mask.sum()
-            stats = {
-                "losses/policy": loss.item(),
-                "stats/entropy": entropy.item(),
-                "stats/grad_norm": grad_norm.item(),
-            }
+            stats.update(
+                {
+                    "losses/policy": loss.item(),
+                    "stats/entropy": entropy.item(),
+                    "stats/grad_norm": grad_norm.item(),
+                }
+            )
     if logp_old is not None:
         with torch.no_grad():
             logp_new = policy(batch.obs).log_prob(batch.act)
@@ -125,7 +141,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                     env, policy, horizon, seed=derive_seed(cfg.seed, iteration, 0)
                 )
                 adv = batch_advantages(batch, variant, cfg.gamma, cfg.discount_from_start)
-                stats = update(policy, optimizer, batch, adv, variant.inner_steps)
+                every = cfg.diagnostics.every
+                stats = update(
+                    policy,
+                    optimizer,
+                    batch,
+                    adv,
+                    variant.inner_steps,
+                    grad_stats=every > 0 and iteration % every == 0,
+                    inner_stats=cfg.diagnostics.ratios,
+                )
 
                 steps = batch.num_steps
                 env_steps += steps

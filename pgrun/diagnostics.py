@@ -1,0 +1,138 @@
+"""Estimator diagnostics: how noisy is the gradient, and how far have the inner steps drifted.
+
+Pure functions of a policy and a batch, no state:
+
+- :func:`per_episode_grads` splits the batch estimate into one gradient per episode,
+  g_i = sum_t m_{i,t} rho_{i,t} A_{i,t} grad log pi(a_{i,t}|s_{i,t}) (rho = 1 on-policy), so that
+  (1/N) sum_i g_i is exactly -grad of :func:`pgrun.losses.pg_loss` on the whole batch. It is one
+  ``torch.func.vmap`` over episodes of ``grad(pg_loss)`` on a single episode, not a Python loop.
+- :func:`gradient_stats` turns those into the variance of the batch estimate and its
+  signal-to-noise ratio.
+- :func:`inner_step_stats` describes the importance ratios one inner step of the off-policy loop
+  uses: mean, min, max, effective sample size, approximate KL.
+
+TensorBoard layout (written by pgrun.trainer, x-axis = environment steps):
+
+- ``stats/grad_variance``, ``stats/grad_snr``: every ``diagnostics.every`` iterations, computed at
+  the policy that collected the batch (the first inner step's gradient).
+- ``inner/<stat>/k<k>`` for k = 0..K-1 (K > 1 only): the ratios used by inner step k, so one
+  chart per statistic holds one curve per inner step, e.g. ``inner/ratio_max/k0`` ...
+  ``inner/ratio_max/k3``. Step 0's ratios are exactly 1 by construction.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call, grad, vmap
+
+from pgrun.losses import pg_loss, ratio_stats
+
+
+def per_episode_grads(
+    policy: torch.nn.Module,
+    batch,
+    adv: torch.Tensor,
+    logp_old: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """One gradient estimate per episode, flattened over the policy's parameters.
+
+    g_i = -grad of pg_loss on episode i alone = sum_t m_{i,t} rho_{i,t} A_{i,t} grad log pi(a|s),
+    so the rows average to the batch estimate -grad pg_loss(batch). The weights `adv` are taken
+    as given (with a batch baseline, g_i depends on the other episodes through it).
+
+    Args:
+        policy: module with `policy(obs) -> Distribution`.
+        batch: a pgrun.Batch with obs (N, T, obs_dim), act (N, T[, act_dim]), mask (N, T).
+        adv: (N, T) float32 detached weights.
+        logp_old: (N, T) float32 log-probs of the collecting policy; given, the ratios are used.
+        chunk_size: episodes per vectorised chunk (None: all at once); bounds the memory.
+    Returns:
+        (N, D) float32, D = number of policy parameters, in the order of policy.parameters().
+    """
+    n = batch.mask.shape[0]
+    if batch.mask.dim() != 2 or adv.shape != batch.mask.shape:
+        raise ValueError(
+            f"adv and batch.mask must both be (N, T): got {tuple(adv.shape)}, "
+            f"{tuple(batch.mask.shape)}"
+        )
+    names = [name for name, _ in policy.named_parameters()]
+    params = {name: p.detach() for name, p in policy.named_parameters()}
+    buffers = {name: b.detach() for name, b in policy.named_buffers()}
+
+    def episode_loss(p, obs, act, a, m, lo):
+        logp = functional_call(policy, (p, buffers), (obs[None],)).log_prob(act[None])
+        return pg_loss(logp, a[None], m[None], None if lo is None else lo[None])
+
+    lo_dim = None if logp_old is None else 0
+    g = vmap(grad(episode_loss), in_dims=(None, 0, 0, 0, 0, lo_dim), chunk_size=chunk_size)(
+        params, batch.obs, batch.act, adv, batch.mask, logp_old
+    )
+    return -torch.cat([g[name].reshape(n, -1) for name in names], dim=1)
+
+
+def gradient_stats(g: torch.Tensor) -> dict[str, float]:
+    """Variance and signal-to-noise ratio of the batch estimate g_bar = (1/N) sum_i g_i.
+
+    grad_variance V = tr Cov(g_i) / N, with the unbiased (N - 1) sample covariance: the trace of
+    the covariance of g_bar if the g_i were independent (a batch baseline couples them slightly).
+    grad_snr = (||g_bar||^2 - V) / V, an estimate of ||E g_bar||^2 / tr Cov(g_bar): ||g_bar||^2
+    alone overestimates the signal by V on average. It is near 0, and can be negative, when the
+    batch cannot tell the gradient from noise.
+
+    Args:
+        g: (N, D) float per-episode gradients (see per_episode_grads).
+    Returns:
+        {"grad_variance", "grad_snr"}; both NaN when N < 2.
+    """
+    if g.dim() != 2:
+        raise ValueError(f"g must be (N, D), got shape {tuple(g.shape)}")
+    n = g.shape[0]
+    if n < 2:
+        return {"grad_variance": float("nan"), "grad_snr": float("nan")}
+    with torch.no_grad():
+        g = g.double()
+        g_bar = g.mean(0)
+        var = ((g - g_bar).pow(2).sum() / (n - 1) / n).item()
+        signal = g_bar.pow(2).sum().item()
+    snr = (signal - var) / var if var > 0 else float("nan")
+    return {"grad_variance": var, "grad_snr": snr}
+
+
+def effective_sample_size(logp: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor) -> float:
+    """(sum w)^2 / sum w^2 over the valid steps, divided by their number; w = exp(logp - logp_old).
+
+    1 when every ratio is equal (e.g. all 1 at the first inner step), 1/n when one step carries
+    all the weight.
+
+    Args:
+        logp, logp_old, mask: (N, T) float32.
+    """
+    if not logp.shape == logp_old.shape == mask.shape:
+        raise ValueError(
+            f"logp, logp_old and mask must have one shape: got {tuple(logp.shape)}, "
+            f"{tuple(logp_old.shape)}, {tuple(mask.shape)}"
+        )
+    with torch.no_grad():
+        w = (logp - logp_old)[mask > 0].double().exp()
+        return (w.sum().pow(2) / w.pow(2).sum() / w.numel()).item()
+
+
+def inner_step_stats(
+    logp: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor
+) -> dict[str, float]:
+    """The ratios one inner step uses: ratio_mean, ratio_min, ratio_max, ess, approx_kl.
+
+    See pgrun.losses.ratio_stats (mean, min, max, approx KL(old || new)) and
+    effective_sample_size.
+
+    Args:
+        logp: (N, T) float32 log-probs of the current policy.
+        logp_old, mask: (N, T) float32.
+    """
+    return {**ratio_stats(logp, logp_old, mask), "ess": effective_sample_size(logp, logp_old, mask)}
+
+
+def inner_step_tags(k: int, stats: dict[str, float]) -> dict[str, float]:
+    """{"ratio_mean": x, ...} of inner step k -> {"inner/ratio_mean/k<k>": x, ...}."""
+    return {f"inner/{name}/k{k}": value for name, value in stats.items()}
