@@ -1,0 +1,307 @@
+"""pgrun/compare.py: its statistics against hand computations, and the files, aggregate
+TensorBoard runs and TensorBoard server view of a small real sweep (2 variants x 2 seeds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import describe, pgrun_env, read_scalars, run_pgrun
+from numpy.testing import assert_allclose
+
+from pgrun.compare import (
+    Run,
+    bootstrap_ci,
+    group_runs,
+    iqm,
+    running_mean,
+    shared_grid,
+    time_to_threshold,
+)
+
+VARIANTS = ("vanilla", "rtg")
+SEEDS = (0, 1)
+RETURN = "charts/episodic_return"
+
+# --------------------------------------------------------------------------------------------
+# The statistics, by hand
+
+
+def test_iqm_drops_a_quarter_at_each_end():
+    assert iqm([1, 2, 3, 4, 100]) == 3.0  # drops 1 and 100
+    assert iqm([10, -10, 0, 7, 4, 1, 3, 2]) == 2.5  # drops -10, 0 and 7, 10
+    assert iqm([5, 1]) == 3.0  # too few to drop any
+
+
+def test_bootstrap_band_of_one_seed_is_the_seed_and_of_two_spans_them():
+    one = np.array([[1.0, 2.0, 3.0]])
+    lower, upper = bootstrap_ci(one)
+    assert_allclose(lower, one[0])
+    assert_allclose(upper, one[0])
+    two = np.array([[0.0, 10.0, 5.0], [4.0, 2.0, 5.0]])
+    lower, upper = bootstrap_ci(two)
+    # 2000 resamples of 2 seeds: both extremes (each seed drawn twice) occur, so the 2.5% and
+    # 97.5% quantiles of the resampled means are the seeds' min and max.
+    assert_allclose(lower, two.min(axis=0))
+    assert_allclose(upper, two.max(axis=0))
+    again = bootstrap_ci(two)
+    assert_allclose(again[0], lower)  # seeded: the same band every time
+
+
+def test_bootstrap_band_narrows_with_more_seeds():
+    rng = np.random.default_rng(0)
+    few = rng.normal(size=(3, 1))
+    many = rng.normal(size=(300, 1))
+    width = [np.subtract(*bootstrap_ci(v)[::-1])[0] for v in (few, many)]
+    assert width[1] < width[0]
+    lower, upper = bootstrap_ci(many)
+    assert lower[0] < many.mean() < upper[0]
+
+
+def test_bootstrap_rejects_a_vector():
+    with pytest.raises(ValueError, match="values must be"):
+        bootstrap_ci(np.zeros(3))
+
+
+def test_running_mean_and_time_to_threshold():
+    returns = np.array([0.0, 10, 20, 30, 40, 50, 60])
+    assert_allclose(running_mean(returns, window=5), [0, 5, 10, 15, 20, 30, 40])
+    run = Run(Path("r"), "r", [], "Env", None)
+    run.steps = np.arange(1, 8) * 100
+    run.returns = returns
+    run.seconds = np.arange(1, 8) * 0.5
+    # The running mean of the last 5 batches first reaches 30 at index 5 (mean of 10..50).
+    assert time_to_threshold(run, 30.0) == (600.0, 3.0)
+    assert time_to_threshold(run, 41.0) == (float("inf"), float("inf"))
+
+
+def test_shared_grid_stays_where_every_run_has_data():
+    a = Run(Path("a"), "a", [], "Env", None, steps=np.array([300, 700, 1100]))
+    b = Run(Path("b"), "b", [], "Env", None, steps=np.array([250, 600, 1000, 1400]))
+    grid = shared_grid([a, b], points=5)
+    assert grid.tolist() == [300, 500, 700, 900, 1100]  # max of the firsts, min of the lasts
+
+
+def test_groups_ignore_seed_and_are_labelled_by_what_varies():
+    def run(*overrides: str) -> Run:
+        return Run(Path("x"), "x", list(overrides), "Env", None)
+
+    runs = [
+        run("total_steps=100", "variant=rtg", "seed=0"),
+        run("total_steps=100", "variant=rtg", "+seed=1"),
+        run("seed=0", "total_steps=100", "variant=vanilla"),
+    ]
+    groups = group_runs(runs)
+    assert sorted((g.label, len(g.runs)) for g in groups) == [
+        ("variant=rtg", 2),
+        ("variant=vanilla", 1),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# A small real sweep
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """`pgrun -m variant=vanilla,rtg seed=0,1` with a tiny budget; the comparison runs at its end."""
+    root = tmp_path_factory.mktemp("compare")
+    sweep_dir = root / "sweep"
+    proc = run_pgrun(
+        [
+            "-m",
+            f"variant={','.join(VARIANTS)}",
+            f"seed={','.join(map(str, SEEDS))}",
+            "total_steps=2000",  # no progress bars: stderr is not a terminal
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=root,
+    )
+    assert proc.returncode == 0, describe(proc)
+    assert "comparison of 4 runs" in proc.stdout, describe(proc)
+    return sweep_dir
+
+
+def job_dir(sweep: Path, variant: str, seed: int) -> Path:
+    return sweep / f"seed={seed},total_steps=2000,variant={variant}"
+
+
+def summary_rows(sweep: Path) -> dict[str, dict[str, str]]:
+    with (sweep / "summary.csv").open() as f:
+        return {row["group"]: row for row in csv.DictReader(f)}
+
+
+def test_sweep_writes_the_figure_and_the_tables(sweep: Path):
+    from matplotlib.image import imread
+
+    image = imread(sweep / "comparison.png")
+    assert image.ndim == 3 and image.shape[1] >= 400 and image.shape[0] >= 250
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+
+    rows = summary_rows(sweep)
+    assert set(rows) == {f"variant={v}" for v in VARIANTS}
+    for variant in VARIANTS:
+        row = rows[f"variant={variant}"]
+        finals = [
+            read_scalars(job_dir(sweep, variant, s))["hparams/final_return"][-1][1] for s in SEEDS
+        ]
+        assert row["env"] == "CartPole-v1"
+        assert (row["seeds"], row["failed"], row["failed_jobs"]) == ("2", "0", "")
+        assert float(row["final_return_mean"]) == pytest.approx(np.mean(finals), rel=1e-5)
+        assert float(row["final_return_iqm"]) == pytest.approx(np.mean(finals), rel=1e-5)
+        assert float(row["final_return_ci_low"]) == pytest.approx(min(finals), rel=1e-5)
+        assert float(row["final_return_ci_high"]) == pytest.approx(max(finals), rel=1e-5)
+        assert (row["threshold"], row["reached"]) == ("475", "0/2")  # 2000 steps: far from it
+
+    md = (sweep / "summary.md").read_text()
+    for variant in VARIANTS:
+        assert f"`variant={variant}` | 2 |" in md
+    assert "comparison.png" in md
+    assert "Failed jobs" not in md
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_aggregate_runs_are_the_mean_and_band_of_the_seeds(sweep: Path, variant: str):
+    seeds = [read_scalars(job_dir(sweep, variant, s))[RETURN] for s in SEEDS]
+    agg = {
+        kind: read_scalars(sweep / "aggregate" / f"variant={variant}" / kind)[RETURN]
+        for kind in ("mean", "lower", "upper")
+    }
+    steps = np.array([step for step, _ in agg["mean"]])
+    # The grid runs from the latest first batch to the earliest last batch of the seeds.
+    assert steps[0] == max(s[0][0] for s in seeds)
+    assert steps[-1] == min(s[-1][0] for s in seeds)
+    assert np.all(np.diff(steps) > 0)
+    interpolated = np.stack([np.interp(steps, [p[0] for p in s], [p[1] for p in s]) for s in seeds])
+    assert_allclose([v for _, v in agg["mean"]], interpolated.mean(axis=0), rtol=1e-5)
+    # Two seeds: the 95% bootstrap band spans them exactly.
+    assert_allclose([v for _, v in agg["lower"]], interpolated.min(axis=0), rtol=1e-5)
+    assert_allclose([v for _, v in agg["upper"]], interpolated.max(axis=0), rtol=1e-5)
+    for kind in ("lower", "upper"):
+        assert [step for step, _ in agg[kind]] == steps.tolist()
+
+
+def test_pgrun_compare_command_rewrites_a_sweep(sweep: Path, tmp_path: Path):
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    for name in ("comparison.png", "summary.csv", "summary.md"):
+        (copy / name).unlink()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    exe = Path(sys.executable).parent / "pgrun-compare"
+    proc = subprocess.run(
+        [str(exe), str(copy), str(empty)],
+        capture_output=True,
+        text=True,
+        env=pgrun_env(),
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2, describe(proc)  # the empty directory
+    assert "no runs" in proc.stderr, describe(proc)
+    assert (copy / "comparison.png").is_file()
+    assert summary_rows(copy) == summary_rows(sweep)
+    # The aggregates are written afresh, not appended: one event file per aggregate run.
+    for variant in VARIANTS:
+        for kind in ("mean", "lower", "upper"):
+            files = list((copy / "aggregate" / f"variant={variant}" / kind).iterdir())
+            assert len(files) == 1, files
+
+
+# --------------------------------------------------------------------------------------------
+# The real TensorBoard server over the sweep
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fetch(url: str, body: dict | None = None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_tensorboard_serves_seeds_aggregates_and_hparams(sweep: Path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    exe = Path(sys.executable).parent / "tensorboard"
+    server = subprocess.Popen(
+        [str(exe), "--logdir", str(sweep), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, so its data server stops with it
+    )
+    seed_runs = {job_dir(sweep, v, s).name for v in VARIANTS for s in SEEDS}
+    agg_runs = {f"aggregate/variant={v}/{k}" for v in VARIANTS for k in ("mean", "lower", "upper")}
+    try:
+        runs: set[str] = set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (seed_runs | agg_runs) <= runs:
+            time.sleep(1)
+            assert server.poll() is None, server.stderr.read().decode()
+            try:
+                runs = set(fetch(f"{base}/data/runs"))
+            except OSError:
+                continue
+        assert (seed_runs | agg_runs) <= runs, runs
+
+        tags = fetch(f"{base}/data/plugin/scalars/tags")
+        for run in seed_runs | agg_runs:
+            assert RETURN in tags[run], (run, tags[run])
+
+        experiment = fetch(f"{base}/data/plugin/hparams/experiment", {"experimentName": ""})
+        hparams = {h["name"] for h in experiment["hparamInfos"]}
+        assert {"variant.name", "seed", "optim.lr"} <= hparams
+        metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
+        assert metrics == {"hparams/final_return"}
+
+        groups = fetch(
+            f"{base}/data/plugin/hparams/session_groups",
+            {
+                "experimentName": "",
+                "allowedStatuses": [
+                    "STATUS_UNKNOWN",
+                    "STATUS_SUCCESS",
+                    "STATUS_FAILURE",
+                    "STATUS_RUNNING",
+                ],
+                "colParams": [],
+                "startIndex": 0,
+                "sliceSize": 100,
+            },
+        )
+        sessions = {g["name"]: g for g in groups["sessionGroups"]}
+        assert set(sessions) == seed_runs  # every seed run, and no aggregate
+        for variant in VARIANTS:
+            for seed in SEEDS:
+                group = sessions[job_dir(sweep, variant, seed).name]
+                assert group["hparams"]["variant.name"] == variant
+                assert group["hparams"]["seed"] == seed
+                final = read_scalars(job_dir(sweep, variant, seed))["hparams/final_return"]
+                assert group["metricValues"][0]["value"] == pytest.approx(final[-1][1])
+
+        layout = fetch(f"{base}/data/plugin/custom_scalars/layout")
+        margin = layout["category"][0]["chart"][0]["margin"]["series"][0]
+        assert margin["lower"] == "aggregate/episodic_return_lower"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

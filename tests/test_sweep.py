@@ -1,0 +1,158 @@
+"""Sweeps: Hydra's joblib and submitit_local launchers, a sweep with a failing job, the Optuna
+search preset with its sqlite storage, and the experiment and launcher presets."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from conftest import describe, finish, read_scalars, run_pgrun, start_pgrun
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+import pgrun.config  # noqa: F401  (registers the schema in Hydra's ConfigStore)
+
+TINY = "total_steps=2000"
+
+
+def summary(sweep: Path) -> list[dict[str, str]]:
+    with (sweep / "summary.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def writer_pid(run_dir: Path) -> int:
+    """The process that wrote the run's events: events.out.tfevents.<time>.<host>.<pid>.<n>."""
+    (events,) = run_dir.glob("events.out.tfevents.*")
+    return int(events.name.split(".")[-2])
+
+
+def test_submitit_local_runs_the_job_in_another_process(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    process = start_pgrun(
+        [
+            "-m",
+            "hydra/launcher=submitit_local",
+            "variant=rtg",
+            "seed=0",
+            TINY,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
+    proc = finish(process)
+    assert proc.returncode == 0, describe(proc)
+    job = sweep / f"seed=0,{TINY},variant=rtg"
+    assert "hparams/final_return" in read_scalars(job), describe(proc)
+    # The pid in the event file name is the training process: submitit's, not pgrun itself.
+    assert writer_pid(job) != process.pid
+    assert (sweep / ".submitit").is_dir()
+    (row,) = summary(sweep)
+    assert (row["group"], row["seeds"], row["failed"]) == (f"{TINY},variant=rtg", "1", "0")
+    assert (sweep / "comparison.png").is_file()
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_failing_job_is_reported_and_the_others_kept(tmp_path: Path, launcher: str):
+    """A job with a bad value fails on its own: the sweep goes on, the comparison is written and
+    names it, and pgrun exits with status 1. joblib runs the jobs in its worker processes."""
+    sweep = tmp_path / "sweep"
+    process = start_pgrun(
+        [
+            "-m",
+            f"hydra/launcher={launcher}",
+            "optim.lr=0.01,-1",
+            "seed=0",
+            TINY,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
+    proc = finish(process)
+    bad = sweep / f"optim.lr=-1,seed=0,{TINY}"
+    good = sweep / f"optim.lr=0.01,seed=0,{TINY}"
+    assert proc.returncode == 1, describe(proc)
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"pgrun: error: 1 of 2 jobs failed ({bad.name}): see ")
+    ), describe(proc)
+    assert (writer_pid(good) == process.pid) == (launcher == "basic"), describe(proc)
+    assert "hparams/final_return" in read_scalars(good)
+    assert (bad / "failed.txt").read_text().startswith("optim.lr=-1.0 is out of range")
+    rows = {row["group"]: row for row in summary(sweep)}
+    assert rows["optim.lr=0.01"]["seeds"] == "1"
+    assert float(rows["optim.lr=0.01"]["final_return_mean"]) > 0
+    assert (rows["optim.lr=-1"]["seeds"], rows["optim.lr=-1"]["failed"]) == ("0", "1")
+    assert rows["optim.lr=-1"]["failed_jobs"] == bad.name
+    md = (sweep / "summary.md").read_text()
+    assert f"## Failed jobs (1)\n\n- `{bad.name}`: optim.lr=-1.0 is out of range" in md
+    assert (sweep / "comparison.png").is_file()
+    assert (sweep / "aggregate" / "optim.lr=0.01" / "mean").is_dir()
+
+
+def test_a_single_run_with_a_bad_value_still_fails_at_once(tmp_path: Path):
+    proc = run_pgrun(["optim.lr=-1"], cwd=tmp_path)
+    assert proc.returncode == 2, describe(proc)
+    assert proc.stderr.strip().splitlines() == [
+        "pgrun: error: optim.lr=-1.0 is out of range: use a value > 0"
+    ], describe(proc)
+    assert not list(tmp_path.glob("outputs/runs/*")), "the failed run left its directory"
+
+
+def test_optuna_search_keeps_its_study_in_sqlite(tmp_path: Path):
+    optuna = pytest.importorskip("optuna")
+    sweep = tmp_path / "sweep"
+    proc = run_pgrun(
+        [
+            "-m",
+            "hparams_search=lr_batch",
+            "hydra.sweeper.n_trials=2",
+            "total_steps=1000",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, describe(proc)
+    study = optuna.load_study(
+        study_name="pgrun_rtg_baseline_CartPole-v1", storage=f"sqlite:///{sweep}/optuna.db"
+    )
+    trials = study.trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 2
+    for trial in trials:
+        lr, n = trial.params["optim.lr"], trial.params["batch_episodes"]
+        assert 0.001 <= lr <= 0.1 and n in (4, 8, 16, 32)
+        (job,) = [
+            p
+            for p in sweep.iterdir()
+            if f"optim.lr={lr}," in p.name and f"batch_episodes={n}," in p.name
+        ]
+        final = read_scalars(job)["hparams/final_return"][-1][1]
+        assert trial.value == pytest.approx(final)  # the objective is the run's final return
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(max(t.value for t in trials))
+    assert len(summary(sweep)) == 2 and (sweep / "comparison.png").is_file()
+
+
+def composed(*overrides: str):
+    with initialize_config_module(config_module="pgrun.configs", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_compare_variants_is_four_variants_by_five_seeds_on_cartpole():
+    cfg = composed("experiment=compare_variants")
+    params = cfg.hydra.sweeper.params
+    assert params.variant.split(",") == ["vanilla", "rtg", "rtg_baseline", "off_policy"]
+    assert params.seed.split(",") == ["0", "1", "2", "3", "4"]
+    assert cfg.env.id == "CartPole-v1"
+    assert cfg.env.solved_return == 475
+    assert cfg.total_steps == 50_000
+    assert "compare" in cfg.hydra.callbacks
+
+
+def test_slurm_preset_extends_the_plugin():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    launcher = composed("hydra/launcher=slurm").hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.cpus_per_task, launcher.mem_gb, launcher.timeout_min) == (1, 4, 60)
+    assert launcher.partition is None  # the user names theirs
