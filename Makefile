@@ -12,10 +12,10 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,sweep]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,sweep,box2d,mujoco,atari,video]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv (if missing) and install pgrun with its dev tools and sweep launchers
+install: $(STAMP) ## create .venv (if missing) and install pgrun with its dev tools, sweep launchers and every env family
 
 run: $(STAMP) ## train rtg_baseline on CartPole-v1 (extra overrides: make run ARGS="seed=3")
 	$(VENV)/bin/pgrun variant=rtg_baseline env=CartPole-v1 $(ARGS)

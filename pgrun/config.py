@@ -65,6 +65,17 @@ class EnvConfig:
     """Keyword arguments passed to gymnasium.make_vec for the env."""
     solved_return: Optional[float] = None
     """Mean episodic return that counts as solved (shown in the summary); null: none."""
+    normalize_obs: bool = False
+    """Normalise observations with a running mean/std (updated after each batch's update),
+    saved with the policy in policy.pt so a reloaded policy acts the same."""
+    scale_rewards: bool = False
+    """Divide the rewards the estimator sees by a running std of the discounted episode
+    returns; the logged returns stay unscaled."""
+    atari_preprocessing: bool = False
+    """gymnasium's AtariPreprocessing on every copy (no-op starts, frame skip 4, 84x84 gray);
+    the base env is made with frameskip=1."""
+    frame_stack: int = 1
+    """Observations are the last this many frames (1: no stacking)."""
 
 
 @dataclass
@@ -76,6 +87,9 @@ class PolicyConfig:
     """tanh | relu | elu | gelu | silu | leaky_relu."""
     log_std_init: float = -0.5
     """Initial log standard deviation of a Gaussian policy (Box actions)."""
+    squash: bool = False
+    """Box actions: tanh-squash the Gaussian into the bounds (log-prob corrected) instead of
+    clipping the sampled action when stepping the env."""
 
 
 @dataclass
@@ -111,6 +125,19 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int = 0
+    """Evaluate the deterministic policy (the mode, or the Gaussian mean) after every this many
+    iterations and after the last one; 0 turns evaluation off."""
+    episodes: int = 10
+    """M: evaluation episodes, from the same M seeded starts each time, logged as
+    eval/episodic_return and eval/episodic_length."""
+    video: bool = False
+    """Record one evaluation episode at each evaluation: videos/eval_<env steps>.mp4 in the
+    run directory and an animated image eval/video in TensorBoard."""
+
+
+@dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -118,6 +145,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     """Estimator diagnostics written to TensorBoard (pgrun/diagnostics.py)."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Deterministic evaluation episodes and videos (pgrun/evaluation.py)."""
     seed: int = 0
     """Seeds torch and every batch's env resets (derived from (seed, iteration))."""
     batch_episodes: int = 16
@@ -152,7 +181,7 @@ class ConfigError(UserError):
 
 
 _ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu", "leaky_relu")
-_POLICIES = ("mlp",)
+_POLICIES = ("mlp", "cnn")
 
 
 def validate(cfg: "DictConfig | Config") -> None:
@@ -169,6 +198,9 @@ def validate(cfg: "DictConfig | Config") -> None:
     need(cfg.diagnostics.every >= 0, "diagnostics.every", cfg.diagnostics.every,
          "use an integer >= 0 (0 turns the gradient diagnostics off)")
     need(cfg.threads >= 1, "threads", cfg.threads, "use an integer >= 1")
+    need(cfg.eval.every >= 0, "eval.every", cfg.eval.every, "use an integer >= 0 (0: no evaluation)")
+    need(cfg.eval.episodes >= 1, "eval.episodes", cfg.eval.episodes, "use an integer >= 1")
+    need(cfg.env.frame_stack >= 1, "env.frame_stack", cfg.env.frame_stack, "use an integer >= 1")
     need(cfg.variant.inner_steps >= 1, "variant.inner_steps", cfg.variant.inner_steps,
          "use an integer >= 1 (1 is on-policy)")
     horizon = cfg.env.horizon

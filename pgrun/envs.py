@@ -1,10 +1,22 @@
-"""Vectorised environments: N copies of one gymnasium env, stepped in lockstep."""
+"""Vectorised environments: N copies of one gymnasium env, stepped in lockstep.
+
+Besides the registered ids, an env can come from the user's own module in gymnasium's
+``module:EnvId`` form (the module registers ``EnvId`` when imported, or defines a class of that
+name). Families that need an optional dependency (Box2D, MuJoCo, Atari) are checked up front, so
+a missing one is a one-line :class:`EnvError` naming the extra to install.
+"""
 
 from __future__ import annotations
 
+import ctypes.util
+import importlib
+import math
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 
 from pgrun.config import UserError
 
@@ -13,15 +25,119 @@ class EnvError(UserError):
     """An environment that cannot be made or used; the message is one line naming the fix."""
 
 
-def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
-    """The registered spec of `env_id`, or EnvError naming the problem."""
+def _headless_gl() -> None:
+    """Pick an off-screen OpenGL backend for MuJoCo's renderer unless the user chose one: EGL,
+    else OSMesa (MuJoCo reads MUJOCO_GL when it is first imported)."""
+    if "MUJOCO_GL" in os.environ:
+        return
+    for backend, lib in (("egl", "EGL"), ("osmesa", "OSMesa")):
+        if ctypes.util.find_library(lib):
+            os.environ["MUJOCO_GL"] = backend
+            return
+
+
+_headless_gl()
+
+# Entry-point prefix -> (module that must import, what to call it, the pgrun extra).
+_FAMILIES = {
+    "gymnasium.envs.box2d": ("Box2D", "Box2D", "box2d"),
+    "gymnasium.envs.mujoco": ("mujoco", "MuJoCo", "mujoco"),
+    "ale_py": ("ale_py", "ale-py", "atari"),
+}
+
+
+def _needs(env_id: str, what: str, extra: str) -> EnvError:
+    return EnvError(f"{env_id} needs {what}: pip install -e '.[{extra}]'")
+
+
+def _register_ale(env_id: str) -> None:
+    """Atari ids live in ale-py's ALE/ namespace, registered when ale-py is imported."""
     try:
-        return gym.spec(env_id)
+        ale_py = importlib.import_module("ale_py")
+    except ImportError:
+        raise _needs(env_id, "ale-py (Atari)", "atari") from None
+    gym.register_envs(ale_py)
+
+
+def _import_module_of(env_id: str) -> str:
+    """`module:EnvId` (gymnasium's form for an env registered by importing `module`): import the
+    module and return the id to look up. `module:ClassName`, a gym.Env subclass the module
+    defines without registering it, is registered here as `module.ClassName`."""
+    module_name, _, name = env_id.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise EnvError(
+            f"env.id={env_id!r}: cannot import {module_name!r} ({exc}); put the folder that "
+            "holds it on PYTHONPATH or install it"
+        ) from None
+    if name in gym.registry:
+        return name
+    cls = getattr(module, name, None)
+    if isinstance(cls, type) and issubclass(cls, gym.Env):
+        registered = f"{module_name}.{name}"
+        if registered not in gym.registry:
+            gym.register(id=registered, entry_point=cls)
+        return registered
+    return name
+
+
+def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The registered spec of `env_id`, or EnvError naming the problem.
+
+    `env_id` is a registered id (CartPole-v1, ALE/Pong-v5, ...) or `module:EnvId`, which imports
+    `module` first (your own env; see _import_module_of). The optional dependency of the env's
+    family is checked here.
+    """
+    lookup = env_id
+    if env_id.startswith("ALE/"):
+        _register_ale(env_id)
+    elif ":" in env_id:
+        lookup = _import_module_of(env_id)
+    try:
+        spec = gym.spec(lookup)
     except gym.error.Error as exc:
         raise EnvError(
             f"env.id={env_id!r} is not a registered gymnasium environment ({exc}); "
-            "pick an id from gymnasium.registry or a configs/env/ file"
+            "pick an id from gymnasium.registry or a configs/env/ file, or give module:EnvId"
         ) from None
+    entry = spec.entry_point if isinstance(spec.entry_point, str) else ""
+    for prefix, (module, what, extra) in _FAMILIES.items():
+        if entry.startswith(prefix):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise _needs(env_id, what, extra) from None
+    return spec
+
+
+def env_wrappers(
+    atari_preprocessing: bool = False, frame_stack: int = 1, horizon: int | None = None
+) -> list[Callable[[gym.Env], gym.Env]]:
+    """The wrappers every copy gets, in order: Atari preprocessing (no-op starts, frame skip 4,
+    84x84 grayscale), a stack of the last `frame_stack` observations, and (with Atari
+    preprocessing) the horizon as a time limit counted in agent steps."""
+    wrappers: list[Callable[[gym.Env], gym.Env]] = []
+    if atari_preprocessing:
+        wrappers.append(lambda e: gym.wrappers.AtariPreprocessing(e, frame_skip=4, noop_max=30))
+    if frame_stack > 1:
+        wrappers.append(lambda e: gym.wrappers.FrameStackObservation(e, frame_stack))
+    if atari_preprocessing and horizon is not None:
+        wrappers.append(lambda e: gym.wrappers.TimeLimit(e, horizon))
+    return wrappers
+
+
+def _make_kwargs(
+    kwargs: Mapping[str, Any], atari_preprocessing: bool, horizon: int | None
+) -> dict[str, Any]:
+    """The constructor kwargs: with Atari preprocessing the base env must not skip frames itself,
+    and its time limit counts agent steps in a wrapper (see env_wrappers)."""
+    kwargs = dict(kwargs)
+    if atari_preprocessing:
+        kwargs.setdefault("frameskip", 1)
+    elif horizon is not None:
+        kwargs["max_episode_steps"] = horizon
+    return kwargs
 
 
 def make_env(
@@ -31,32 +147,110 @@ def make_env(
     *,
     vectorization: str = "auto",
     horizon: int | None = None,
+    atari_preprocessing: bool = False,
+    frame_stack: int = 1,
     **kwargs: Any,
 ) -> gym.vector.VectorEnv:
     """N copies of `env_id` in one vector env (gymnasium.make_vec), seeded if `seed` is given.
 
     Args:
-        env_id: any registered gymnasium id.
+        env_id: a registered gymnasium id, or `module:EnvId` (see env_spec).
         num_envs: N, the number of copies stepped in lockstep.
         seed: seeds the copies' first reset (copy i gets seed + i) and the action space.
         vectorization: "auto" (the env's own vectorised class where it has one, else "sync"),
-            "vector_entry_point", "sync" or "async".
+            "vector_entry_point", "sync" or "async" (one process per copy).
         horizon: if given, the time limit of every copy (truncation after `horizon` steps).
+        atari_preprocessing: gymnasium's AtariPreprocessing on every copy.
+        frame_stack: observations are the last `frame_stack` frames (1: no stacking).
         kwargs: passed on to the environment's constructor.
     """
     spec = env_spec(env_id)
+    wrappers = env_wrappers(atari_preprocessing, frame_stack, horizon)
     if vectorization == "auto":
-        vectorization = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
-    if horizon is not None:
-        kwargs = {**kwargs, "max_episode_steps": horizon}
+        has_own = spec.vector_entry_point is not None and not wrappers
+        vectorization = "vector_entry_point" if has_own else "sync"
+    if vectorization == "vector_entry_point":
+        if spec.vector_entry_point is None:
+            raise EnvError(
+                f"env.vectorization=vector_entry_point: {env_id} has no vectorised class of its "
+                "own; use auto, sync or async"
+            )
+        if wrappers:
+            raise EnvError(
+                "env.vectorization=vector_entry_point cannot wrap the copies (Atari "
+                "preprocessing, frame stacking): use auto, sync or async"
+            )
+    extra = {"wrappers": wrappers} if wrappers else {}
     try:
-        env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization, **kwargs)
+        env = gym.make_vec(
+            spec,
+            num_envs=num_envs,
+            vectorization_mode=vectorization,
+            **extra,
+            **_make_kwargs(kwargs, atari_preprocessing, horizon),
+        )
     except TypeError as exc:
         raise EnvError(f"env.kwargs do not fit {env_id!r}: {exc}") from None
+    except gym.error.DependencyNotInstalled as exc:
+        raise EnvError(f"{env_id}: a dependency is missing ({exc})") from None
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)
     return env
+
+
+def make_single_env(
+    env_id: str,
+    *,
+    render_mode: str | None = None,
+    horizon: int | None = None,
+    atari_preprocessing: bool = False,
+    frame_stack: int = 1,
+    **kwargs: Any,
+) -> gym.Env:
+    """One copy of the env exactly as make_env builds each of its copies, e.g. with
+    render_mode="rgb_array" to record a video of a policy trained on make_env's copies."""
+    spec = env_spec(env_id)
+    if render_mode is not None and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen, quietly
+    try:
+        env = gym.make(
+            spec, render_mode=render_mode, **_make_kwargs(kwargs, atari_preprocessing, horizon)
+        )
+    except TypeError as exc:
+        raise EnvError(f"env.kwargs do not fit {env_id!r}: {exc}") from None
+    except gym.error.DependencyNotInstalled as exc:
+        raise EnvError(f"{env_id}: a dependency is missing ({exc})") from None
+    for wrap in env_wrappers(atari_preprocessing, frame_stack, horizon):
+        env = wrap(env)
+    return env
+
+
+def env_options(env_cfg: Any) -> dict[str, Any]:
+    """The make_env / make_single_env keyword arguments held in the `env` part of a config."""
+    return {
+        "horizon": env_cfg.horizon,
+        "atari_preprocessing": bool(env_cfg.get("atari_preprocessing", False)),
+        "frame_stack": int(env_cfg.get("frame_stack", 1)),
+        **dict(env_cfg.kwargs),
+    }
+
+
+def env_from_config(
+    cfg: Any, num_envs: int, seed: int | None, *, per_copy_seeds: bool = False
+) -> gym.vector.VectorEnv:
+    """make_env for a composed pgrun config (its `env` part).
+
+    `per_copy_seeds`: copy i must start as a single env reset with seed + i does (evaluation,
+    videos), which an env's own vectorised class need not do: use sync instead of it.
+    """
+    vectorization = cfg.env.vectorization
+    vectorization = str(getattr(vectorization, "value", vectorization))
+    if per_copy_seeds and vectorization in ("auto", "vector_entry_point"):
+        vectorization = "sync"
+    return make_env(cfg.env.id, num_envs, seed, vectorization=vectorization, **env_options(cfg.env))
 
 
 def time_limit(env: gym.vector.VectorEnv) -> int | None:
@@ -65,3 +259,43 @@ def time_limit(env: gym.vector.VectorEnv) -> int | None:
     if spec is None:
         return None
     return spec.kwargs.get("max_episode_steps", spec.max_episode_steps)
+
+
+# How a batch stores observations and hands actions to the env, per space.
+
+
+def is_image(space: gym.Space) -> bool:
+    """A Box of uint8 values: frames (H, W[, C]) or (C, H, W), or e.g. Atari RAM; kept as uint8
+    in a batch and scaled to [0, 1] by the policy."""
+    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8
+
+
+def batch_obs(obs: np.ndarray, space: gym.Space) -> np.ndarray:
+    """Observations of B copies, (B, *space.shape), in the layout a batch keeps them:
+    uint8 Box: (B, *shape) uint8; other Box: (B, obs_dim) float32 (flattened);
+    Discrete: (B,) int64 index from 0; MultiDiscrete: (B, k) int64 from 0; MultiBinary:
+    (B, n) float32."""
+    n = obs.shape[0]
+    if is_image(space):
+        return obs
+    if isinstance(space, gym.spaces.Box):
+        return obs.reshape(n, math.prod(space.shape)).astype(np.float32, copy=False)
+    if isinstance(space, gym.spaces.Discrete):
+        return (np.asarray(obs) - space.start).astype(np.int64).reshape(n)
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return (np.asarray(obs) - space.start).astype(np.int64).reshape(n, -1)
+    if isinstance(space, gym.spaces.MultiBinary):
+        return np.asarray(obs).astype(np.float32).reshape(n, -1)
+    raise EnvError(f"observation space {space} is not supported")
+
+
+def env_action(act: np.ndarray, space: gym.Space) -> np.ndarray:
+    """Sampled actions (B, ...) as the env takes them: Box clipped to its bounds, Discrete and
+    MultiDiscrete shifted by the space's start, MultiBinary as int8."""
+    if isinstance(space, gym.spaces.Box):
+        return np.clip(act, space.low, space.high)
+    if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
+        return act + space.start if np.any(space.start) else act
+    if isinstance(space, gym.spaces.MultiBinary):
+        return act.astype(np.int8)
+    return act

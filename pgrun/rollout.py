@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pgrun.envs import time_limit
+from pgrun.envs import batch_obs, env_action, time_limit
 
 
 @dataclass
@@ -17,14 +17,18 @@ class Batch:
     """N episodes, padded to the longest one (T_b <= T steps) and masked.
 
     Attributes:
-        obs: (N, T_b, obs_dim) float32; s_t of episode i (zeros after it ended).
+        obs: (N, T_b, obs_dim) float32; s_t of episode i (zeros after it ended). Other
+            observation spaces keep the layout of pgrun.envs.batch_obs: uint8 frames
+            (N, T_b, *shape), Discrete (N, T_b) int64, MultiDiscrete (N, T_b, k) int64.
         act: (N, T_b) int64 for Discrete actions, (N, T_b, act_dim) float32 for Box; the
-            sampled a_t (before any clipping to the action bounds).
+            sampled a_t (before any clipping to the action bounds). MultiDiscrete:
+            (N, T_b, k) int64; MultiBinary: (N, T_b, n) float32.
         rew: (N, T_b) float32; r_t, zero after the episode ended.
         mask: (N, T_b) float32; 1 where step t belongs to episode i, else 0.
         terminated: (N,) bool; the episode reached a terminal state.
         truncated: (N,) bool; the episode was cut by a time limit or the horizon T.
-        final_obs: (N, obs_dim) float32; the observation after each episode's last step.
+        final_obs: (N, obs_dim) float32 (or the layout of obs); the observation after each
+            episode's last step.
     """
 
     obs: torch.Tensor
@@ -68,8 +72,8 @@ def collect_episodes(
 
     One batched forward pass per time step samples all N actions; a copy whose episode has
     ended keeps being stepped (its results are masked out) so that the N copies stay in
-    lockstep. Box actions are clipped to the bounds when stepping the env; the batch keeps
-    the sampled action, whose log-probability the loss uses.
+    lockstep. Box actions are clipped to the bounds when stepping the env (pgrun.envs.env_action);
+    the batch keeps the sampled action, whose log-probability the loss uses.
 
     Args:
         env: vector env of N copies.
@@ -81,46 +85,44 @@ def collect_episodes(
     if T is None:
         raise ValueError("the env has no time limit: set a horizon (env.horizon)")
     N = env.num_envs
-    obs_shape = env.single_observation_space.shape
-    obs_dim = int(np.prod(obs_shape))
-    act_space = env.single_action_space
-    discrete = isinstance(act_space, gym.spaces.Discrete)
-    act_shape = () if discrete else act_space.shape
-    low, high = (None, None) if discrete else (act_space.low, act_space.high)
+    obs_space, act_space = env.single_observation_space, env.single_action_space
     device = next(policy.parameters()).device
     # policy.sample(obs) where the policy has it (pgrun's do), else policy(obs).sample().
     sample = getattr(policy, "sample", None) or (lambda o: policy(o).sample())
 
-    obs_buf = np.zeros((T, N, obs_dim), dtype=np.float32)
-    act_buf = np.zeros((T, N, *act_shape), dtype=np.int64 if discrete else np.float32)
+    obs, _ = env.reset(seed=seed)
+    obs = batch_obs(obs, obs_space)
+    obs_buf = np.zeros((T, *obs.shape), dtype=obs.dtype)
+    act_buf = None  # allocated from the first action's dtype and shape
     rew_buf = np.zeros((T, N), dtype=np.float32)
     mask_buf = np.zeros((T, N), dtype=np.float32)
-    final_obs = np.zeros((N, obs_dim), dtype=np.float32)
+    final_obs = np.zeros_like(obs)
     terminated = np.zeros(N, dtype=bool)
     truncated = np.zeros(N, dtype=bool)
     alive = np.ones(N, dtype=bool)
 
-    obs, _ = env.reset(seed=seed)
     t = 0
     with torch.inference_mode():
         for t in range(T):  # noqa: B007 (t is the batch length below)
-            obs_buf[t] = obs.reshape(N, obs_dim)
+            obs_buf[t] = obs
             mask_buf[t] = alive
             act = sample(torch.from_numpy(obs_buf[t]).to(device)).cpu().numpy()
+            if act_buf is None:
+                act_buf = np.zeros((T, *act.shape), dtype=act.dtype)
             act_buf[t] = act
-            env_act = act if discrete else np.clip(act, low, high)
-            obs, rew, term, trunc, _ = env.step(env_act)
+            obs, rew, term, trunc, _ = env.step(env_action(act, act_space))
+            obs = batch_obs(obs, obs_space)
             rew_buf[t] = np.where(alive, rew, 0.0)
             ended = alive & (term | trunc)
             terminated |= ended & term
             truncated |= ended & ~term
-            final_obs[ended] = obs.reshape(N, obs_dim)[ended]
+            final_obs[ended] = obs[ended]
             alive &= ~ended
             if not alive.any():
                 break
     # Episodes still running after T steps are cut by the horizon: a truncation.
     truncated |= alive
-    final_obs[alive] = obs.reshape(N, obs_dim)[alive]
+    final_obs[alive] = obs[alive]
 
     T_b = t + 1
 

@@ -17,10 +17,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pgrun import diagnostics
 from pgrun.config import ConfigError
-from pgrun.envs import make_env, time_limit
+from pgrun.envs import env_from_config, time_limit
+from pgrun.evaluation import Evaluator
 from pgrun.logger import Logger
 from pgrun.losses import batch_advantages, pg_loss, ratio_stats
-from pgrun.policies import make_policy
+from pgrun.normalization import RewardScaler
+from pgrun.policies import policy_from_config
 from pgrun.rollout import Batch, collect_episodes
 
 log = logging.getLogger(__name__)
@@ -108,20 +110,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     torch.set_num_threads(cfg.threads)
     device = resolve_device(str(cfg.device.value if hasattr(cfg.device, "value") else cfg.device))
     torch.manual_seed(cfg.seed)
-    env = make_env(
-        cfg.env.id,
-        num_envs=cfg.batch_episodes,
-        seed=cfg.seed,
-        vectorization=OmegaConf.to_container(cfg.env, enum_to_str=True)["vectorization"],
-        horizon=cfg.env.horizon,
-        **cfg.env.kwargs,
-    )
+    env = env_from_config(cfg, num_envs=cfg.batch_episodes, seed=cfg.seed)
     horizon = cfg.env.horizon or time_limit(env)
     if horizon is None:
         raise ConfigError(f"env.id={cfg.env.id!r} has no time limit: set env.horizon=<steps>")
-    policy = make_policy(
-        env, list(cfg.policy.hidden_sizes), cfg.policy.activation, cfg.policy.log_std_init
-    ).to(device)
+    policy = policy_from_config(env, cfg).to(device)
+    evaluator = Evaluator(cfg, policy, run_dir, horizon)  # eval.every, eval.video
+    scale = RewardScaler(cfg.gamma) if cfg.env.scale_rewards else lambda b: b
     optimizer = make_optimizer(str(cfg.optim.name.value), policy.parameters(), cfg.optim.lr)
     variant = cfg.variant
 
@@ -140,7 +135,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 batch = collect_episodes(
                     env, policy, horizon, seed=derive_seed(cfg.seed, iteration, 0)
                 )
-                adv = batch_advantages(batch, variant, cfg.gamma, cfg.discount_from_start)
+                adv = batch_advantages(scale(batch), variant, cfg.gamma, cfg.discount_from_start)
                 every = cfg.diagnostics.every
                 stats = update(
                     policy,
@@ -151,6 +146,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                     grad_stats=every > 0 and iteration % every == 0,
                     inner_stats=cfg.diagnostics.ratios,
                 )
+                policy.update_obs_stats(batch.obs, batch.mask)  # env.normalize_obs
 
                 steps = batch.num_steps
                 env_steps += steps
@@ -168,12 +164,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                     },
                     env_steps,
                 )
+                evaluator.after_iteration(logger, iteration, env_steps, env_steps >= cfg.total_steps)
                 bar.update(min(steps, cfg.total_steps - bar.n))
                 bar.set_postfix(ret=f"{recent[-1]:.1f}", sps=f"{sps:,.0f}", refresh=False)
         final_return = float(np.mean(recent))
     finally:
         logger.close(final_return, env_steps)
         env.close()
+        evaluator.close()
     wall = time.perf_counter() - start
     torch.save(
         {"state_dict": policy.state_dict(), "config": resolved},

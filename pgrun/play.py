@@ -1,0 +1,138 @@
+"""`pgrun-play RUN_DIR`: load the policy a run saved, play it, print its returns, and optionally
+record a video. What a user does after training.
+
+By default it plays the run's evaluation episodes (the same seeded starts, the deterministic
+action), so its mean return is the run's last eval/episodic_return when the counts match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+POLICY_FILE = "policy.pt"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="pgrun-play",
+        description="Play the policy a pgrun run saved (RUN_DIR/policy.pt) and print its returns.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run directory of pgrun")
+    parser.add_argument("-n", "--episodes", type=int, default=10, help="episodes to play (10)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the first episode's start (episode i: seed + i); "
+        "default: the run's evaluation seed",
+    )
+    parser.add_argument(
+        "--sample",
+        action="store_true",
+        help="sample actions from the policy instead of taking the deterministic one",
+    )
+    parser.add_argument(
+        "--video", type=Path, default=None, metavar="MP4", help="record the first episode here"
+    )
+    parser.add_argument(
+        "--horizon", type=int, default=None, help="steps per episode at most (default: the run's)"
+    )
+    return parser.parse_args(argv)
+
+
+def fail(message: str) -> None:
+    print(f"pgrun-play: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def load_run(run_dir: Path):
+    """(config, policy) of a finished run: the resolved config and the policy with its weights
+    (and observation statistics), read with torch.load(weights_only=True)."""
+    path = run_dir / POLICY_FILE
+    if not path.is_file():
+        fail(f"{run_dir} has no {POLICY_FILE} (a run writes it when it finishes)")
+    import torch
+    from omegaconf import OmegaConf
+
+    from pgrun.envs import make_single_env
+    from pgrun.policies import policy_from_config
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = OmegaConf.create(saved["config"])
+    env = make_single_env(cfg.env.id, **_options(cfg))
+    try:
+        policy = policy_from_config(env, cfg)
+    finally:
+        env.close()
+    policy.load_state_dict(saved["state_dict"])
+    policy.eval()
+    return cfg, policy
+
+
+def _options(cfg) -> dict:
+    from pgrun.envs import env_options
+
+    return env_options(cfg.env)
+
+
+def play(argv: list[str] | None = None) -> list[float]:
+    """The command's work; returns the episodes' returns."""
+    args = parse_args(argv)
+    if args.episodes < 1:
+        fail(f"--episodes={args.episodes}: use an integer >= 1")
+    import numpy as np
+    import torch
+
+    from pgrun.envs import env_from_config, time_limit
+    from pgrun.evaluation import eval_seed, evaluate, record_video, render_env
+    from pgrun.rollout import collect_episodes
+
+    torch.set_num_threads(1)
+    cfg, policy = load_run(args.run_dir)
+    seed = eval_seed(cfg.seed) if args.seed is None else args.seed
+    env = env_from_config(cfg, num_envs=args.episodes, seed=None, per_copy_seeds=True)
+    try:
+        horizon = args.horizon or cfg.env.horizon or time_limit(env)
+        if args.sample:
+            torch.manual_seed(seed)
+            batch = collect_episodes(env, policy, horizon, seed=seed)
+        else:
+            batch = evaluate(env, policy, horizon, seed)
+    finally:
+        env.close()
+    returns = batch.returns.tolist()
+    for i, (ret, length) in enumerate(zip(returns, batch.lengths.tolist(), strict=True)):
+        print(f"episode {i}: return {ret:.2f}, length {length}")
+    how = "sampled" if args.sample else "deterministic"
+    print(
+        f"{cfg.env.id}: mean return {np.mean(returns):.2f} +- {np.std(returns):.2f} over "
+        f"{len(returns)} episodes ({how} actions, seed {seed})"
+    )
+    if args.video is not None:
+        renv = render_env(cfg)
+        try:
+            if args.sample:
+                torch.manual_seed(seed)
+            ret, length, _, _ = record_video(
+                renv, policy, args.video, horizon, seed, deterministic=not args.sample
+            )
+        finally:
+            renv.close()
+        print(f"video ({how} actions, return {ret:.2f}, {length} steps): {args.video}")
+    return returns
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `pgrun-play` console script."""
+    from pgrun.config import UserError
+
+    try:
+        play(argv)
+    except UserError as exc:
+        fail(str(exc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""pgrun-play: a saved run's policy, reloaded (observation statistics included), plays the run's
+evaluation episodes and gets the run's last evaluation return; it records a video on request."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import pgrun
+from pgrun.play import play
+
+# The console scripts installed next to the interpreter running the tests.
+BIN = Path(sys.executable).parent
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a pgrun subprocess: one torch thread, no Hydra tracebacks."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra or {})}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def describe(proc: subprocess.CompletedProcess[str]) -> str:
+    """The command, its status and the end of its output, for assertion messages."""
+    return (
+        f"$ {' '.join(map(str, proc.args))}\nexit {proc.returncode}\n"
+        f"--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
+    )
+
+
+def event_file(run_dir: Path) -> Path:
+    (path,) = run_dir.glob("events.out.tfevents.*")
+    return path
+
+
+PLAY = BIN / "pgrun-play"
+EPISODES = 3
+
+
+def compose(*overrides: str):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    import pgrun.config  # noqa: F401 (registers the schema the configs extend)
+
+    with initialize_config_module("pgrun.configs", version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A short Pendulum run with observation normalisation, evaluated every 2 iterations:
+    (its run directory, its last eval/episodic_return)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path_factory.mktemp("play") / "run"
+    cfg = compose(
+        "env=Pendulum-v1",
+        "env.normalize_obs=true",
+        "env.horizon=40",
+        "batch_episodes=4",
+        "total_steps=480",
+        "eval.every=2",
+        f"eval.episodes={EPISODES}",
+        "progress=false",
+    )
+    pgrun.train(cfg, run_dir)
+    acc = EventAccumulator(str(event_file(run_dir)), size_guidance={"scalars": 0})
+    acc.Reload()
+    return run_dir, acc.Scalars("eval/episodic_return")[-1].value
+
+
+def mean_return(stdout: str) -> float:
+    match = re.search(r"mean return (-?[\d.]+) \+- ", stdout)
+    assert match, stdout
+    return float(match.group(1))
+
+
+def test_the_saved_policy_carries_its_observation_statistics(trained):
+    run_dir, _ = trained
+    state = torch.load(run_dir / "policy.pt", weights_only=True)["state_dict"]
+    assert state["encoder.norm.count"].item() > 0
+    assert not torch.equal(state["encoder.norm.mean"], torch.zeros(3, dtype=torch.float64))
+
+
+def test_pgrun_play_replays_the_evaluation_and_records_a_video(trained, tmp_path):
+    run_dir, last_eval = trained
+    video = tmp_path / "play.mp4"
+    proc = subprocess.run(
+        [str(PLAY), str(run_dir), "-n", str(EPISODES), "--video", str(video)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, describe(proc)
+    lines = proc.stdout.splitlines()
+    episodes = [line for line in lines if line.startswith("episode ")]
+    assert len(episodes) == EPISODES
+    # The same starts and the deterministic action: the run's last evaluation, reproduced.
+    assert mean_return(proc.stdout) == pytest.approx(last_eval, abs=0.01)
+    assert video.stat().st_size > 0
+    import av
+
+    with av.open(str(video)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    length = int(re.search(r"length (\d+)", episodes[0]).group(1))
+    assert frames == length + 1  # the start and one frame per step of episode 0
+
+
+def test_play_is_repeatable_and_sampling_differs(trained, capsys):
+    run_dir, _ = trained
+    outputs = []
+    for args in (["--seed", "5"], ["--seed", "5"], ["--seed", "5", "--sample"]):
+        returns = play([str(run_dir), "-n", "2", *args])
+        outputs.append(returns)
+        assert len(returns) == 2
+    assert outputs[0] == outputs[1]
+    assert outputs[2] != outputs[0]
+    assert "sampled actions" in capsys.readouterr().out
+
+
+def test_a_run_without_a_policy_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        play([str(tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == f"pgrun-play: error: {tmp_path} has no policy.pt (a run writes it when it finishes)"
+    )
