@@ -491,3 +491,43 @@ def test_scaled_rewards_train_and_log_unscaled_returns(tmp_path):
     returns = [e.value for e in acc.Scalars("charts/episodic_return")]
     lengths = [e.value for e in acc.Scalars("charts/episodic_length")]
     assert returns == lengths
+
+
+CONFIGS = Path(pgrun.__file__).resolve().parent.parent / "configs"
+ENV_FILES = sorted(
+    str(p.relative_to(CONFIGS / "env").with_suffix("")) for p in (CONFIGS / "env").rglob("*.yaml")
+)
+FAMILY_MODULE = {
+    "gymnasium.envs.box2d": "Box2D",
+    "gymnasium.envs.mujoco": "mujoco",
+    "ale_py": "ale_py",
+}
+
+
+@pytest.mark.parametrize("name", ENV_FILES)
+def test_every_env_file_composes_and_builds_its_env_and_policy(name):
+    """`env=<name>` composes, its first comment says what the env is and what solved looks
+    like, and its env and the policy for its spaces can be made (no training)."""
+    text = (CONFIGS / "env" / f"{name}.yaml").read_text().splitlines()
+    assert text[0] == "# @package _global_"
+    assert text[1].startswith(f"# {name}: ")
+    cfg = compose(f"env={name}", *(["policy=cnn"] if name.startswith("ALE/") else []))
+    assert cfg.env.id == name
+    assert cfg.env.horizon and cfg.total_steps > 0 and 0 < cfg.gamma <= 1 and cfg.optim.lr > 0
+    if name.startswith("ALE/"):
+        module = "ale_py"
+    else:
+        module = next(
+            (
+                m
+                for prefix, m in FAMILY_MODULE.items()
+                if gym.spec(name).entry_point.startswith(prefix)
+            ),
+            None,
+        )
+    if module is not None and missing(module):
+        pytest.skip(f"{module} is not installed")
+    env = pgrun_envs.env_from_config(cfg, num_envs=1, seed=0)
+    policy = pgrun.policies.policy_from_config(env, cfg)
+    env.close()
+    assert (policy.encoder.norm is not None) == cfg.env.normalize_obs
