@@ -28,7 +28,9 @@ is met. The rows:
    floor for any runner that steps the env from Python with a torch policy). The policy is the
    freshly initialised one and the optimiser's learning rate is 0, so the episode lengths stay
    those of the untrained policy (about 20 steps; the shortest episodes, where N copies run in
-   lockstep waste the most). `lockstep` is the fraction of stepped env slots that were valid.
+   lockstep waste the most). `lockstep` is the fraction of the stepped env slots (N x the
+   batch's longest episode) that were valid steps; `stepped slots` is pgrun's rate counting
+   every slot, the figure to hold against the raw env's.
    Rows 2 and 3 report the best of 5 measuring windows, the one least disturbed by other load.
 3. HalfCheetah-v5 (needs mujoco): pgrun's collect_episodes against raw env stepping, N = 16.
 4. Whole process: `pgrun variant=rtg_baseline env=CartPole-v1` wall and peak RSS;
@@ -247,9 +249,12 @@ def solve_pgrun(variant: str, seed: int, settings: Settings) -> Solve:
     return Solve(None, None)
 
 
-def linear(start: float) -> Callable[[float], float]:
-    """RL-Zoo's `lin_<start>`: SB3 passes progress_remaining, from 1 down to 0."""
-    return lambda progress_remaining: progress_remaining * start
+def zoo_schedule(value: str | float) -> float | Callable[[float], float]:
+    """RL-Zoo's `lin_<x>`: x * progress_remaining (SB3 passes it, from 1 down to 0)."""
+    if isinstance(value, str) and value.startswith("lin_"):
+        start = float(value[4:])
+        return lambda progress_remaining: progress_remaining * start
+    return float(value)
 
 
 def solve_sb3(algo: str, seed: int, settings: Settings) -> Solve:
@@ -268,9 +273,10 @@ def solve_sb3(algo: str, seed: int, settings: Settings) -> Solve:
             self.start = time.perf_counter()
 
         def _on_step(self) -> bool:
-            for info in self.locals["infos"]:
-                if "episode" in info:  # the Monitor wrapper's record of a finished episode
-                    self.returns.append(float(info["episode"]["r"]))
+            finished = [info["episode"]["r"] for info in self.locals["infos"] if "episode" in info]
+            if not finished:  # "episode": the Monitor wrapper's record of a finished episode
+                return True
+            self.returns.extend(float(r) for r in finished)
             if len(self.returns) == SB3_WINDOW and np.mean(self.returns) >= SOLVED:
                 self.result = Solve(time.perf_counter() - self.start, self.num_timesteps)
                 return False
@@ -289,8 +295,8 @@ def solve_sb3(algo: str, seed: int, settings: Settings) -> Solve:
             gamma=hp["gamma"],
             n_epochs=hp["n_epochs"],
             ent_coef=hp["ent_coef"],
-            learning_rate=linear(0.001),
-            clip_range=linear(0.2),
+            learning_rate=zoo_schedule(hp["learning_rate"]),
+            clip_range=zoo_schedule(hp["clip_range"]),
             seed=seed,
             device="cpu",
         )
@@ -444,7 +450,8 @@ def throughput_rows(settings: Settings) -> list[Row]:
         rows.append(
             Row(
                 f"2. CartPole-v1 collect + update, N={n}",
-                f"pgrun {rate(pg)} (lockstep {lockstep:.0%}); raw env {rate(raw)} "
+                f"pgrun {rate(pg)} (stepped slots {rate(pg / lockstep)}, lockstep {lockstep:.0%}); "
+                f"raw env {rate(raw)} "
                 f"(pgrun {raw / pg:.1f}x slower); raw env + forward {rate(floor)} "
                 f"(pgrun {floor / pg:.1f}x slower)",
                 "; ".join(targets),
@@ -659,7 +666,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.smoke
         else ("quick run" if args.quick else "full run")
     )
-    print(f"Mode: {mode}; {settings.seeds} seed(s) in row 1; progress goes to stderr\n")
+    seeds = f"; {settings.seeds} seed(s) per method in row 1" if 1 in selected else ""
+    rows_text = ",".join(str(r) for r in sorted(selected))
+    print(f"Mode: {mode}; rows {rows_text}{seeds}; progress goes to stderr\n")
     sections: dict[int, Callable[[Settings], list[Row]]] = {
         1: solve_rows,
         2: throughput_rows,
