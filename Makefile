@@ -40,6 +40,10 @@ sweep: $(STAMP) ## the four variants x seeds 0,1,2 on CartPole-v1 (a multirun)
 bench-variance: $(STAMP) ## gradient variance and SNR per estimator on CartPole-v1 (README table)
 	$(PY) benchmarks/variance.py $(ARGS)
 
+.PHONY: bench-envs
+bench-envs: $(STAMP) ## env steps/s: pgrun training vs raw env stepping (CartPole, HalfCheetah, Humanoid)
+	$(PY) benchmarks/env_speed.py $(ARGS)
+
 tensorboard: $(STAMP) ## serve the curves under outputs/ on 127.0.0.1:6006
 	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1 --port 6006
 
