@@ -146,7 +146,7 @@ def test_compare_variants_is_four_variants_by_five_seeds_on_cartpole():
     assert params.seed.split(",") == ["0", "1", "2", "3", "4"]
     assert cfg.env.id == "CartPole-v1"
     assert cfg.env.solved_return == 475
-    assert cfg.total_steps == 50_000
+    assert cfg.total_steps == 40_000
     assert "compare" in cfg.hydra.callbacks
 
 
