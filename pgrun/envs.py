@@ -270,32 +270,46 @@ def is_image(space: gym.Space) -> bool:
     return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8
 
 
-def batch_obs(obs: np.ndarray, space: gym.Space) -> np.ndarray:
-    """Observations of B copies, (B, *space.shape), in the layout a batch keeps them:
-    uint8 Box: (B, *shape) uint8; other Box: (B, obs_dim) float32 (flattened);
-    Discrete: (B,) int64 index from 0; MultiDiscrete: (B, k) int64 from 0; MultiBinary:
-    (B, n) float32."""
-    n = obs.shape[0]
+def obs_converter(space: gym.Space) -> Callable[[np.ndarray], np.ndarray]:
+    """The function that puts observations of B copies, (B, *space.shape), in the layout a
+    batch keeps them: uint8 Box: (B, *shape) uint8; other Box: (B, obs_dim) float32
+    (flattened); Discrete: (B,) int64 index from 0; MultiDiscrete: (B, k) int64 from 0;
+    MultiBinary: (B, n) float32. Made once per rollout: it runs at every step."""
     if is_image(space):
-        return obs
+        return lambda obs: obs
     if isinstance(space, gym.spaces.Box):
-        return obs.reshape(n, math.prod(space.shape)).astype(np.float32, copy=False)
+        dim = math.prod(space.shape)
+        return lambda obs: obs.reshape(obs.shape[0], dim).astype(np.float32, copy=False)
     if isinstance(space, gym.spaces.Discrete):
-        return (np.asarray(obs) - space.start).astype(np.int64).reshape(n)
+        start = int(space.start)
+        return lambda obs: (np.asarray(obs) - start).astype(np.int64).reshape(-1)
     if isinstance(space, gym.spaces.MultiDiscrete):
-        return (np.asarray(obs) - space.start).astype(np.int64).reshape(n, -1)
+        start = space.start
+        return lambda obs: (np.asarray(obs) - start).astype(np.int64).reshape(len(obs), -1)
     if isinstance(space, gym.spaces.MultiBinary):
-        return np.asarray(obs).astype(np.float32).reshape(n, -1)
+        return lambda obs: np.asarray(obs).astype(np.float32).reshape(len(obs), -1)
     raise EnvError(f"observation space {space} is not supported")
 
 
-def env_action(act: np.ndarray, space: gym.Space) -> np.ndarray:
-    """Sampled actions (B, ...) as the env takes them: Box clipped to its bounds, Discrete and
-    MultiDiscrete shifted by the space's start, MultiBinary as int8."""
+def action_converter(space: gym.Space) -> Callable[[np.ndarray], np.ndarray]:
+    """The function that turns sampled actions (B, ...) into what the env takes: Box clipped
+    to its bounds, Discrete and MultiDiscrete shifted by the space's start, MultiBinary int8."""
     if isinstance(space, gym.spaces.Box):
-        return np.clip(act, space.low, space.high)
+        low, high = space.low, space.high
+        return lambda act: np.clip(act, low, high)
     if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
-        return act + space.start if np.any(space.start) else act
+        start = space.start
+        return (lambda act: act + start) if np.any(start) else (lambda act: act)
     if isinstance(space, gym.spaces.MultiBinary):
-        return act.astype(np.int8)
-    return act
+        return lambda act: act.astype(np.int8)
+    return lambda act: act
+
+
+def batch_obs(obs: np.ndarray, space: gym.Space) -> np.ndarray:
+    """obs_converter(space)(obs), for a one-off conversion."""
+    return obs_converter(space)(obs)
+
+
+def env_action(act: np.ndarray, space: gym.Space) -> np.ndarray:
+    """action_converter(space)(act), for a one-off conversion."""
+    return action_converter(space)(act)

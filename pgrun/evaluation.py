@@ -25,7 +25,13 @@ import torch
 from torch import nn
 
 from pgrun.config import UserError
-from pgrun.envs import batch_obs, env_action, env_from_config, env_options, make_single_env
+from pgrun.envs import (
+    action_converter,
+    env_from_config,
+    env_options,
+    make_single_env,
+    obs_converter,
+)
 from pgrun.rollout import Batch, collect_episodes
 
 log = logging.getLogger(__name__)
@@ -70,7 +76,7 @@ def play_episode(
     (frame, reward so far) for the start and after each step; stops at the episode's end or
     after `horizon` steps. With the deterministic action, the same episode as copy 0 of
     `evaluate` with the same seed (its env made with per_copy_seeds=True)."""
-    space = env.observation_space
+    to_batch, to_env = obs_converter(env.observation_space), action_converter(env.action_space)
     device = next(policy.parameters()).device
     act_fn = policy.mode if deterministic else policy.sample
     obs, _ = env.reset(seed=seed)
@@ -79,9 +85,9 @@ def play_episode(
     t = 0
     with torch.inference_mode():
         while horizon is None or t < horizon:
-            x = torch.from_numpy(batch_obs(np.asarray(obs)[None], space)).to(device)
+            x = torch.from_numpy(to_batch(np.asarray(obs)[None])).to(device)
             act = act_fn(x).cpu().numpy()
-            obs, rew, term, trunc, _ = env.step(env_action(act, env.action_space)[0])
+            obs, rew, term, trunc, _ = env.step(to_env(act)[0])
             total += float(rew)
             t += 1
             yield env.render(), total

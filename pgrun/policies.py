@@ -238,9 +238,9 @@ class CategoricalPolicy(Policy):
     def sample(self, obs: torch.Tensor) -> torch.Tensor:
         """Draw a ~ pi(.|s): the same draw as `self(obs).sample()` from the same RNG state,
         without building the Distribution. obs: (B, *obs) -> (B,) int64."""
-        logits = self.features(obs)
-        probs = (logits - logits.logsumexp(-1, keepdim=True)).softmax(-1)
-        return torch.multinomial(probs, 1, True).squeeze(-1)
+        # softmax is shift-invariant: Categorical's normalisation (logits - logsumexp) gives
+        # the same probabilities, and the test checks the draws are equal.
+        return torch.multinomial(self.features(obs).softmax(-1), 1, True).squeeze(-1)
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         """The most likely action: (...,) int64."""
@@ -270,9 +270,8 @@ class MultiCategoricalPolicy(Policy):
 
     def sample(self, obs: torch.Tensor) -> torch.Tensor:
         """The same draw as `self(obs).sample()`. obs: (B, *obs) -> (B, k) int64."""
-        logits = self.logits(obs)
-        probs = (logits - logits.logsumexp(-1, keepdim=True)).softmax(-1)
-        return torch.multinomial(probs.reshape(-1, self.n), 1, True).reshape(logits.shape[:-1])
+        probs = self.logits(obs).softmax(-1)  # the -inf slots get probability 0
+        return torch.multinomial(probs.reshape(-1, self.n), 1, True).reshape(probs.shape[:-1])
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         """(..., k) int64."""

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pgrun.envs import batch_obs, env_action, time_limit
+from pgrun.envs import action_converter, obs_converter, time_limit
 
 
 @dataclass
@@ -72,7 +72,7 @@ def collect_episodes(
 
     One batched forward pass per time step samples all N actions; a copy whose episode has
     ended keeps being stepped (its results are masked out) so that the N copies stay in
-    lockstep. Box actions are clipped to the bounds when stepping the env (pgrun.envs.env_action);
+    lockstep. Box actions are clipped to the bounds when stepping the env (pgrun.envs.action_converter);
     the batch keeps the sampled action, whose log-probability the loss uses.
 
     Args:
@@ -85,13 +85,14 @@ def collect_episodes(
     if T is None:
         raise ValueError("the env has no time limit: set a horizon (env.horizon)")
     N = env.num_envs
-    obs_space, act_space = env.single_observation_space, env.single_action_space
+    to_batch = obs_converter(env.single_observation_space)
+    to_env = action_converter(env.single_action_space)
     device = next(policy.parameters()).device
     # policy.sample(obs) where the policy has it (pgrun's do), else policy(obs).sample().
     sample = getattr(policy, "sample", None) or (lambda o: policy(o).sample())
 
     obs, _ = env.reset(seed=seed)
-    obs = batch_obs(obs, obs_space)
+    obs = to_batch(obs)
     obs_buf = np.zeros((T, *obs.shape), dtype=obs.dtype)
     act_buf = None  # allocated from the first action's dtype and shape
     rew_buf = np.zeros((T, N), dtype=np.float32)
@@ -110,8 +111,8 @@ def collect_episodes(
             if act_buf is None:
                 act_buf = np.zeros((T, *act.shape), dtype=act.dtype)
             act_buf[t] = act
-            obs, rew, term, trunc, _ = env.step(env_action(act, act_space))
-            obs = batch_obs(obs, obs_space)
+            obs, rew, term, trunc, _ = env.step(to_env(act))
+            obs = to_batch(obs)
             rew_buf[t] = np.where(alive, rew, 0.0)
             ended = alive & (term | trunc)
             terminated |= ended & term
