@@ -19,20 +19,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pgrun.config import UserError, validate
+from pgrun.config import Interrupted, UserError, validate
 
 log = logging.getLogger("pgrun")
 
 FAILED_FILE = "failed.txt"  # in a multirun job's directory when the job failed
 
 
-def _fail(message: str, run_dir: Path) -> None:
+def _fail(message: str, run_dir: Path, code: int = 2) -> None:
     """Report a bad input in one line, remove the run directory this call just made (if it holds
-    nothing but Hydra's own files), and exit with status 2."""
+    nothing but Hydra's own files), and exit with `code`."""
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "pgrun.log"}:
         shutil.rmtree(run_dir, ignore_errors=True)
     print(f"pgrun: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def _record_failure(exc: Exception, run_dir: Path) -> None:
@@ -85,6 +85,11 @@ def main() -> None:
     """The `pgrun` command. Hydra's own errors about the command line come before the run
     starts; they are held back and printed as one line `pgrun: error: ...`, exit status 2."""
     global _stderr
+    try:
+        sys.argv[1:] = resume_argv(sys.argv[1:])
+    except UserError as exc:
+        print(f"pgrun: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     _stderr, held = sys.stderr, io.StringIO()
     sys.stderr = held
     try:
@@ -110,6 +115,59 @@ def _release_stderr() -> None:
         sys.stderr.write(held.getvalue())
 
 
+# What may change when a run is resumed: its budget and how it reports. Anything else would
+# make the resumed run a different experiment.
+RESUMABLE = ("total_steps", "progress", "checkpoint.every")
+
+
+def resume_argv(args: list[str]) -> list[str]:
+    """`pgrun resume=RUN_DIR [total_steps=...]` -> the run's own overrides (from its
+    .hydra/overrides.yaml), the allowed new ones, and resume=RUN_DIR: Hydra then composes the
+    run's config again and continues in RUN_DIR. Other arguments are returned unchanged."""
+    given = [a for a in args if a.startswith("resume=")]
+    if not given:
+        return args
+    run_dir = Path(given[-1].split("=", 1)[1]).expanduser()
+    if not (run_dir / ".hydra" / "overrides.yaml").is_file():
+        raise UserError(
+            f"resume={run_dir}: not a pgrun run directory (no .hydra/overrides.yaml); "
+            "give the directory of a run, e.g. outputs/runs/<name>"
+        )
+    if not any(run_dir.glob("checkpoint-*.pt")):
+        raise UserError(f"resume={run_dir}: the run has no checkpoint to continue from")
+    if any(a in ("-m", "--multirun") for a in args):
+        raise UserError("resume continues one run: drop -m/--multirun")
+    others = [a for a in args if not a.startswith("resume=")]
+    refused = [a for a in others if "=" in a and a.split("=", 1)[0].lstrip("+~") not in RESUMABLE]
+    if refused:
+        raise UserError(
+            f"resume={run_dir} continues that run with its own config: drop "
+            f"{' '.join(refused)} (only {', '.join(RESUMABLE)} may change)"
+        )
+    from omegaconf import OmegaConf
+
+    saved = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+    return saved + others + [f"resume={run_dir.resolve()}"]
+
+
+def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
+    """The config composed again for a resumed run must be the one the run was made with."""
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    now = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    before = OmegaConf.to_container(saved, resolve=True)
+    keys = {k for k in now.keys() | before.keys() if k not in ("resume", *RESUMABLE)}
+    for key in ("total_steps", "progress"):
+        keys.discard(key)
+    differ = sorted(k for k in keys if now.get(k) != before.get(k) and k != "checkpoint")
+    if differ:
+        raise UserError(
+            f"resume={run_dir}: the run was made with another config or pgrun version "
+            f"(differs in: {', '.join(differ)}); resume it with the version that made it"
+        )
+
+
 @hydra.main(config_path="pkg://pgrun.configs", config_name="config", version_base="1.3")
 def run(cfg: DictConfig) -> float | None:
     _release_stderr()
@@ -119,19 +177,32 @@ def run(cfg: DictConfig) -> float | None:
         from pgrun.envs import env_spec
 
         env_spec(cfg.env.id)
+        if cfg.resume:
+            check_resumable(cfg, run_dir)
         from pgrun.trainer import train
 
-        result = train(cfg, run_dir)
+        result = train(cfg, run_dir, resume=bool(cfg.resume))
     except Exception as exc:
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # one failed job must not end the sweep
             return _record_failure(exc, run_dir)
         if isinstance(exc, UserError):
-            _fail(str(exc), run_dir)
+            _fail(str(exc), run_dir, exc.exit_code)
+        if isinstance(exc, Interrupted):
+            where = _display(run_dir)
+            print(
+                f"pgrun: interrupted at iteration {exc.iteration} ({exc.env_steps:,} env steps), "
+                f"checkpoint saved; continue with: pgrun resume={where}",
+                file=sys.stderr,
+            )
+            sys.exit(128 + exc.signum)
         raise
     where = _display(run_dir)
     solved = cfg.env.solved_return
-    verdict = "" if solved is None else (" (solved)" if result["final_return"] >= solved else
-                                         f" (below {solved:g})")
+    verdict = (
+        ""
+        if solved is None
+        else (" (solved)" if result["final_return"] >= solved else f" (below {solved:g})")
+    )
     log.info(
         f"done: return {result['final_return']:.1f}{verdict} over the last batches | "
         f"{result['env_steps']:,} env steps | {result['wall_seconds']:.1f} s | {where} | "

@@ -138,6 +138,13 @@ class EvalConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every: int = 10
+    """Save the whole training state every this many iterations (and always at the end);
+    0: only at the end. The last two checkpoints are kept in the run directory."""
+
+
+@dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -167,17 +174,36 @@ class Config:
     """torch CPU threads; small policies run fastest on one."""
     progress: bool = True
     """Show a progress bar when stderr is a terminal."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: Optional[str] = None
+    """RUN_DIR of a run to continue from its newest checkpoint, with its own saved config."""
 
 
 class UserError(ValueError):
     """A problem with what the user asked for; its message is one line naming it and the fix.
 
-    The command prints it as `pgrun: error: <message>` and exits with status 2, no traceback.
+    The command prints it as `pgrun: error: <message>` and exits with `exit_code`, no traceback.
     """
+
+    exit_code = 2
 
 
 class ConfigError(UserError):
     """A config value out of range."""
+
+
+class Diverged(UserError):
+    """The loss, the gradient or the parameters became NaN or infinite (exit status 3)."""
+
+    exit_code = 3
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT / SIGTERM, after writing a checkpoint (exit 128 + signal)."""
+
+    def __init__(self, signum: int, iteration: int, env_steps: int):
+        super().__init__(f"signal {signum} at iteration {iteration}")
+        self.signum, self.iteration, self.env_steps = signum, iteration, env_steps
 
 
 _ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu", "leaky_relu")
@@ -191,31 +217,71 @@ def validate(cfg: "DictConfig | Config") -> None:
         if not ok:
             raise ConfigError(f"{key}={value!r} is out of range: {accepted}")
 
+    need(cfg.seed >= 0, "seed", cfg.seed, "use an integer >= 0")
     need(cfg.batch_episodes >= 1, "batch_episodes", cfg.batch_episodes, "use an integer >= 1")
     need(cfg.total_steps >= 1, "total_steps", cfg.total_steps, "use an integer >= 1")
     need(0.0 < cfg.gamma <= 1.0, "gamma", cfg.gamma, "use a value in (0, 1]")
     need(cfg.optim.lr > 0.0, "optim.lr", cfg.optim.lr, "use a value > 0")
-    need(cfg.diagnostics.every >= 0, "diagnostics.every", cfg.diagnostics.every,
-         "use an integer >= 0 (0 turns the gradient diagnostics off)")
+    need(
+        cfg.diagnostics.every >= 0,
+        "diagnostics.every",
+        cfg.diagnostics.every,
+        "use an integer >= 0 (0 turns the gradient diagnostics off)",
+    )
     need(cfg.threads >= 1, "threads", cfg.threads, "use an integer >= 1")
-    need(cfg.eval.every >= 0, "eval.every", cfg.eval.every, "use an integer >= 0 (0: no evaluation)")
+    need(
+        cfg.checkpoint.every >= 0,
+        "checkpoint.every",
+        cfg.checkpoint.every,
+        "use an integer >= 0 (0 saves only at the end)",
+    )
+    need(
+        cfg.eval.every >= 0, "eval.every", cfg.eval.every, "use an integer >= 0 (0: no evaluation)"
+    )
     need(cfg.eval.episodes >= 1, "eval.episodes", cfg.eval.episodes, "use an integer >= 1")
     need(cfg.env.frame_stack >= 1, "env.frame_stack", cfg.env.frame_stack, "use an integer >= 1")
-    need(cfg.variant.inner_steps >= 1, "variant.inner_steps", cfg.variant.inner_steps,
-         "use an integer >= 1 (1 is on-policy)")
+    need(
+        cfg.variant.inner_steps >= 1,
+        "variant.inner_steps",
+        cfg.variant.inner_steps,
+        "use an integer >= 1 (1 is on-policy)",
+    )
     horizon = cfg.env.horizon
     need(horizon is None or horizon >= 1, "env.horizon", horizon, "use an integer >= 1 or null")
-    need(all(h >= 1 for h in cfg.policy.hidden_sizes), "policy.hidden_sizes",
-         list(cfg.policy.hidden_sizes), "use a list of positive widths, [] for a linear policy")
-    need(cfg.policy.activation in _ACTIVATIONS, "policy.activation", cfg.policy.activation,
-         "use one of " + ", ".join(_ACTIVATIONS))
-    need(cfg.policy.name in _POLICIES, "policy.name", cfg.policy.name,
-         "use one of " + ", ".join(_POLICIES))
+    need(
+        all(h >= 1 for h in cfg.policy.hidden_sizes),
+        "policy.hidden_sizes",
+        list(cfg.policy.hidden_sizes),
+        "use a list of positive widths, [] for a linear policy",
+    )
+    need(
+        cfg.policy.activation in _ACTIVATIONS,
+        "policy.activation",
+        cfg.policy.activation,
+        "use one of " + ", ".join(_ACTIVATIONS),
+    )
+    need(
+        cfg.policy.name in _POLICIES,
+        "policy.name",
+        cfg.policy.name,
+        "use one of " + ", ".join(_POLICIES),
+    )
 
 
 def slug(text: str) -> str:
     """A name that is safe as one path component: 'ALE/Pong-v5' -> 'ALE-Pong-v5'."""
     return re.sub(r"[^A-Za-z0-9._=,+-]+", "-", str(text)).strip("-") or "run"
+
+
+def run_dir(resume: str | None, new: str) -> str:
+    """hydra.run.dir: the resumed run's directory, or `new`."""
+    return str(resume) if resume else new
+
+
+def hydra_subdir(resume: str | None, stamp: str) -> str:
+    """hydra.output_subdir: `.hydra`, or `.hydra/resume-<stamp>` when resuming, so that the
+    run's original record is kept."""
+    return f".hydra/resume-{stamp}" if resume else ".hydra"
 
 
 def job_subdir(override_dirname: str, num: int) -> str:
@@ -238,6 +304,8 @@ def register() -> None:
     ConfigStore.instance().store(name="pgrun_schema", node=Config)
     OmegaConf.register_new_resolver("slug", slug, replace=True)
     OmegaConf.register_new_resolver("job_subdir", job_subdir, replace=True)
+    OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
+    OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir, replace=True)
 
 
 register()

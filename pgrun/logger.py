@@ -28,16 +28,21 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
 class Logger:
     """One TensorBoard run in `run_dir`: scalars, the resolved config, and its HPARAMS entry."""
 
-    def __init__(self, run_dir: str | Path, config: dict, config_yaml: str):
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+    def __init__(
+        self, run_dir: str | Path, config: dict, config_yaml: str, purge_step: int | None = None
+    ):
+        """`purge_step` (when resuming): TensorBoard drops the points this run logged at steps
+        >= purge_step before the restart, so the resumed curve continues without duplicates."""
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
         self.hparams = flatten(config)
-        self.writer.add_text("config", "    " + config_yaml.replace("\n", "\n    "), 0)
         # HPARAMS in the run's own directory (SummaryWriter.add_hparams would make a sub-run):
-        # the experiment and session-start records now, the session-end record in close().
+        # the experiment and session-start records at the start, the session-end one in close().
         exp, ssi, sei = hparams(self.hparams, {FINAL_METRIC: 0.0})
         self._session_end = sei
-        for summary in (exp, ssi):
-            self.writer.file_writer.add_summary(summary)
+        if purge_step is None:  # a resumed run has them from its start
+            self.writer.add_text("config", "    " + config_yaml.replace("\n", "\n    "), 0)
+            for summary in (exp, ssi):
+                self.writer.file_writer.add_summary(summary)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         for tag, value in metrics.items():

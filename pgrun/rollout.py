@@ -101,11 +101,12 @@ def collect_episodes(
     terminated = np.zeros(N, dtype=bool)
     truncated = np.zeros(N, dtype=bool)
     alive = np.ones(N, dtype=bool)
+    alive_obs = alive.reshape((N,) + (1,) * (obs.ndim - 1))  # a view that follows alive
 
     t = 0
     with torch.inference_mode():
         for t in range(T):  # noqa: B007 (t is the batch length below)
-            obs_buf[t] = obs
+            np.multiply(obs, alive_obs, out=obs_buf[t])  # zeros once an episode ended
             mask_buf[t] = alive
             act = sample(torch.from_numpy(obs_buf[t]).to(device)).cpu().numpy()
             if act_buf is None:

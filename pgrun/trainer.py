@@ -4,7 +4,10 @@ where state changes; every number it logs comes from the pure functions it calls
 from __future__ import annotations
 
 import logging
+import math
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -15,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from pgrun import diagnostics
-from pgrun.config import ConfigError
+from pgrun import __version__, checkpoint, diagnostics
+from pgrun.config import ConfigError, Diverged, Interrupted
 from pgrun.envs import env_from_config, time_limit
 from pgrun.evaluation import Evaluator
 from pgrun.logger import Logger
@@ -72,7 +75,8 @@ def update(
     stats: dict[str, float] = {}
     if grad_stats:
         g = diagnostics.per_episode_grads(policy, batch, adv)
-        stats.update({f"stats/{k}": v for k, v in diagnostics.gradient_stats(g).items()})
+        measured = diagnostics.gradient_stats(g).items()  # NaN where undefined: not logged
+        stats.update({f"stats/{k}": v for k, v in measured if math.isfinite(v)})
     for k in range(inner_steps):
         dist = policy(batch.obs)
         logp = dist.log_prob(batch.act)
@@ -83,7 +87,11 @@ def update(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), float("inf"))
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            raise FloatingPointError("loss" if not torch.isfinite(loss) else "gradient")
         optimizer.step()
+        if not all(torch.isfinite(p).all() for p in policy.parameters()):
+            raise FloatingPointError("parameters")
         if k == 0:
             with torch.no_grad():
                 entropy = (dist.entropy() * batch.mask).sum() / batch.mask.sum()
@@ -97,16 +105,50 @@ def update(
     if logp_old is not None:
         with torch.no_grad():
             logp_new = policy(batch.obs).log_prob(batch.act)
-        stats.update({f"stats/{k}": v for k, v in ratio_stats(logp_new, logp_old, batch.mask).items()})
+        stats.update(
+            {f"stats/{k}": v for k, v in ratio_stats(logp_new, logp_old, batch.mask).items()}
+        )
     return stats
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+class StopRequest:
+    """SIGINT / SIGTERM ask the loop to stop after the current iteration (a second signal stops
+    at once). `signum` is the signal received, or None."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signum = signum
+        for sig, handler in self._previous.items():  # the next signal acts as usual
+            signal.signal(sig, handler)
+        log.warning(f"{signal.Signals(signum).name}: stopping after this iteration")
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, float]:
     """Train the policy described by `cfg`, logging to TensorBoard in `run_dir`.
+
+    Every `checkpoint.every` iterations, and at the end, the whole state is saved
+    (pgrun.checkpoint). With `resume`, training continues from the newest readable checkpoint
+    in `run_dir`, in the same TensorBoard run: points logged after that checkpoint are purged.
 
     Returns a summary: final_return (mean episodic return of the last 5 batches), env_steps,
     iterations, wall_seconds.
+    Raises Diverged when the loss, the gradient or the parameters stop being finite, and
+    Interrupted after SIGINT / SIGTERM (a checkpoint is written first).
     """
+    run_dir = Path(run_dir)
     torch.set_num_threads(cfg.threads)
     device = resolve_device(str(cfg.device.value if hasattr(cfg.device, "value") else cfg.device))
     torch.manual_seed(cfg.seed)
@@ -116,36 +158,93 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         raise ConfigError(f"env.id={cfg.env.id!r} has no time limit: set env.horizon=<steps>")
     policy = policy_from_config(env, cfg).to(device)
     evaluator = Evaluator(cfg, policy, run_dir, horizon)  # eval.every, eval.video
-    scale = RewardScaler(cfg.gamma) if cfg.env.scale_rewards else lambda b: b
+    scaler = RewardScaler(cfg.gamma) if cfg.env.scale_rewards else None
     optimizer = make_optimizer(str(cfg.optim.name.value), policy.parameters(), cfg.optim.lr)
     variant = cfg.variant
 
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    logger = Logger(run_dir, resolved, OmegaConf.to_yaml(cfg, resolve=True))
     recent: deque[float] = deque(maxlen=FINAL_WINDOW)
-    env_steps, iteration, final_return = 0, 0, None
+    env_steps, iteration, wall_before = 0, 0, 0.0
+    if resume:
+        state = checkpoint.load_latest(run_dir)
+        if state.get("version") != __version__:
+            raise checkpoint.CheckpointError(
+                f"{run_dir}: its checkpoint was written by pgrun {state.get('version')}, this is "
+                f"{__version__}; resume it with the version that made it"
+            )
+        policy.load_state_dict(state["policy"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None:
+            scaler.stats.load_state_dict(state["reward_scaler"])
+        checkpoint.set_rng_state(state["rng"])
+        env_steps, iteration = state["env_steps"], state["iteration"]
+        wall_before = state["wall_seconds"]
+        recent.extend(state["recent_returns"])
+        log.info(f"resuming {run_dir} at iteration {iteration}, {env_steps:,} env steps")
+
+    def save_checkpoint() -> None:
+        checkpoint.save(
+            run_dir,
+            iteration,
+            {
+                "version": __version__,
+                "policy": policy.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "reward_scaler": scaler.stats.state_dict() if scaler is not None else {},
+                "rng": checkpoint.rng_state(),
+                "iteration": iteration,
+                "env_steps": env_steps,
+                "wall_seconds": wall_before + time.perf_counter() - start,
+                "recent_returns": list(recent),
+            },
+        )
+
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    logger = Logger(
+        run_dir,
+        resolved,
+        OmegaConf.to_yaml(cfg, resolve=True),
+        purge_step=env_steps + 1 if resume else None,
+    )
+    final_return = None
     start = time.perf_counter()
     show = cfg.progress and sys.stderr.isatty()
+    every = cfg.diagnostics.every
     try:
-        with logging_redirect_tqdm(), tqdm(
-            total=cfg.total_steps, unit="step", disable=not show, dynamic_ncols=True
-        ) as bar:
+        with (
+            StopRequest() as stop,
+            logging_redirect_tqdm(),
+            tqdm(
+                total=cfg.total_steps,
+                initial=min(env_steps, cfg.total_steps),
+                unit="step",
+                disable=not show,
+                dynamic_ncols=True,
+            ) as bar,
+        ):
             while env_steps < cfg.total_steps:
                 torch.manual_seed(derive_seed(cfg.seed, iteration, 1))
                 batch = collect_episodes(
                     env, policy, horizon, seed=derive_seed(cfg.seed, iteration, 0)
                 )
-                adv = batch_advantages(scale(batch), variant, cfg.gamma, cfg.discount_from_start)
-                every = cfg.diagnostics.every
-                stats = update(
-                    policy,
-                    optimizer,
-                    batch,
-                    adv,
-                    variant.inner_steps,
-                    grad_stats=every > 0 and iteration % every == 0,
-                    inner_stats=cfg.diagnostics.ratios,
-                )
+                weighted = scaler(batch) if scaler is not None else batch
+                adv = batch_advantages(weighted, variant, cfg.gamma, cfg.discount_from_start)
+                try:
+                    stats = update(
+                        policy,
+                        optimizer,
+                        batch,
+                        adv,
+                        variant.inner_steps,
+                        grad_stats=every > 0 and iteration % every == 0,
+                        inner_stats=cfg.diagnostics.ratios,
+                    )
+                except FloatingPointError as exc:
+                    kept = checkpoint.checkpoints(run_dir)
+                    raise Diverged(
+                        f"non-finite {exc} at iteration {iteration} ({env_steps:,} env steps); "
+                        + (f"the last good checkpoint is {kept[0].name}; " if kept else "")
+                        + "lower optim.lr or set variant.normalize_advantages=true"
+                    ) from None
                 policy.update_obs_stats(batch.obs, batch.mask)  # env.normalize_obs
 
                 steps = batch.num_steps
@@ -153,7 +252,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 iteration += 1
                 returns = batch.returns
                 recent.append(returns.mean().item())
-                sps = env_steps / (time.perf_counter() - start)
+                sps = env_steps / (wall_before + time.perf_counter() - start)
                 logger.log(
                     {
                         "charts/episodic_return": recent[-1],
@@ -164,22 +263,29 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                     },
                     env_steps,
                 )
-                evaluator.after_iteration(logger, iteration, env_steps, env_steps >= cfg.total_steps)
+                evaluator.after_iteration(
+                    logger, iteration, env_steps, env_steps >= cfg.total_steps
+                )
                 bar.update(min(steps, cfg.total_steps - bar.n))
-                bar.set_postfix(ret=f"{recent[-1]:.1f}", sps=f"{sps:,.0f}", refresh=False)
+                bar.set_postfix(ret=f"{recent[-1]:.1f}", refresh=False)
+                if stop.signum is not None:
+                    save_checkpoint()
+                    raise Interrupted(stop.signum, iteration, env_steps)
+                if cfg.checkpoint.every > 0 and iteration % cfg.checkpoint.every == 0:
+                    save_checkpoint()
         final_return = float(np.mean(recent))
+        save_checkpoint()
     finally:
         logger.close(final_return, env_steps)
         env.close()
         evaluator.close()
-    wall = time.perf_counter() - start
     torch.save(
         {"state_dict": policy.state_dict(), "config": resolved},
-        Path(run_dir) / "policy.pt",
+        run_dir / "policy.pt",
     )
     return {
         "final_return": final_return,
         "env_steps": env_steps,
         "iterations": iteration,
-        "wall_seconds": wall,
+        "wall_seconds": wall_before + time.perf_counter() - start,
     }

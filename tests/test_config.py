@@ -174,14 +174,7 @@ def test_a_yaml_typo_fails_against_the_schema():
         ("optim.lr", -0.01),
         ("total_steps", 0),
         ("total_steps", -100),
-        pytest.param(
-            "seed",
-            -1,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="validate() does not check seed >= 0 (gymnasium rejects negative seeds)",
-            ),
-        ),
+        ("seed", -1),
     ],
 )
 def test_validate_rejects_out_of_range_values(default_cfg, key, value):

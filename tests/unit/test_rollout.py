@@ -153,11 +153,6 @@ def test_padding_rewards_are_zero_although_the_env_keeps_paying():
     assert_close(b.returns, t([10, 20 + 21, 30 + 31 + 32, 40 + 41 + 42 + 43]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Batch documents obs as zeros after an episode ended, but collect_episodes stores "
-    "the autoreset observations of the ended copies there",
-)
 def test_padding_observations_are_zero_as_documented():
     b = countdown_batch()
     assert torch.all(b.obs[b.mask == 0] == 0)
