@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes.util
 import importlib
+import importlib.util
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -134,6 +135,8 @@ def _make_kwargs(
     and its time limit counts agent steps in a wrapper (see env_wrappers)."""
     kwargs = dict(kwargs)
     if atari_preprocessing:
+        if importlib.util.find_spec("cv2") is None:  # AtariPreprocessing resizes with OpenCV
+            raise EnvError("env.atari_preprocessing needs OpenCV: pip install -e '.[atari]'")
         kwargs.setdefault("frameskip", 1)
     elif horizon is not None:
         kwargs["max_episode_steps"] = horizon

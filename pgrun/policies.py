@@ -22,6 +22,7 @@ action used for evaluation.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from itertools import pairwise
@@ -55,6 +56,8 @@ ACTIVATIONS = {
     "leaky_relu": nn.LeakyReLU,
 }
 POLICIES = ("mlp", "cnn")
+
+log = logging.getLogger(__name__)
 
 
 class PolicyError(UserError):
@@ -428,6 +431,8 @@ def make_policy(
             "observations (flatten others with a gymnasium wrapper in your own env)"
         )
     encoder = ObsEncoder(obs_space, cnn=name == "cnn", normalize=normalize_obs)
+    if encoder.kind == "image" and name == "mlp" and len(obs_space.shape) >= 2:
+        log.warning(f"{env_name}: frames {obs_space.shape} into an MLP; policy=cnn suits them")
     if isinstance(act_space, gym.spaces.Discrete):
         return CategoricalPolicy(encoder, int(act_space.n), hidden_sizes, activation)
     if isinstance(act_space, gym.spaces.MultiDiscrete):

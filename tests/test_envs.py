@@ -365,6 +365,14 @@ def test_missing_dependency_names_the_extra(monkeypatch, env_id, module, message
     assert str(info.value) == message
 
 
+@pytest.mark.skipif(missing("ale_py"), reason="ale-py missing: pip install -e '.[atari]'")
+def test_atari_preprocessing_without_opencv_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    with pytest.raises(EnvError) as info:
+        make_env("ALE/Pong-v5", num_envs=1, atari_preprocessing=True)
+    assert str(info.value) == "env.atari_preprocessing needs OpenCV: pip install -e '.[atari]'"
+
+
 def test_unknown_ids_and_modules_are_one_line_errors():
     with pytest.raises(EnvError, match="not a registered gymnasium environment"):
         env_spec("NoSuchEnv-v0")
