@@ -91,10 +91,12 @@ def play(argv: list[str] | None = None) -> list[float]:
 
     torch.set_num_threads(1)
     cfg, policy = load_run(args.run_dir)
+    if args.horizon is not None:
+        cfg.env.horizon = args.horizon  # the env copies' time limit too
     seed = eval_seed(cfg.seed) if args.seed is None else args.seed
     env = env_from_config(cfg, num_envs=args.episodes, seed=None, per_copy_seeds=True)
     try:
-        horizon = args.horizon or cfg.env.horizon or time_limit(env)
+        horizon = cfg.env.horizon or time_limit(env)
         if args.sample:
             torch.manual_seed(seed)
             batch = collect_episodes(env, policy, horizon, seed=seed)
