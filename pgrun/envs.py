@@ -184,13 +184,10 @@ def make_env(
                 "preprocessing, frame stacking): use auto, sync or async"
             )
     extra = {"wrappers": wrappers} if wrappers else {}
+    make_kwargs = _make_kwargs(kwargs, atari_preprocessing, horizon)
     try:
         env = gym.make_vec(
-            spec,
-            num_envs=num_envs,
-            vectorization_mode=vectorization,
-            **extra,
-            **_make_kwargs(kwargs, atari_preprocessing, horizon),
+            spec, num_envs=num_envs, vectorization_mode=vectorization, **extra, **make_kwargs
         )
     except TypeError as exc:
         raise EnvError(f"env.kwargs do not fit {env_id!r}: {exc}") from None
@@ -218,10 +215,9 @@ def make_single_env(
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     ):
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen, quietly
+    make_kwargs = _make_kwargs(kwargs, atari_preprocessing, horizon)
     try:
-        env = gym.make(
-            spec, render_mode=render_mode, **_make_kwargs(kwargs, atari_preprocessing, horizon)
-        )
+        env = gym.make(spec, render_mode=render_mode, **make_kwargs)
     except TypeError as exc:
         raise EnvError(f"env.kwargs do not fit {env_id!r}: {exc}") from None
     except gym.error.DependencyNotInstalled as exc:
