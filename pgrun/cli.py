@@ -31,6 +31,11 @@ def _fail(message: str, run_dir: Path, code: int = 2) -> None:
     nothing but Hydra's own files), and exit with `code`."""
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "pgrun.log"}:
         shutil.rmtree(run_dir, ignore_errors=True)
+        cwd = Path.cwd().resolve()
+        parent = run_dir.resolve().parent
+        while parent != cwd and cwd in parent.parents and not any(parent.iterdir()):
+            parent.rmdir()  # outputs/runs/ made for this run alone
+            parent = parent.parent
     print(f"pgrun: error: {message}", file=sys.stderr)
     sys.exit(code)
 
@@ -186,6 +191,8 @@ def run(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # one failed job must not end the sweep
             return _record_failure(exc, run_dir)
         if isinstance(exc, UserError):
+            if cfg.resume:  # keep the resumed run as it was: drop this attempt's record
+                shutil.rmtree(run_dir / HydraConfig.get().output_subdir, ignore_errors=True)
             _fail(str(exc), run_dir, exc.exit_code)
         if isinstance(exc, Interrupted):
             where = _display(run_dir)

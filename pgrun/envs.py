@@ -47,6 +47,11 @@ _FAMILIES = {
 }
 
 
+def _one_line(exc: BaseException) -> str:
+    """`Type: message` on one line."""
+    return f"{type(exc).__name__}: " + " ".join(str(exc).split())
+
+
 def _needs(env_id: str, what: str, extra: str) -> EnvError:
     return EnvError(f"{env_id} needs {what}: pip install -e '.[{extra}]'")
 
@@ -71,6 +76,10 @@ def _import_module_of(env_id: str) -> str:
         raise EnvError(
             f"env.id={env_id!r}: cannot import {module_name!r} ({exc}); put the folder that "
             "holds it on PYTHONPATH or install it"
+        ) from None
+    except Exception as exc:  # the user's module fails while it is imported
+        raise EnvError(
+            f"env.id={env_id!r}: importing {module_name!r} raised {_one_line(exc)}; fix the module"
         ) from None
     if name in gym.registry:
         return name
@@ -193,6 +202,8 @@ def make_env(
         raise EnvError(f"env.kwargs do not fit {env_id!r}: {exc}") from None
     except gym.error.DependencyNotInstalled as exc:
         raise EnvError(f"{env_id}: a dependency is missing ({exc})") from None
+    except Exception as exc:  # the env's own constructor fails (e.g. a user env's bug)
+        raise EnvError(f"creating {env_id} raised {_one_line(exc)}") from None
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)
@@ -222,6 +233,8 @@ def make_single_env(
         raise EnvError(f"env.kwargs do not fit {env_id!r}: {exc}") from None
     except gym.error.DependencyNotInstalled as exc:
         raise EnvError(f"{env_id}: a dependency is missing ({exc})") from None
+    except Exception as exc:  # the env's own constructor fails (e.g. a user env's bug)
+        raise EnvError(f"creating {env_id} raised {_one_line(exc)}") from None
     for wrap in env_wrappers(atari_preprocessing, frame_stack, horizon):
         env = wrap(env)
     return env

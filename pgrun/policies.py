@@ -433,6 +433,11 @@ def make_policy(
     encoder = ObsEncoder(obs_space, cnn=name == "cnn", normalize=normalize_obs)
     if encoder.kind == "image" and name == "mlp" and len(obs_space.shape) >= 2:
         log.warning(f"{env_name}: frames {obs_space.shape} into an MLP; policy=cnn suits them")
+    if squash and not isinstance(act_space, gym.spaces.Box):
+        raise PolicyError(
+            f"policy.squash=true applies to Box actions; {env_name} has "
+            f"{_describe(act_space)}: drop policy.squash"
+        )
     if isinstance(act_space, gym.spaces.Discrete):
         return CategoricalPolicy(encoder, int(act_space.n), hidden_sizes, activation)
     if isinstance(act_space, gym.spaces.MultiDiscrete):
