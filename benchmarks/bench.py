@@ -46,6 +46,7 @@ import contextlib
 import importlib.util
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -516,18 +517,25 @@ def pgrun_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "pgrun.cli"]
 
 
-def run_process(cmd: list[str], cwd: str) -> tuple[float, float, int]:
-    """Run `cmd`; (wall seconds, peak RSS in MB of the process itself, exit status)."""
+def run_process(cmd: list[str], cwd: str) -> tuple[float, float, int, str]:
+    """Run `cmd`; (wall seconds, peak RSS in MB of the process itself, exit status, output)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss / 1024, proc.returncode  # ru_maxrss is in KiB on Linux
+    with tempfile.TemporaryFile("w+") as output:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)  # the rusage of this child alone
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        output.seek(0)
+        text = output.read()
+    return wall, usage.ru_maxrss / 1024, proc.returncode, text  # ru_maxrss: KiB on Linux
+
+
+def training_seconds(output: str) -> float | None:
+    """The training wall time from pgrun's closing line `done: ... | 6.9 s | ...`, if found."""
+    match = re.search(r"^done: .*?\| ([0-9.]+) s \|", output, re.MULTILINE)
+    return float(match.group(1)) if match else None
 
 
 # Runs pgrun's entry point in-process and records, at exit, whether torch was imported.
@@ -563,12 +571,14 @@ def process_rows(settings: Settings) -> list[Row]:
     if settings.budget is not None:
         run_args.append(f"total_steps={settings.budget}")
     with tempfile.TemporaryDirectory(prefix="pgrun-bench-") as cwd:
-        wall, rss, status = run_process([*cmd, *run_args], cwd)
+        wall, rss, status, output = run_process([*cmd, *run_args], cwd)
         failed = "" if status == 0 else f" (exit status {status})"
+        trained = training_seconds(output)
+        split = "" if trained is None else f" ({trained:.1f} s training, the rest start-up)"
         rows.append(
             Row(
                 f"4. `pgrun {' '.join(run_args)}`, whole process",
-                f"{wall:.1f} s wall, peak RSS {rss:.0f} MB{failed}",
+                f"{wall:.1f} s wall{split}, peak RSS {rss:.0f} MB{failed}",
                 f"<= {TARGET_RUN_WALL_S:g} s; <= {TARGET_RSS_MB:g} MB",
                 verdict(status == 0 and wall <= TARGET_RUN_WALL_S and rss <= TARGET_RSS_MB),
             )
@@ -599,7 +609,7 @@ def sweep_rows(settings: Settings) -> list[Row]:
         return [Row(what, "skipped: hydra-joblib-launcher is not installed (the `sweep` extra)")]
     with tempfile.TemporaryDirectory(prefix="pgrun-bench-") as cwd:
         args = ["-m", "experiment=compare_variants", "hydra/launcher=joblib"]
-        wall, _, status = run_process([*pgrun_command(), *args], cwd)
+        wall, _, status, _ = run_process([*pgrun_command(), *args], cwd)
         jobs = len(list(Path(cwd).glob("outputs/multirun/*/*/.hydra")))
     failed = "" if status == 0 else f" (exit status {status})"
     return [Row(what, f"{wall:.1f} s wall, {jobs} jobs{failed}")]
