@@ -15,7 +15,8 @@ is met. The rows:
      "solves" when its charts/episodic_return (the mean return of its N = 16 episodes) is
      >= 475; the time is read back from the run's TensorBoard file as env_steps / charts/SPS
      at that batch, i.e. seconds since the trainer's clock started (after the env, the policy
-     and the logger are built), collection and updates included.
+     and the logger are built), collection and updates included. `whole budget` is the
+     trainer's own env steps/s over its full budget (its last charts/SPS), at N = 16.
    - SB3 PPO and A2C run the RL-Zoo CartPole-v1 hyper-parameters (below). A callback keeps the
      returns of the last 20 finished episodes and stops training the first time their mean is
      >= 475; its clock starts when learn() starts training (after the model is built).
@@ -226,6 +227,7 @@ def machine() -> str:
 class Solve:
     seconds: float | None  # training wall seconds to the first solved batch / window
     steps: int | None
+    run_sps: float | None = None  # pgrun: env steps/s over the whole run (its last charts/SPS)
 
 
 def solve_pgrun(variant: str, seed: int, settings: Settings) -> Solve:
@@ -242,12 +244,14 @@ def solve_pgrun(variant: str, seed: int, settings: Settings) -> Solve:
         events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
         events.Reload()
         returns = events.Scalars("charts/episodic_return")
-        sps = {e.step: e.value for e in events.Scalars("charts/SPS")}
+        sps_events = events.Scalars("charts/SPS")
+    sps = {e.step: e.value for e in sps_events}
+    run_sps = sps_events[-1].value
     for event in returns:
         if event.value >= SOLVED:
             # charts/SPS = env_steps / seconds since the trainer's clock started
-            return Solve(event.step / sps[event.step], event.step)
-    return Solve(None, None)
+            return Solve(event.step / sps[event.step], event.step, run_sps)
+    return Solve(None, None, run_sps)
 
 
 def zoo_schedule(value: str | float) -> float | Callable[[float], float]:
@@ -341,6 +345,9 @@ def solve_rows(settings: Settings) -> list[Row]:
             f"{median_range([float(r.steps) for r in solved], ksteps)} steps, "
             f"{len(solved)}/{len(runs)} seeds solved"
         )
+        run_sps = [r.run_sps for r in runs if r.run_sps is not None]
+        if run_sps:
+            text += f"; whole budget at {median_range(run_sps, rate)}"
         return text, times, len(solved)
 
     rows = []
