@@ -460,8 +460,8 @@ def throughput_rows(settings: Settings) -> list[Row]:
                 f"2. CartPole-v1 collect + update, N={n}",
                 f"pgrun {rate(pg)} (stepped slots {rate(pg / lockstep)}, lockstep {lockstep:.0%}); "
                 f"raw env {rate(raw)} "
-                f"(pgrun {raw / pg:.1f}x slower); raw env + forward {rate(floor)} "
-                f"(pgrun {floor / pg:.1f}x slower)",
+                f"(raw / pgrun {raw / pg:.1f}); raw env + forward {rate(floor)} "
+                f"(raw + forward / pgrun {floor / pg:.1f})",
                 "; ".join(targets),
                 verdict(ok),
             )
@@ -508,7 +508,7 @@ def cheetah_rows(settings: Settings) -> list[Row]:
     return [
         Row(
             f"{what}, T={horizon}",
-            f"pgrun {rate(pg_rate)}; raw env {rate(raw_rate)} (pgrun {ratio:.2f}x slower)",
+            f"pgrun {rate(pg_rate)}; raw env {rate(raw_rate)} (raw / pgrun {ratio:.2f})",
             target,
             verdict(ratio <= TARGET_CHEETAH_RATIO),
         )
@@ -581,7 +581,9 @@ def process_rows(settings: Settings) -> list[Row]:
         wall, rss, status, output = run_process([*cmd, *run_args], cwd)
         failed = "" if status == 0 else f" (exit status {status})"
         trained = training_seconds(output)
-        split = "" if trained is None else f" ({trained:.1f} s training, the rest start-up)"
+        split = (
+            "" if trained is None else f" ({trained:.1f} s training, the rest start-up and exit)"
+        )
         rows.append(
             Row(
                 f"4. `pgrun {' '.join(run_args)}`, whole process",
