@@ -20,11 +20,11 @@ install: $(STAMP) ## create .venv (if missing) and install pgrun with its dev to
 run: $(STAMP) ## train rtg_baseline on CartPole-v1 (extra overrides: make run ARGS="seed=3")
 	$(VENV)/bin/pgrun variant=rtg_baseline env=CartPole-v1 $(ARGS)
 
-test: $(STAMP) ## run the whole test suite, learning tests included
-	$(PY) -m pytest -q
+test: $(STAMP) ## run the whole test suite, learning tests included (two workers)
+	$(PY) -m pytest -q -n 2
 
 test-fast: $(STAMP) ## run the tests without the slow learning tests
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 lint: $(STAMP) ## ruff: lint and format check
 	$(VENV)/bin/ruff check pgrun tests
