@@ -31,6 +31,14 @@ class Baseline(str, Enum):
     none = "none"
     time = "time"  # b_t = mean of the weights over the batch's episodes still running at t
     time_loo = "time_loo"  # as `time` but leaving episode i out of its own b_t: exactly unbiased
+    value = "value"  # b(s_t) = V(s_t), a state-value network fitted to the returns (`value:`)
+
+
+class Truncation(str, Enum):
+    """What an episode cut by a time limit (or the horizon T) is, for the value estimates."""
+
+    bootstrap = "bootstrap"  # the return goes on: add gamma^k V(s_T) of the final observation
+    terminate = "terminate"  # treat the cut as a terminal state: nothing after it
 
 
 class OptimName(str, Enum):
@@ -76,6 +84,12 @@ class EnvConfig:
     the base env is made with frameskip=1."""
     frame_stack: int = 1
     """Observations are the last this many frames (1: no stacking)."""
+    truncation: Truncation = Truncation.bootstrap
+    """bootstrap | terminate: how an episode cut by a time limit or the horizon ends, where a
+    value network exists (variant.baseline=value). bootstrap: the returns and TD errors of a
+    truncated episode continue with gamma * V(final observation); a terminated episode never
+    bootstraps. terminate: every end is terminal. The estimators without a value network (the
+    notes' four) always treat the end of the batch's episodes as terminal."""
 
 
 @dataclass
@@ -104,6 +118,43 @@ class VariantConfig:
     """K: gradient steps per batch; K > 1 reuses the batch with per-step ratios exp(logp - logp_old)."""
     normalize_advantages: bool = False
     """Scale the weights to zero mean and unit std over the batch's valid steps."""
+    gae_lambda: Optional[float] = None
+    """lambda in [0, 1] of generalised advantage estimation, A_t = sum_k (gamma lambda)^k delta_{t+k}
+    with the TD errors delta_t = r_t + gamma V(s_{t+1}) - V(s_t); needs baseline=value.
+    1 gives the (bootstrapped) reward-to-go minus V, 0 the one-step TD error. null: off."""
+    clip: Optional[float] = None
+    """epsilon > 0 of PPO's clipped objective min(rho A, clip(rho, 1 - eps, 1 + eps) A) in place of
+    rho A (the ratios are then used from the first inner step). null: no clipping."""
+    target_kl: Optional[float] = None
+    """Stop the batch's inner steps before the first minibatch step whose approximate
+    KL(pi_old || pi) exceeds this (> 0); logged as stats/stopped_early. null: never stop."""
+    minibatches: int = 1
+    """M: each inner step splits the batch's episodes, shuffled, into M minibatches and takes
+    one gradient step on each (1 <= M <= batch_episodes)."""
+    entropy_coef: float = 0.0
+    """c >= 0: the loss subtracts c (1/N) sum_i sum_t m_{i,t} H[pi(.|s_{i,t})], an entropy bonus
+    on the same per-episode scale as the policy loss."""
+
+
+@dataclass
+class ValueConfig:
+    """The state-value network V(s) of variant.baseline=value (its own encoder and optimizer)."""
+
+    hidden_sizes: List[int] = field(default_factory=lambda: [64, 64])
+    """Widths of its hidden layers; [] is linear in the (encoded) observation."""
+    activation: str = "tanh"
+    """tanh | relu | elu | gelu | silu | leaky_relu."""
+    lr: float = 0.003
+    """Adam learning rate of V (> 0)."""
+    steps: int = 16
+    """Gradient steps on V per batch (>= 1), after the batch's advantages are computed."""
+    minibatches: int = 4
+    """The batch's valid steps are shuffled into this many minibatches and the V steps cycle
+    through them, reshuffled after each pass (1: every step on the whole batch)."""
+    normalize_targets: bool = True
+    """Fit the network to the targets standardised by their running mean and std (over every
+    batch so far) and scale its output back: V(s) = mean + std * net(s). Returns in the
+    hundreds are then learnt in a few steps."""
 
 
 @dataclass
@@ -112,6 +163,12 @@ class OptimConfig:
     """adam | sgd."""
     lr: float = 0.01
     """Learning rate (> 0)."""
+    max_grad_norm: Optional[float] = None
+    """Clip the norm of every gradient (policy and value) to this (> 0) before the step;
+    null: no clipping. stats/grad_norm is the norm before clipping."""
+    anneal_lr: bool = False
+    """Decay the learning rates (policy and value) linearly from lr to 0 over total_steps: a
+    batch collected after s env steps is learnt with lr (1 - s / total_steps)."""
 
 
 @dataclass
@@ -150,6 +207,8 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     variant: VariantConfig = field(default_factory=VariantConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    value: ValueConfig = field(default_factory=ValueConfig)
+    """The state-value network, used when variant.baseline=value."""
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     """Estimator diagnostics written to TensorBoard (pgrun/diagnostics.py)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -210,6 +269,11 @@ _ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu", "leaky_relu")
 _POLICIES = ("mlp", "cnn")
 
 
+def _plain(value: Any) -> str:
+    """An enum member or a plain string, as the string the YAML files use."""
+    return str(getattr(value, "value", value))
+
+
 def validate(cfg: "DictConfig | Config") -> None:
     """Check ranges that types cannot express. Raises ConfigError (one line) on the first problem."""
 
@@ -245,6 +309,63 @@ def validate(cfg: "DictConfig | Config") -> None:
         "variant.inner_steps",
         cfg.variant.inner_steps,
         "use an integer >= 1 (1 is on-policy)",
+    )
+    v = cfg.variant
+    baseline, weights = _plain(v.baseline), _plain(v.weights)
+    need(v.clip is None or v.clip > 0, "variant.clip", v.clip, "use a value > 0, or null for none")
+    lam = v.gae_lambda
+    need(
+        lam is None or 0.0 <= lam <= 1.0,
+        "variant.gae_lambda",
+        lam,
+        "use a value in [0, 1], or null for no GAE",
+    )
+    need(
+        lam is None or baseline == "value",
+        "variant.gae_lambda",
+        lam,
+        "GAE needs a value network: set variant.baseline=value, or variant.gae_lambda=null",
+    )
+    need(
+        baseline != "value" or weights == "rtg",
+        "variant.weights",
+        weights,
+        "baseline=value needs weights=rtg (V(s_t) is no baseline for rewards before t)",
+    )
+    need(
+        v.target_kl is None or v.target_kl > 0,
+        "variant.target_kl",
+        v.target_kl,
+        "use a value > 0, or null to never stop early",
+    )
+    need(
+        1 <= v.minibatches <= cfg.batch_episodes,
+        "variant.minibatches",
+        v.minibatches,
+        f"use an integer in [1, batch_episodes={cfg.batch_episodes}]",
+    )
+    need(v.entropy_coef >= 0, "variant.entropy_coef", v.entropy_coef, "use a value >= 0")
+    g = cfg.optim.max_grad_norm
+    need(g is None or g > 0, "optim.max_grad_norm", g, "use a value > 0, or null for none")
+    need(cfg.value.lr > 0.0, "value.lr", cfg.value.lr, "use a value > 0")
+    need(cfg.value.steps >= 1, "value.steps", cfg.value.steps, "use an integer >= 1")
+    need(
+        cfg.value.minibatches >= 1,
+        "value.minibatches",
+        cfg.value.minibatches,
+        "use an integer >= 1",
+    )
+    need(
+        all(h >= 1 for h in cfg.value.hidden_sizes),
+        "value.hidden_sizes",
+        list(cfg.value.hidden_sizes),
+        "use a list of positive widths, [] for a linear V",
+    )
+    need(
+        cfg.value.activation in _ACTIVATIONS,
+        "value.activation",
+        cfg.value.activation,
+        "use one of " + ", ".join(_ACTIVATIONS),
     )
     horizon = cfg.env.horizon
     need(horizon is None or horizon >= 1, "env.horizon", horizon, "use an integer >= 1 or null")

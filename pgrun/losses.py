@@ -43,6 +43,87 @@ def pg_loss(
     return -(rho * adv * mask).sum() / logp.shape[0]
 
 
+def clipped_loss(
+    logp: torch.Tensor,
+    logp_old: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float,
+) -> torch.Tensor:
+    """PPO's clipped objective, L = -(1/N) sum_i sum_t m_{i,t} min(rho A, clip(rho, 1-eps, 1+eps) A).
+
+    rho_{i,t} = exp(logp - logp_old) as in pg_loss's off-policy form. While every ratio lies in
+    [1 - eps, 1 + eps] the two terms are equal and L is pg_loss(logp, adv, mask, logp_old); a
+    step whose ratio has left the range in the direction its advantage pushes contributes a
+    constant (no gradient), so the policy is not pulled further from pi_old on it.
+
+    Args:
+        logp: (N, T) float32, with gradient.
+        logp_old: (N, T) float32, detached.
+        adv: (N, T) float32, detached.
+        mask: (N, T) float32.
+        clip: eps > 0.
+    Returns:
+        scalar.
+    """
+    if not logp.shape == logp_old.shape == adv.shape == mask.shape or logp.dim() != 2:
+        raise ValueError(
+            f"logp, logp_old, adv and mask must all be (N, T): got {tuple(logp.shape)}, "
+            f"{tuple(logp_old.shape)}, {tuple(adv.shape)}, {tuple(mask.shape)}"
+        )
+    if not clip > 0:
+        raise ValueError(f"clip={clip!r}: use a value > 0")
+    rho = (logp - logp_old).exp()
+    surrogate = torch.min(rho * adv, rho.clamp(1 - clip, 1 + clip) * adv)
+    return -(surrogate * mask).sum() / logp.shape[0]
+
+
+def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(1/N) sum_i sum_t m_{i,t} H_{i,t}: the entropy on the per-episode scale of pg_loss.
+
+    Args:
+        entropy: (N, T) float32, H[pi(.|s_{i,t})], with gradient.
+        mask: (N, T) float32.
+    Returns:
+        scalar.
+    """
+    if entropy.shape != mask.shape or entropy.dim() != 2:
+        raise ValueError(
+            f"entropy and mask must both be (N, T): got {tuple(entropy.shape)}, {tuple(mask.shape)}"
+        )
+    return (entropy * mask).sum() / entropy.shape[0]
+
+
+def clip_fraction(
+    logp: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor, clip: float
+) -> float:
+    """Fraction of the valid steps whose ratio rho lies outside [1 - eps, 1 + eps].
+
+    Args:
+        logp, logp_old, mask: (N, T) float32.
+    """
+    with torch.no_grad():
+        rho = (logp - logp_old)[mask > 0].exp()
+        return ((rho - 1).abs() > clip).float().mean().item()
+
+
+def value_loss(v: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the value estimates over the valid steps,
+    sum m (V - target)^2 / sum m.
+
+    Args:
+        v: (...) float32, V(s), with gradient; target, mask: the same shape.
+    Returns:
+        scalar.
+    """
+    if not v.shape == target.shape == mask.shape:
+        raise ValueError(
+            f"v, target and mask must have one shape: got {tuple(v.shape)}, "
+            f"{tuple(target.shape)}, {tuple(mask.shape)}"
+        )
+    return ((v - target).pow(2) * mask).sum() / mask.sum().clamp(min=1)
+
+
 def ratio_stats(logp: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     """Mean, min and max of rho = exp(logp - logp_old) over valid steps, and approx KL(old||new).
 
@@ -71,6 +152,8 @@ def surrogate_loss(
     discount_from_start: bool = False,
     adv: torch.Tensor | None = None,
     logp_old: torch.Tensor | None = None,
+    values: torch.Tensor | None = None,
+    boot: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The variant's surrogate loss on `batch`; `-grad` of it is the variant's gradient estimate.
 
@@ -78,24 +161,45 @@ def surrogate_loss(
         policy: module with `policy(obs) -> Distribution`.
         batch: a pgrun.Batch.
         variant: a preset name (configs/variant/<name>.yaml), or an object / mapping with the
-            knobs `weights`, `baseline` and `normalize_advantages`.
+            knobs `weights`, `baseline`, `normalize_advantages` (and optionally `gae_lambda`,
+            `clip`, `entropy_coef`).
         gamma: discount of the weights.
         discount_from_start: multiply step t's weight by gamma^t (see pgrun.config.Config.gamma).
         adv: precomputed weights (N, T); computed from the batch when None.
-        logp_old: (N, T) log-probs of the collecting policy; given, the loss uses the ratios.
+        logp_old: (N, T) log-probs of the collecting policy; given, the loss uses the ratios
+            (clipped when the variant sets `clip`).
+        values: (N, T) V(s_t) for baseline "value"; boot: (N,) values after each episode's end
+            (pgrun.estimators.bootstrap_values).
     Returns:
         scalar loss, differentiable in the policy's parameters.
     """
+    v = _variant_knobs(variant)
     if adv is None:
-        adv = batch_advantages(batch, variant, gamma, discount_from_start)
-    logp = policy(batch.obs).log_prob(batch.act)
-    return pg_loss(logp, adv, batch.mask, logp_old)
+        adv = batch_advantages(batch, v, gamma, discount_from_start, values=values, boot=boot)
+    dist = policy(batch.obs)
+    logp = dist.log_prob(batch.act)
+    if v["clip"] is not None and logp_old is not None:
+        loss = clipped_loss(logp, logp_old, adv, batch.mask, v["clip"])
+    else:
+        loss = pg_loss(logp, adv, batch.mask, logp_old)
+    if v["entropy_coef"]:
+        loss = loss - v["entropy_coef"] * entropy_bonus(dist.entropy(), batch.mask)
+    return loss
 
 
 def batch_advantages(
-    batch, variant="rtg_baseline", gamma: float = 1.0, discount_from_start: bool = False
+    batch,
+    variant="rtg_baseline",
+    gamma: float = 1.0,
+    discount_from_start: bool = False,
+    *,
+    values: torch.Tensor | None = None,
+    boot: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The variant's detached weights (N, T) for `batch` (see pgrun.estimators.advantages)."""
+    """The variant's detached weights (N, T) for `batch` (see pgrun.estimators.advantages).
+
+    `values` (N, T) and `boot` (N,) are the value estimates a variant with baseline "value"
+    needs (V(s_t), and the values after each episode's end from bootstrap_values)."""
     from pgrun.estimators import advantages
 
     v = _variant_knobs(variant)
@@ -107,6 +211,9 @@ def batch_advantages(
         gamma=gamma,
         discount_from_start=discount_from_start,
         normalize=v["normalize_advantages"],
+        values=values,
+        boot=boot,
+        gae_lambda=v["gae_lambda"],
     )
 
 
@@ -120,4 +227,7 @@ def _variant_knobs(variant) -> dict:
         "weights": str(getattr(get("weights"), "value", get("weights"))),
         "baseline": str(getattr(get("baseline"), "value", get("baseline"))),
         "normalize_advantages": bool(get("normalize_advantages", False)),
+        "gae_lambda": get("gae_lambda", None),
+        "clip": get("clip", None),
+        "entropy_coef": float(get("entropy_coef", 0.0) or 0.0),
     }

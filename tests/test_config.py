@@ -27,6 +27,12 @@ PRESETS = {
     "rtg_baseline": ("rtg", "time", False),
     "off_policy": ("rtg", "time", True),
 }
+# The presets beyond the notes, with a value network: (gae_lambda set?, clip set?, K > 1?)
+VALUE_PRESETS = {
+    "value_baseline": (False, False, False),
+    "gae": (True, False, False),
+    "ppo": (True, True, True),
+}
 
 
 def composed(*overrides: str):
@@ -61,7 +67,7 @@ def test_variant_files_are_exactly_the_presets():
         for p in (resources.files("pgrun.configs") / "variant").iterdir()
         if p.name.endswith(".yaml")
     }
-    assert names == set(PRESETS)
+    assert names == set(PRESETS) | set(VALUE_PRESETS)
 
 
 @pytest.mark.parametrize("env", ENV_FILES)
@@ -79,7 +85,40 @@ def test_every_variant_composes_with_every_env(variant, env):
     assert cfg.variant.normalize_advantages is False
     assert cfg.env.id == env
     assert cfg.env.horizon is None or cfg.env.horizon >= 1
+    # the options beyond the notes are all off: the notes' estimators exactly
+    v = cfg.variant
+    assert (v.gae_lambda, v.clip, v.target_kl, v.minibatches, v.entropy_coef) == (
+        None, None, None, 1, 0.0
+    )  # fmt: skip
+    assert cfg.optim.max_grad_norm is None and cfg.optim.anneal_lr is False
     validate(cfg)  # every shipped combination is in range
+
+
+def smallest_batch_env() -> str:
+    """The env file with the fewest episodes per batch (the bound on variant.minibatches)."""
+    folder = resources.files("pgrun.configs") / "env"
+    sizes = {
+        env: OmegaConf.load(str(folder / f"{env}.yaml")).get("batch_episodes", 16)
+        for env in ENV_FILES
+        if (folder / f"{env}.yaml").is_file()
+    }
+    return min(sizes, key=sizes.get)
+
+
+# Composing is slow (about 0.3 s): the value presets are composed with the default env and the
+# one whose batches are smallest, the only env-dependent bound they have (minibatches <= N).
+@pytest.mark.parametrize("env", sorted({"CartPole-v1", smallest_batch_env()}))
+@pytest.mark.parametrize("variant", sorted(VALUE_PRESETS))
+def test_every_value_preset_composes_and_validates(variant, env):
+    cfg = composed(f"variant={variant}", f"env={env}")
+    uses_gae, clips, reuse = VALUE_PRESETS[variant]
+    assert cfg.variant.name == variant
+    assert plain(cfg.variant.weights) == "rtg"
+    assert plain(cfg.variant.baseline) == "value"
+    assert (cfg.variant.gae_lambda is not None) == uses_gae
+    assert (cfg.variant.clip is not None) == clips
+    assert (cfg.variant.inner_steps > 1) == reuse
+    validate(cfg)
 
 
 def test_defaults(default_cfg):
@@ -90,7 +129,7 @@ def test_defaults(default_cfg):
     assert list(cfg.policy.hidden_sizes) == [32]
 
 
-@pytest.mark.parametrize("variant", sorted(PRESETS))
+@pytest.mark.parametrize("variant", sorted(PRESETS | VALUE_PRESETS))
 def test_load_variant_matches_the_composed_preset(variant):
     preset = load_variant(variant)
     assert isinstance(preset, VariantConfig)
@@ -98,6 +137,8 @@ def test_load_variant_matches_the_composed_preset(variant):
     assert plain(preset.weights) == plain(cfg.variant.weights)
     assert plain(preset.baseline) == plain(cfg.variant.baseline)
     assert preset.inner_steps == cfg.variant.inner_steps
+    assert preset.gae_lambda == cfg.variant.gae_lambda
+    assert preset.clip == cfg.variant.clip
 
 
 def test_load_variant_rejects_an_unknown_name():
@@ -139,6 +180,11 @@ def test_a_typo_fails_at_compose_time(override):
         "variant.baseline=mean",
         "optim.name=rmsprop",
         "discount_from_start=maybe",
+        "variant.baseline=learned",
+        "env.truncation=sometimes",
+        "variant.clip=wide",
+        "optim.anneal_lr=perhaps",
+        "value.steps=many",
     ],
 )
 def test_a_wrong_type_fails_at_compose_time(override):
@@ -175,6 +221,18 @@ def test_a_yaml_typo_fails_against_the_schema():
         ("total_steps", 0),
         ("total_steps", -100),
         ("seed", -1),
+        ("variant.clip", 0.0),
+        ("variant.clip", -0.2),
+        ("variant.target_kl", 0.0),
+        ("variant.minibatches", 0),
+        ("variant.minibatches", 17),  # more minibatches than the N = 16 episodes
+        ("variant.entropy_coef", -0.01),
+        ("optim.max_grad_norm", 0.0),
+        ("value.lr", 0.0),
+        ("value.steps", 0),
+        ("value.minibatches", 0),
+        ("value.hidden_sizes", [64, 0]),
+        ("value.activation", "sigmoid"),
     ],
 )
 def test_validate_rejects_out_of_range_values(default_cfg, key, value):
@@ -201,6 +259,42 @@ def test_validate_accepts_the_edges_of_the_ranges(default_cfg, key, value):
     cfg = with_value(default_cfg, key, value)
     assert OmegaConf.select(cfg, key) == value
     validate(cfg)
+
+
+@pytest.mark.parametrize("lam", [-0.01, 1.01])
+def test_validate_rejects_a_gae_lambda_outside_0_1(lam):
+    cfg = composed("variant=gae", f"variant.gae_lambda={lam}")
+    with pytest.raises(ConfigError, match=r"^variant.gae_lambda=.*\[0, 1\]"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["variant=rtg_baseline", "variant.gae_lambda=0.95"], "variant.gae_lambda=0.95"),
+        (["variant=value_baseline", "variant.weights=total"], "variant.weights='total'"),
+    ],
+)
+def test_validate_rejects_options_that_need_a_value_network(overrides, says):
+    cfg = composed(*overrides)
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    assert str(info.value).startswith(says) and "baseline=value" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["variant=gae", "variant.gae_lambda=0"],
+        ["variant=gae", "variant.gae_lambda=1"],
+        ["variant=ppo", "variant.clip=1e-6", "variant.target_kl=1e-6"],
+        ["variant=ppo", "variant.minibatches=16"],  # one episode per minibatch
+        ["variant.entropy_coef=0", "optim.max_grad_norm=1e-6", "env.truncation=terminate"],
+        ["variant=value_baseline", "value.hidden_sizes=[]", "value.steps=1"],
+    ],
+)
+def test_validate_accepts_the_edges_of_the_new_ranges(overrides):
+    validate(composed(*overrides))
 
 
 def test_config_error_is_a_value_error():

@@ -169,7 +169,9 @@ def test_loo_time_baseline_leaves_the_own_episode_out():
 
 
 def test_every_combination_is_covered():
-    assert set(EXPECTED_ADV3) == {(w, b) for w in WEIGHTS for b in BASELINES}
+    # baseline "value" needs a V (and weights "rtg"): its hand-worked cases are in test_gae.py
+    sample_baselines = [b for b in BASELINES if b != "value"]
+    assert set(EXPECTED_ADV3) == {(w, b) for w in WEIGHTS for b in sample_baselines}
 
 
 @pytest.mark.parametrize(("weights", "baseline"), sorted(EXPECTED_ADV3))
