@@ -8,12 +8,13 @@ a missing one is a one-line :class:`EnvError` naming the extra to install.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes.util
 import importlib
 import importlib.util
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -50,6 +51,19 @@ _FAMILIES = {
 def _one_line(exc: BaseException) -> str:
     """`Type: message` on one line."""
     return f"{type(exc).__name__}: " + " ".join(str(exc).split())
+
+
+@contextlib.contextmanager
+def _creating(env_id: str) -> Iterator[None]:
+    """Turn a failure of the env's constructor into one EnvError line."""
+    try:
+        yield
+    except TypeError as exc:
+        raise EnvError(f"env.kwargs do not fit {env_id!r}: {exc}") from None
+    except gym.error.DependencyNotInstalled as exc:
+        raise EnvError(f"{env_id}: a dependency is missing ({exc})") from None
+    except Exception as exc:  # the env's own constructor fails (e.g. a user env's bug)
+        raise EnvError(f"creating {env_id} raised {_one_line(exc)}") from None
 
 
 def _needs(env_id: str, what: str, extra: str) -> EnvError:
@@ -194,16 +208,10 @@ def make_env(
             )
     extra = {"wrappers": wrappers} if wrappers else {}
     make_kwargs = _make_kwargs(kwargs, atari_preprocessing, horizon)
-    try:
+    with _creating(env_id):
         env = gym.make_vec(
             spec, num_envs=num_envs, vectorization_mode=vectorization, **extra, **make_kwargs
         )
-    except TypeError as exc:
-        raise EnvError(f"env.kwargs do not fit {env_id!r}: {exc}") from None
-    except gym.error.DependencyNotInstalled as exc:
-        raise EnvError(f"{env_id}: a dependency is missing ({exc})") from None
-    except Exception as exc:  # the env's own constructor fails (e.g. a user env's bug)
-        raise EnvError(f"creating {env_id} raised {_one_line(exc)}") from None
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)
@@ -227,14 +235,8 @@ def make_single_env(
     ):
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen, quietly
     make_kwargs = _make_kwargs(kwargs, atari_preprocessing, horizon)
-    try:
+    with _creating(env_id):
         env = gym.make(spec, render_mode=render_mode, **make_kwargs)
-    except TypeError as exc:
-        raise EnvError(f"env.kwargs do not fit {env_id!r}: {exc}") from None
-    except gym.error.DependencyNotInstalled as exc:
-        raise EnvError(f"{env_id}: a dependency is missing ({exc})") from None
-    except Exception as exc:  # the env's own constructor fails (e.g. a user env's bug)
-        raise EnvError(f"creating {env_id} raised {_one_line(exc)}") from None
     for wrap in env_wrappers(atari_preprocessing, frame_stack, horizon):
         env = wrap(env)
     return env

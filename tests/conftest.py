@@ -91,6 +91,12 @@ def event_files(run_dir: Path) -> list[Path]:
     return sorted(run_dir.glob("events.out.tfevents.*"))
 
 
+def event_file(run_dir: Path) -> Path:
+    """The run's one event file."""
+    (path,) = event_files(run_dir)
+    return path
+
+
 def load_events(run_dir: Path):
     """An EventAccumulator over the single event file of `run_dir`, fully loaded."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_pgrun
 from omegaconf import OmegaConf
-
-from tests.conftest import run_pgrun
 
 BROKEN_MODULE = 'raise RuntimeError("this module is broken")\n'
 BROKEN_CONSTRUCTOR = """

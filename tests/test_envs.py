@@ -20,6 +20,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import describe, event_file
+from conftest import pgrun_env as child_env
 
 import pgrun
 from pgrun import envs as pgrun_envs
@@ -29,26 +31,6 @@ from pgrun.rollout import collect_episodes
 
 # The console scripts installed next to the interpreter running the tests.
 BIN = Path(sys.executable).parent
-
-
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a pgrun subprocess: one torch thread, no Hydra tracebacks."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra or {})}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
-
-
-def describe(proc: subprocess.CompletedProcess[str]) -> str:
-    """The command, its status and the end of its output, for assertion messages."""
-    return (
-        f"$ {' '.join(map(str, proc.args))}\nexit {proc.returncode}\n"
-        f"--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
-    )
-
-
-def event_file(run_dir: Path) -> Path:
-    (path,) = run_dir.glob("events.out.tfevents.*")
-    return path
 
 
 def missing(module: str) -> bool:

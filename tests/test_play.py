@@ -3,7 +3,6 @@ evaluation episodes and gets the run's last evaluation return; it records a vide
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -11,32 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import describe, event_file
+from conftest import pgrun_env as child_env
 
 import pgrun
 from pgrun.play import play
 
 # The console scripts installed next to the interpreter running the tests.
 BIN = Path(sys.executable).parent
-
-
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a pgrun subprocess: one torch thread, no Hydra tracebacks."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra or {})}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
-
-
-def describe(proc: subprocess.CompletedProcess[str]) -> str:
-    """The command, its status and the end of its output, for assertion messages."""
-    return (
-        f"$ {' '.join(map(str, proc.args))}\nexit {proc.returncode}\n"
-        f"--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
-    )
-
-
-def event_file(run_dir: Path) -> Path:
-    (path,) = run_dir.glob("events.out.tfevents.*")
-    return path
 
 
 PLAY = BIN / "pgrun-play"
