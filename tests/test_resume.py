@@ -42,7 +42,7 @@ def same_series(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for tag in a:
         assert [s for s, _ in a[tag]] == [s for s, _ in b[tag]], tag
-        for (_, x), (_, y) in zip(a[tag], b[tag]):
+        for (_, x), (_, y) in zip(a[tag], b[tag], strict=True):
             assert x == y or (math.isnan(x) and math.isnan(y)), (tag, x, y)
 
 
