@@ -90,6 +90,12 @@ def main() -> None:
     """The `pgrun` command. Hydra's own errors about the command line come before the run
     starts; they are held back and printed as one line `pgrun: error: ...`, exit status 2."""
     global _stderr
+    if sys.argv[1:] in (["--help"], ["-h"]):
+        try:
+            print(quick_help())
+        except BrokenPipeError:  # `pgrun --help | head`
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
     try:
         sys.argv[1:] = resume_argv(sys.argv[1:])
     except UserError as exc:
@@ -110,6 +116,35 @@ def main() -> None:
         sys.exit(1)
     finally:
         _release_stderr()
+
+
+def quick_help() -> str:
+    """`pgrun --help` without overrides: the header, every group's options read straight from
+    the packaged configs, and the footer. Hydra's own help composes the whole config first
+    (about two seconds); `pgrun <overrides> --help` still shows it, composed config included."""
+    from importlib import resources
+
+    import yaml
+
+    root = resources.files("pgrun.configs")
+    help_cfg = yaml.safe_load((root / "config.yaml").read_text())["hydra"]["help"]
+    lines = [help_cfg["header"], "", "== Configuration groups (group=option) =="]
+    for group in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "hydra"):
+        options = sorted(_yaml_names(group))
+        if options:
+            lines.append(f"{group.name}: {', '.join(options)}")
+    lines += ["", help_cfg["footer"]]
+    return "\n".join(lines)
+
+
+def _yaml_names(folder, prefix: str = "") -> list[str]:
+    names = []
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            names += _yaml_names(entry, f"{prefix}{entry.name}/")
+        elif entry.name.endswith(".yaml"):
+            names.append(prefix + entry.name[: -len(".yaml")])
+    return names
 
 
 def _release_stderr() -> None:

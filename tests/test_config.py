@@ -299,3 +299,37 @@ def test_validate_accepts_the_edges_of_the_new_ranges(overrides):
 
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
+
+
+def test_quick_help_lists_every_group_option_hydra_knows():
+    """`pgrun --help` answers without composing: its groups must be the ones Hydra finds."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "pgrun"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    listed = {
+        line.split(":", 1)[0]: set(line.split(":", 1)[1].strip().split(", "))
+        for line in done.stdout.splitlines()
+        if ":" in line and line.split(":", 1)[0] in ("env", "policy", "variant", "experiment")
+    }
+    with initialize_config_module(config_module="pgrun.configs", version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+
+        def options_of(group: str, prefix: str = "") -> set[str]:  # sub-groups such as env/ALE
+            found = {prefix + o for o in loader.get_group_options(group)}
+            for sub in loader.list_groups(group):
+                found |= options_of(f"{group}/{sub}", f"{prefix}{sub}/")
+            return found
+
+        for group, options in listed.items():
+            assert options == options_of(group), group
+    assert set(listed) == {"env", "policy", "variant", "experiment"}
