@@ -281,6 +281,21 @@ def validate(cfg: "DictConfig | Config") -> None:
         if not ok:
             raise ConfigError(f"{key}={value!r} is out of range: {accepted}")
 
+    def check_network(key: str, net: Any, linear: str) -> None:
+        widths = list(net.hidden_sizes)
+        need(
+            all(h >= 1 for h in widths),
+            f"{key}.hidden_sizes",
+            widths,
+            f"use a list of positive widths, [] for {linear}",
+        )
+        need(
+            net.activation in _ACTIVATIONS,
+            f"{key}.activation",
+            net.activation,
+            "use one of " + ", ".join(_ACTIVATIONS),
+        )
+
     need(cfg.seed >= 0, "seed", cfg.seed, "use an integer >= 0")
     need(cfg.batch_episodes >= 1, "batch_episodes", cfg.batch_episodes, "use an integer >= 1")
     need(cfg.total_steps >= 1, "total_steps", cfg.total_steps, "use an integer >= 1")
@@ -355,32 +370,10 @@ def validate(cfg: "DictConfig | Config") -> None:
         cfg.value.minibatches,
         "use an integer >= 1",
     )
-    need(
-        all(h >= 1 for h in cfg.value.hidden_sizes),
-        "value.hidden_sizes",
-        list(cfg.value.hidden_sizes),
-        "use a list of positive widths, [] for a linear V",
-    )
-    need(
-        cfg.value.activation in _ACTIVATIONS,
-        "value.activation",
-        cfg.value.activation,
-        "use one of " + ", ".join(_ACTIVATIONS),
-    )
+    check_network("value", cfg.value, "a linear V")
     horizon = cfg.env.horizon
     need(horizon is None or horizon >= 1, "env.horizon", horizon, "use an integer >= 1 or null")
-    need(
-        all(h >= 1 for h in cfg.policy.hidden_sizes),
-        "policy.hidden_sizes",
-        list(cfg.policy.hidden_sizes),
-        "use a list of positive widths, [] for a linear policy",
-    )
-    need(
-        cfg.policy.activation in _ACTIVATIONS,
-        "policy.activation",
-        cfg.policy.activation,
-        "use one of " + ", ".join(_ACTIVATIONS),
-    )
+    check_network("policy", cfg.policy, "a linear policy")
     need(
         cfg.policy.name in _POLICIES,
         "policy.name",
