@@ -44,6 +44,10 @@ bench-variance: $(STAMP) ## gradient variance and SNR per estimator on CartPole-
 bench-envs: $(STAMP) ## env steps/s: pgrun training vs raw env stepping (CartPole, HalfCheetah, Humanoid)
 	$(PY) benchmarks/env_speed.py $(ARGS)
 
+.PHONY: bench-targets
+bench-targets: $(STAMP) ## env steps and seconds to each learning target, median over 5 seeds (ARGS="--rows cartpole")
+	$(PY) benchmarks/targets.py $(ARGS)
+
 tensorboard: $(STAMP) ## serve the curves under outputs/ on 127.0.0.1:6006
 	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1 --port 6006
 

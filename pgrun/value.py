@@ -121,7 +121,7 @@ def fit_value(
     for _ in range(steps):
         if minibatches > 1:
             if not parts:
-                order = torch.randperm(y.shape[0], generator=generator, device=y.device)
+                order = torch.randperm(y.shape[0], generator=generator).to(y.device)
                 parts = list(order.chunk(minibatches))
             idx = parts.pop(0)
             xb, yb, mb = x[idx], y[idx], ones[idx]
