@@ -6,7 +6,7 @@ For the initial policy of `pgrun seed=0` and for the same run trained briefly (p
 default config, a few thousand environment steps), it collects a pool of independent episodes
 with pgrun.collect_episodes, splits it into B = pool / N disjoint batches of N episodes, and
 computes every batch's estimate g = (1/N) sum_i g_i from per-episode gradients
-(pgrun.diagnostics.per_episode_grads, one vmap over episodes) with the variant's weights computed
+(pgrun.diagnostics.per_episode_grads) with the variant's weights computed
 inside that batch (pgrun.losses.batch_advantages). Over the B estimates of one (variant, N):
 
     tr Cov g  = sum_j sample variance of coordinate j               (the noise)
@@ -61,7 +61,7 @@ def trained_policy(seed: int, steps: int, overrides: list[str]):
     return cfg, initial, trained, summary
 
 
-def batch_estimates(policy, pool: Batch, variant: dict, n: int, chunk: int) -> torch.Tensor:
+def batch_estimates(policy, pool: Batch, variant: dict, n: int) -> torch.Tensor:
     """(B, D) float64: the estimates of B = pool // n disjoint batches of n episodes."""
     b = pool.num_episodes // n
     adv = torch.cat(
@@ -74,7 +74,7 @@ def batch_estimates(policy, pool: Batch, variant: dict, n: int, chunk: int) -> t
         ]
     )
     used = Batch(*(getattr(pool, f)[: b * n] for f in Batch.__dataclass_fields__))
-    g = per_episode_grads(policy, used, adv, chunk_size=chunk).double()
+    g = per_episode_grads(policy, used, adv).double()
     return g.reshape(b, n, -1).mean(1)
 
 
@@ -105,7 +105,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-steps", type=int, default=15000, help="env steps of training")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--chunk", type=int, default=512, help="episodes per vmap chunk")
     args = parser.parse_args(argv)
     start = time.perf_counter()
 
@@ -134,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         ret = pool.returns
         label = f"{label} (return {ret.mean():.1f})"
         for name, variant in VARIANTS.items():
-            cells = [measure(batch_estimates(policy, pool, variant, n, args.chunk)) for n in SIZES]
+            cells = [measure(batch_estimates(policy, pool, variant, n)) for n in SIZES]
             rows.append((label, name, cells))
 
     head = (

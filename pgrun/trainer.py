@@ -34,6 +34,7 @@ from pgrun.losses import (
     value_loss,
 )
 from pgrun.normalization import RewardScaler
+from pgrun.optim import Adam, Optimizer, make_optimizer
 from pgrun.policies import policy_from_config
 from pgrun.rollout import Batch, collect_episodes
 from pgrun.value import fit_value, value_from_config
@@ -61,25 +62,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    return torch.optim.SGD(params, lr=lr)
-
-
 def episodes(batch: Batch, idx: torch.Tensor) -> Batch:
     """The episodes `idx` (K,) int64 of `batch`, every (N, ...) field indexed on its first dim."""
     return Batch(*(getattr(batch, f)[idx] for f in batch.__dataclass_fields__))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
 
 
 def update(
     policy: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     batch: Batch,
     adv: torch.Tensor,
     inner_steps: int,
@@ -245,7 +240,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, flo
     value_net, value_opt = None, None
     if _plain(variant.baseline) == "value":  # V(s) and its own optimizer (pgrun.value)
         value_net = value_from_config(env, cfg).to(device)
-        value_opt = torch.optim.Adam(value_net.parameters(), lr=cfg.value.lr)
+        value_opt = Adam(value_net.parameters(), lr=cfg.value.lr)
 
     recent: deque[float] = deque(maxlen=FINAL_WINDOW)
     env_steps, iteration, wall_before = 0, 0, 0.0
@@ -408,14 +403,25 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, flo
                     },
                     env_steps,
                 )
+                solved = (
+                    cfg.stop_return is not None
+                    and len(recent) == FINAL_WINDOW
+                    and float(np.mean(recent)) >= cfg.stop_return
+                )
                 evaluator.after_iteration(
-                    logger, iteration, env_steps, env_steps >= cfg.total_steps
+                    logger, iteration, env_steps, solved or env_steps >= cfg.total_steps
                 )
                 bar.update(min(steps, cfg.total_steps - bar.n))
                 bar.set_postfix(ret=f"{recent[-1]:.1f}", refresh=False)
                 if stop.signum is not None:
                     save_checkpoint()
                     raise Interrupted(stop.signum, iteration, env_steps)
+                if solved:
+                    log.info(
+                        f"final return {np.mean(recent):.1f} >= stop_return={cfg.stop_return:g} "
+                        f"after {env_steps:,} env steps: stopping"
+                    )
+                    break
                 if cfg.checkpoint.every > 0 and iteration % cfg.checkpoint.every == 0:
                     save_checkpoint()
         final_return = float(np.mean(recent))

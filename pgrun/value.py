@@ -22,6 +22,7 @@ from torch import nn
 
 from pgrun.losses import value_loss
 from pgrun.normalization import RunningNorm
+from pgrun.optim import Optimizer
 from pgrun.policies import ObsEncoder, mlp
 
 
@@ -87,7 +88,7 @@ def value_from_config(env: gym.vector.VectorEnv | gym.Env, cfg: Any) -> ValueNet
 
 def fit_value(
     value: ValueNetwork,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     obs: torch.Tensor,
     target: torch.Tensor,
     mask: torch.Tensor,
