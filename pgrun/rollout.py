@@ -71,9 +71,10 @@ def collect_episodes(
     """Run `policy` in the N copies of `env` from reset until every episode has ended or T steps.
 
     One batched forward pass per time step samples all N actions; a copy whose episode has
-    ended keeps being stepped (its results are masked out) so that the N copies stay in
-    lockstep. Box actions are clipped to the bounds when stepping the env (pgrun.envs.action_converter);
-    the batch keeps the sampled action, whose log-probability the loss uses.
+    ended keeps being stepped (the env starts it anew; those steps are masked out) so that the
+    N copies stay in lockstep, until every copy's first episode has ended. Box actions are
+    clipped to the bounds when stepping the env (pgrun.envs.action_converter); the batch keeps
+    the sampled action, whose log-probability the loss uses.
 
     Args:
         env: vector env of N copies.
@@ -93,49 +94,51 @@ def collect_episodes(
 
     obs, _ = env.reset(seed=seed)
     obs = to_batch(obs)
-    obs_buf = np.zeros((T, *obs.shape), dtype=obs.dtype)
+    # Step t reads obs_buf[t] and writes obs_buf[t + 1], the observation it led to: for an
+    # episode that ends at step t that is its final observation (the env resets the copy on
+    # its next step). Nothing else is decided per step: the episode boundaries come after.
+    obs_buf = np.zeros((T + 1, *obs.shape), dtype=obs.dtype)
+    obs_buf[0] = obs
     act_buf = None  # allocated from the first action's dtype and shape
     rew_buf = np.zeros((T, N), dtype=np.float32)
-    mask_buf = np.zeros((T, N), dtype=np.float32)
-    final_obs = np.zeros_like(obs)
-    terminated = np.zeros(N, dtype=bool)
-    truncated = np.zeros(N, dtype=bool)
-    alive = np.ones(N, dtype=bool)
-    alive_obs = alive.reshape((N,) + (1,) * (obs.ndim - 1))  # a view that follows alive
+    term_buf = np.zeros((T, N), dtype=bool)
+    done_buf = np.zeros((T, N), dtype=bool)
+    ended = np.zeros(N, dtype=bool)  # copy i's first episode has ended
 
     t = 0
     with torch.inference_mode():
         for t in range(T):  # noqa: B007 (t is the batch length below)
-            np.multiply(obs, alive_obs, out=obs_buf[t])  # zeros once an episode ended
-            mask_buf[t] = alive
             act = sample(torch.from_numpy(obs_buf[t]).to(device)).cpu().numpy()
             if act_buf is None:
                 act_buf = np.zeros((T, *act.shape), dtype=act.dtype)
             act_buf[t] = act
-            obs, rew, term, trunc, _ = env.step(to_env(act))
-            obs = to_batch(obs)
-            rew_buf[t] = np.where(alive, rew, 0.0)
-            ended = alive & (term | trunc)
-            terminated |= ended & term
-            truncated |= ended & ~term
-            final_obs[ended] = obs[ended]
-            alive &= ~ended
-            if not alive.any():
+            obs, rew_buf[t], term_buf[t], trunc, _ = env.step(to_env(act))
+            obs_buf[t + 1] = to_batch(obs)
+            np.logical_or(term_buf[t], trunc, out=done_buf[t])
+            ended |= done_buf[t]
+            if ended.all():
                 break
-    # Episodes still running after T steps are cut by the horizon: a truncation.
-    truncated |= alive
-    final_obs[alive] = obs[alive]
-
     T_b = t + 1
 
-    def batch_first(x: np.ndarray) -> torch.Tensor:  # (T, N, ...) -> (N, T_b, ...)
+    # Episode i is steps 0..end_i of copy i: up to its first end, else the horizon (a truncation).
+    end = np.where(ended, done_buf[:T_b].argmax(0), T_b - 1)
+    copies = np.arange(N)
+    terminated = term_buf[end, copies] & ended
+    truncated = ~terminated
+    final_obs = obs_buf[end + 1, copies]
+    mask = (np.arange(T_b)[:, None] <= end).astype(np.float32)  # (T_b, N)
+    obs_buf = obs_buf[:T_b]
+    obs_buf *= mask.reshape(mask.shape + (1,) * (obs_buf.ndim - 2)).astype(obs_buf.dtype)
+    rew_buf = rew_buf[:T_b] * mask
+
+    def batch_first(x: np.ndarray) -> torch.Tensor:  # (T_b, N, ...) -> (N, T_b, ...)
         return torch.from_numpy(np.ascontiguousarray(x[:T_b].swapaxes(0, 1)))
 
     return Batch(
         obs=batch_first(obs_buf),
         act=batch_first(act_buf),
         rew=batch_first(rew_buf),
-        mask=batch_first(mask_buf),
+        mask=batch_first(mask),
         terminated=torch.from_numpy(terminated),
         truncated=torch.from_numpy(truncated),
         final_obs=torch.from_numpy(final_obs),
