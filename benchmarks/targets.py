@@ -5,6 +5,7 @@
     python benchmarks/targets.py --rows humanoid --seeds 1 --max-steps 2000000
     python benchmarks/targets.py --jobs 2                 # two runs at a time
     python benchmarks/targets.py --rows lunar --seeds 2 --first-seed 3   # seeds 3 and 4
+    python benchmarks/targets.py --rows humanoid --stop-at-target   # end each run at its target
 
 Every row is one command a user can run: `pgrun experiment=<name>` (configs/experiment/) or, for
 the notes' presets, `pgrun variant=<name> env=CartPole-v1`, with `seed=<s>` added. Each run is a
@@ -151,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (1)")
     parser.add_argument("--max-steps", type=int, help="cap every run's total_steps")
     parser.add_argument("--keep", type=Path, help="keep the run directories here")
+    parser.add_argument(
+        "--stop-at-target", action="store_true", help="end each run when it reaches the target"
+    )
     parser.add_argument("overrides", nargs="*", help="extra pgrun overrides for every run")
     args = parser.parse_args(argv)
     wanted = [w.lower() for w in args.rows]
@@ -170,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def one(job: tuple[Row, int]) -> Result:
         row, seed = job
-        result = run_one(row, seed, extra, root)
+        stop = [f"stop_return={row.target:g}"] if args.stop_at_target else []
+        result = run_one(row, seed, extra + stop, root)
         status = result.failure or (
             f"target at {result.steps:,.0f} steps, {result.seconds:.1f} s"
             if np.isfinite(result.steps)

@@ -157,7 +157,7 @@ def _release_stderr() -> None:
 
 # What may change when a run is resumed: its budget and how it reports. Anything else would
 # make the resumed run a different experiment.
-RESUMABLE = ("total_steps", "progress", "checkpoint.every")
+RESUMABLE = ("total_steps", "stop_return", "progress", "checkpoint.every")
 
 
 def resume_argv(args: list[str]) -> list[str]:
@@ -198,8 +198,6 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
     now = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     before = OmegaConf.to_container(saved, resolve=True)
     keys = {k for k in now.keys() | before.keys() if k not in ("resume", *RESUMABLE)}
-    for key in ("total_steps", "progress"):
-        keys.discard(key)
     differ = sorted(k for k in keys if now.get(k) != before.get(k) and k != "checkpoint")
     if differ:
         raise UserError(

@@ -219,6 +219,10 @@ class Config:
     """N: episodes per batch."""
     total_steps: int = 100_000
     """Budget of environment steps; training stops at the first batch that reaches it."""
+    stop_return: Optional[float] = None
+    """Stop before the budget once the final return (the mean episodic return of the last 5
+    batches) reaches this, e.g. env.solved_return; null: train for total_steps. The learning
+    rate schedule (optim.anneal_lr) still runs over total_steps."""
     gamma: float = 1.0
     """Discount in (0, 1] of the weights: rtg_t = sum_{t'>=t} gamma^(t'-t) r_t'. 1 is the notes'
     objective. With gamma < 1 the usual discounted reward-to-go is NOT the gradient of the
