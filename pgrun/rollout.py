@@ -21,8 +21,8 @@ class Batch:
             observation spaces keep the layout of pgrun.envs.batch_obs: uint8 frames
             (N, T_b, *shape), Discrete (N, T_b) int64, MultiDiscrete (N, T_b, k) int64.
         act: (N, T_b) int64 for Discrete actions, (N, T_b, act_dim) float32 for Box; the
-            sampled a_t (before any clipping to the action bounds). MultiDiscrete:
-            (N, T_b, k) int64; MultiBinary: (N, T_b, n) float32.
+            sampled a_t (before any clipping to the action bounds), zero after the episode
+            ended. MultiDiscrete: (N, T_b, k) int64; MultiBinary: (N, T_b, n) float32.
         rew: (N, T_b) float32; r_t, zero after the episode ended.
         mask: (N, T_b) float32; 1 where step t belongs to episode i, else 0.
         terminated: (N,) bool; the episode reached a terminal state.
@@ -62,6 +62,36 @@ class Batch:
         return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
+def _running_copies_step(env: gym.vector.VectorEnv, obs: np.ndarray, ended: np.ndarray):
+    """For a gymnasium SyncVectorEnv, a replacement for env.step that steps only the copies
+    whose first episode is still running (`ended` is read at every call); None for other envs.
+
+    The results of a finished copy are masked out of the batch, and in a SyncVectorEnv (MuJoCo,
+    Box2D, Atari: one Python env per copy) stepping it costs as much as a running one: with
+    episodes of uneven length that was a third of the simulation time. The vectorised numpy
+    envs (CartPole's own vector class) step every copy in one go, so they keep env.step. The
+    running copies get exactly the actions and steps they would get from env.step; the next
+    batch's env.reset resets every copy.
+
+    Args:
+        env: the vector env; obs: its observations from reset, (N, *obs_shape).
+    """
+    if type(env) is not gym.vector.SyncVectorEnv:
+        return None
+    copies = env.envs
+    obs = np.array(obs)  # the latest observation of each copy, updated in place
+    rew = np.zeros(len(copies), dtype=np.float64)
+    term = np.zeros(len(copies), dtype=bool)
+    trunc = np.zeros(len(copies), dtype=bool)
+
+    def step(actions: np.ndarray):
+        for i in np.flatnonzero(~ended):
+            obs[i], rew[i], term[i], trunc[i], _ = copies[i].step(actions[i])
+        return obs, rew, term, trunc, {}
+
+    return step
+
+
 def collect_episodes(
     env: gym.vector.VectorEnv,
     policy: nn.Module,
@@ -70,9 +100,9 @@ def collect_episodes(
 ) -> Batch:
     """Run `policy` in the N copies of `env` from reset until every episode has ended or T steps.
 
-    One batched forward pass per time step samples all N actions; a copy whose episode has
-    ended keeps being stepped (the env starts it anew; those steps are masked out) so that the
-    N copies stay in lockstep, until every copy's first episode has ended. Box actions are
+    One batched forward pass per time step samples all N actions, until every copy's first
+    episode has ended; a copy whose episode has ended waits (a SyncVectorEnv's copy is not
+    stepped, a vectorised env steps it anyway and those steps are masked out). Box actions are
     clipped to the bounds when stepping the env (pgrun.envs.action_converter); the batch keeps
     the sampled action, whose log-probability the loss uses.
 
@@ -93,6 +123,8 @@ def collect_episodes(
     sample = getattr(policy, "sample", None) or (lambda o: policy(o).sample())
 
     obs, _ = env.reset(seed=seed)
+    ended = np.zeros(N, dtype=bool)  # copy i's first episode has ended
+    step = _running_copies_step(env, obs, ended) or env.step
     obs = to_batch(obs)
     # Step t reads obs_buf[t] and writes obs_buf[t + 1], the observation it led to: for an
     # episode that ends at step t that is its final observation (the env resets the copy on
@@ -103,7 +135,6 @@ def collect_episodes(
     rew_buf = np.zeros((T, N), dtype=np.float32)
     term_buf = np.zeros((T, N), dtype=bool)
     done_buf = np.zeros((T, N), dtype=bool)
-    ended = np.zeros(N, dtype=bool)  # copy i's first episode has ended
 
     t = 0
     with torch.inference_mode():
@@ -112,7 +143,7 @@ def collect_episodes(
             if act_buf is None:
                 act_buf = np.zeros((T, *act.shape), dtype=act.dtype)
             act_buf[t] = act
-            obs, rew_buf[t], term_buf[t], trunc, _ = env.step(to_env(act))
+            obs, rew_buf[t], term_buf[t], trunc, _ = step(to_env(act))
             obs_buf[t + 1] = to_batch(obs)
             np.logical_or(term_buf[t], trunc, out=done_buf[t])
             ended |= done_buf[t]
@@ -130,6 +161,8 @@ def collect_episodes(
     obs_buf = obs_buf[:T_b]
     obs_buf *= mask.reshape(mask.shape + (1,) * (obs_buf.ndim - 2)).astype(obs_buf.dtype)
     rew_buf = rew_buf[:T_b] * mask
+    act_buf = act_buf[:T_b]
+    act_buf *= mask.reshape(mask.shape + (1,) * (act_buf.ndim - 2)).astype(act_buf.dtype)
 
     def batch_first(x: np.ndarray) -> torch.Tensor:  # (T_b, N, ...) -> (N, T_b, ...)
         return torch.from_numpy(np.ascontiguousarray(x[:T_b].swapaxes(0, 1)))
