@@ -326,3 +326,41 @@ def test_a_policy_without_sample_gives_the_same_batch(env_id):
         env.close()
     for name in Batch.__dataclass_fields__:
         assert torch.equal(getattr(batches[0], name), getattr(batches[1], name)), name
+
+
+class CountingCountdown(Countdown):
+    """Countdown that counts the steps it is asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def step(self, action):
+        self.calls += 1
+        return super().step(action)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_finished_copies_are_not_stepped_in_a_sync_env(mode):
+    """A SyncVectorEnv's copy stops being stepped when its episode ends (lengths 1..4 here,
+    the batch lasts 4 steps); the batch is the same as through env.step (the async env)."""
+    vec = gym.vector.SyncVectorEnv if mode == "sync" else gym.vector.AsyncVectorEnv
+    env = vec([CountingCountdown for _ in range(4)])
+    policy = pgrun.make_policy(env, hidden_sizes=[])
+    torch.manual_seed(0)
+    batch = collect_episodes(env, policy, horizon=10, seed=0)  # copy i: seed i, length 1 + i
+    assert batch.lengths.tolist() == [1, 2, 3, 4]
+    assert batch.terminated.all()
+    assert batch.rew.tolist() == [
+        [10.0, 0.0, 0.0, 0.0],
+        [20.0, 21.0, 0.0, 0.0],
+        [30.0, 31.0, 32.0, 0.0],
+        [40.0, 41.0, 42.0, 43.0],
+    ]
+    assert batch.final_obs.tolist() == [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]]
+    if mode == "sync":
+        assert [copy.unwrapped.calls for copy in env.envs] == [1, 2, 3, 4]
+        batch = collect_episodes(env, policy, horizon=10, seed=0)  # reset, the same again
+        assert [copy.unwrapped.calls for copy in env.envs] == [2, 4, 6, 8]
+        assert batch.lengths.tolist() == [1, 2, 3, 4]
+    env.close()
