@@ -117,6 +117,21 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     }
 
 
+def comparable_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """The scalar series of a run directory, every event file of it (a resumed run adds one),
+    without the ones that differ between equal runs: charts/SPS (wall-clock time) and the
+    hparams/ metric written at the end of a run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {
+        tag: [(e.step, e.value) for e in acc.Scalars(tag)]
+        for tag in acc.Tags()["scalars"]
+        if tag != "charts/SPS" and not tag.startswith("hparams/")
+    }
+
+
 def only_run_dir(root: Path) -> Path:
     """The one run directory Hydra made under `root`/outputs/runs."""
     runs = sorted((root / "outputs" / "runs").iterdir())

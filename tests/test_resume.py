@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import comparable_scalars
 
 PGRUN = str(Path(sys.executable).parent / "pgrun")
 BASE = ["batch_episodes=8", "total_steps=12000", "checkpoint.every=2", "progress=false"]
@@ -25,17 +25,6 @@ BASE = ["batch_episodes=8", "total_steps=12000", "checkpoint.every=2", "progress
 
 def pgrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([PGRUN, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series of the run except the wall-clock ones, as (step, value) lists."""
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {
-        tag: [(e.step, e.value) for e in acc.Scalars(tag)]
-        for tag in acc.Tags()["scalars"]
-        if tag != "charts/SPS"
-    }
 
 
 def same_series(a: dict, b: dict) -> None:
@@ -80,7 +69,7 @@ def reference(tmp_path_factory) -> dict:
     cwd = tmp_path_factory.mktemp("reference")
     done = pgrun(*BASE, "hydra.run.dir=run", cwd=cwd)
     assert done.returncode == 0, done.stderr
-    return scalars(cwd / "run")
+    return comparable_scalars(cwd / "run")
 
 
 def test_sigkill_then_resume_is_bit_exact(tmp_path, reference):
@@ -89,7 +78,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, reference):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert pgrun(f"resume={run}", cwd=tmp_path).returncode == 0
-    same_series(scalars(run), reference)
+    same_series(comparable_scalars(run), reference)
 
 
 def test_kill_during_checkpoint_write_and_corrupt_latest_fall_back(tmp_path, reference):
@@ -111,7 +100,7 @@ def test_kill_during_checkpoint_write_and_corrupt_latest_fall_back(tmp_path, ref
     assert done.returncode == 0, done.stderr
     assert f"{newest.name} is unreadable" in done.stdout + done.stderr
     assert f"falling back to {previous.name}" in done.stdout + done.stderr
-    same_series(scalars(run), reference)
+    same_series(comparable_scalars(run), reference)
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -126,7 +115,7 @@ def test_signal_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, refer
     assert "Traceback" not in err
     if sig == signal.SIGINT:  # the run goes on from the checkpoint written at the signal
         assert pgrun(f"resume={run}", cwd=tmp_path).returncode == 0
-        same_series(scalars(run), reference)
+        same_series(comparable_scalars(run), reference)
     else:
         assert len(checkpoints(run)) >= min(saved + 1, 2)
 
@@ -134,10 +123,10 @@ def test_signal_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, refer
 def test_resume_can_extend_the_budget(tmp_path):
     done = pgrun(*BASE, "total_steps=3000", "hydra.run.dir=run", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    first = scalars(tmp_path / "run")["charts/episodic_return"]
+    first = comparable_scalars(tmp_path / "run")["charts/episodic_return"]
     done = pgrun("resume=run", "total_steps=6000", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    longer = scalars(tmp_path / "run")["charts/episodic_return"]
+    longer = comparable_scalars(tmp_path / "run")["charts/episodic_return"]
     assert longer[: len(first)] == first and longer[-1][0] >= 6000
     # the original record of the run is kept; the resume's own goes beside it
     assert (tmp_path / "run" / ".hydra" / "config.yaml").read_text().count("total_steps: 3000") == 1

@@ -13,8 +13,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import comparable_scalars
 from hydra import compose, initialize_config_module
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import pgrun.config  # noqa: F401  (registers the schema)
 from pgrun import checkpoint
@@ -113,20 +113,10 @@ PPO = [
 ]  # fmt: skip
 
 
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {
-        tag: [(e.step, e.value) for e in acc.Scalars(tag)]
-        for tag in acc.Tags()["scalars"]
-        if tag != "charts/SPS" and not tag.startswith("hparams/")  # wall time; end of a run
-    }
-
-
 def test_ppo_logs_its_tags_and_anneals_the_learning_rate(tmp_path):
     cfg = composed(*PPO, "total_steps=1500", "optim.anneal_lr=true", "optim.lr=0.01")
     train(cfg, tmp_path)
-    logged = scalars(tmp_path)
+    logged = comparable_scalars(tmp_path)
     for tag in (
         "losses/value", "stats/explained_variance", "stats/clip_fraction", "stats/approx_kl",
         "stats/stopped_early", "stats/gradient_steps", "inner/ratio_max/k0", "losses/policy",
@@ -159,4 +149,4 @@ def test_resume_restores_the_value_network_bit_exactly(tmp_path):
     for part in ("policy", "value"):
         for key, tensor in a[part].items():
             assert torch.equal(tensor, b[part][key]), (part, key)
-    assert scalars(straight) == scalars(interrupted)
+    assert comparable_scalars(straight) == comparable_scalars(interrupted)
