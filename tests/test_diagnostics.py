@@ -209,7 +209,7 @@ def test_diagnostics_schedule(tmp_path):
     """diagnostics.every=3 logs the gradient statistics at iterations 0, 3, 6, ...; on-policy
     runs (K = 1) have no inner-step tags. (In-process pgrun.train on the composed config.)"""
     overrides = ["variant=rtg_baseline", "diagnostics.every=3", "batch_episodes=4",
-                 "total_steps=500", "progress=false", "seed=0"]  # fmt: skip
+                 "total_steps=1000", "progress=false", "seed=0"]  # fmt: skip
     with initialize_config_module("pgrun.configs", version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     pgrun.train(cfg, tmp_path)
