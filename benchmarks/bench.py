@@ -683,9 +683,9 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings, set[int
     if args.smoke:
         settings = Settings(1, not args.no_sb3, 0.05, 20, 2000, 2000, False, (16,), repeats=1)
     elif args.quick:
-        settings = Settings(2, not args.no_sb3, 0.5, 200, None, None, False, (16, 64, 256))
+        settings = Settings(2, not args.no_sb3, 0.5, 200, None, None, False, (16, 32, 64, 256))
     else:
-        settings = Settings(10, not args.no_sb3, 2.0, 1000, None, None, True, (16, 64, 256))
+        settings = Settings(10, not args.no_sb3, 2.0, 1000, None, None, True, (16, 32, 64, 256))
     if args.seeds is not None:
         if args.seeds < 1:
             parser.error("--seeds takes an integer >= 1")
