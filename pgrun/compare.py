@@ -144,13 +144,15 @@ def load_run(path: Path, root: Path) -> Run:
     acc.Reload()
     tags = acc.Tags()["scalars"]
     if RETURN_TAG in tags:
-        events = acc.Scalars(RETURN_TAG)
+        # by step: a resumed run has a second event file, and files created within the same
+        # second are not read in the order they were written
+        events = sorted(acc.Scalars(RETURN_TAG), key=lambda e: e.step)
         run.start_time = acc.FirstEventTimestamp()
         run.steps = np.array([e.step for e in events], dtype=np.int64)
         run.returns = np.array([e.value for e in events], dtype=np.float64)
         run.seconds = np.array([e.wall_time for e in events]) - run.start_time
     if FINAL_TAG in tags:
-        run.final_return = float(acc.Scalars(FINAL_TAG)[-1].value)
+        run.final_return = float(max(acc.Scalars(FINAL_TAG), key=lambda e: e.step).value)
 
     failed = path / FAILED_FILE
     if failed.is_file():

@@ -120,13 +120,15 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def comparable_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """The scalar series of a run directory, every event file of it (a resumed run adds one),
     without the ones that differ between equal runs: charts/SPS (wall-clock time) and the
-    hparams/ metric written at the end of a run."""
+    hparams/ metric written at the end of a run. Each series is ordered by step: TensorBoard
+    reads the event files in the order of their names, which for two files created within the
+    same second need not be the order they were written in."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return {
-        tag: [(e.step, e.value) for e in acc.Scalars(tag)]
+        tag: sorted((e.step, e.value) for e in acc.Scalars(tag))
         for tag in acc.Tags()["scalars"]
         if tag != "charts/SPS" and not tag.startswith("hparams/")
     }

@@ -25,6 +25,7 @@ from pgrun.compare import (
     bootstrap_ci,
     group_runs,
     iqm,
+    load_run,
     running_mean,
     shared_grid,
     time_to_threshold,
@@ -91,6 +92,31 @@ def test_shared_grid_stays_where_every_run_has_data():
     b = Run(Path("b"), "b", [], "Env", None, steps=np.array([250, 600, 1000, 1400]))
     grid = shared_grid([a, b], points=5)
     assert grid.tolist() == [300, 500, 700, 900, 1100]  # max of the firsts, min of the lasts
+
+
+def test_a_resumed_run_reads_in_step_order_whatever_its_file_names(tmp_path):
+    """A resumed run has a second event file. Files created within the same second are named
+    by a per-process counter, and TensorBoard reads them by name ("...10" before "...9"), so
+    the reader must order by step; the final return is the last run's."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
+    for part, (steps, final) in enumerate((((10, 20), 15.0), ((30, 40), 35.0))):
+        writer = SummaryWriter(str(tmp_path / f"part{part}"))
+        for step in steps:
+            writer.add_scalar(RETURN, float(step), step)
+        writer.add_scalar("hparams/final_return", final, steps[-1])
+        writer.close()
+    # the resumed part's file gets the name that sorts first
+    for part, name in ((0, "events.out.tfevents.1700000000.host.1.9"),
+                       (1, "events.out.tfevents.1700000000.host.1.10")):  # fmt: skip
+        (file,) = (tmp_path / f"part{part}").iterdir()
+        file.rename(tmp_path / name)
+    run = load_run(tmp_path, tmp_path)
+    assert run.steps.tolist() == [10, 20, 30, 40]
+    assert run.returns.tolist() == [10.0, 20.0, 30.0, 40.0]
+    assert run.final_return == 35.0
 
 
 def test_groups_ignore_seed_and_are_labelled_by_what_varies():
