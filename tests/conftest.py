@@ -117,6 +117,19 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     }
 
 
+def load_benchmark(name: str):
+    """benchmarks/<name>.py (not a package) imported as the module `name`."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
 def comparable_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """The scalar series of a run directory, every event file of it (a resumed run adds one),
     without the ones that differ between equal runs: charts/SPS (wall-clock time) and the

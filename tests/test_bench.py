@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
 
@@ -29,11 +30,7 @@ def run_bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench")
 
 
 def table_rows(stdout: str) -> list[list[str]]:

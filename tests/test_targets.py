@@ -6,26 +6,18 @@ No training here: the rows' runs take minutes each (make bench-targets).
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 from hydra import compose, initialize_config_module
 
 from pgrun.config import validate
 
-TARGETS = Path(__file__).resolve().parent.parent / "benchmarks" / "targets.py"
-
 
 @pytest.fixture(scope="module")
 def targets():
-    spec = importlib.util.spec_from_file_location("targets", TARGETS)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["targets"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("targets")
 
 
 def test_the_issue_rows_are_all_there(targets):
