@@ -158,14 +158,20 @@ def collect_episodes(
     truncated = ~terminated
     final_obs = obs_buf[end + 1, copies]
     mask = (np.arange(T_b)[:, None] <= end).astype(np.float32)  # (T_b, N)
-    obs_buf = obs_buf[:T_b]
-    obs_buf *= mask.reshape(mask.shape + (1,) * (obs_buf.ndim - 2)).astype(obs_buf.dtype)
-    rew_buf = rew_buf[:T_b] * mask
-    act_buf = act_buf[:T_b]
-    act_buf *= mask.reshape(mask.shape + (1,) * (act_buf.ndim - 2)).astype(act_buf.dtype)
+
+    def zero_after_end(x: np.ndarray) -> np.ndarray:  # (T, N, ...) -> its first T_b steps, masked
+        x = x[:T_b]
+        x *= mask.reshape(mask.shape + (1,) * (x.ndim - 2)).astype(x.dtype)
+        return x
+
+    obs_buf, rew_buf, act_buf = (
+        zero_after_end(obs_buf),
+        zero_after_end(rew_buf),
+        zero_after_end(act_buf),
+    )
 
     def batch_first(x: np.ndarray) -> torch.Tensor:  # (T_b, N, ...) -> (N, T_b, ...)
-        return torch.from_numpy(np.ascontiguousarray(x[:T_b].swapaxes(0, 1)))
+        return torch.from_numpy(np.ascontiguousarray(x.swapaxes(0, 1)))
 
     return Batch(
         obs=batch_first(obs_buf),
