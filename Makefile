@@ -37,7 +37,7 @@ format: $(STAMP) ## ruff: fix lint and format in place
 sweep: $(STAMP) ## the four variants x seeds 0,1,2 on CartPole-v1 (a multirun)
 	$(VENV)/bin/pgrun -m variant=vanilla,rtg,rtg_baseline,off_policy seed=0,1,2 $(ARGS)
 
-bench-variance: $(STAMP) ## gradient variance and SNR per estimator on CartPole-v1 (README table)
+bench-variance: $(STAMP) ## gradient variance and SNR per estimator on CartPole-v1 (docs/estimators.md)
 	$(PY) benchmarks/variance.py $(ARGS)
 
 .PHONY: bench-envs
