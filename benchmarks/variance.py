@@ -70,13 +70,13 @@ def batch_estimates(policy, pool: Batch, variant: dict, n: int) -> torch.Tensor:
     adv = torch.cat(
         [
             batch_advantages(
-                Batch(*(getattr(pool, f)[i * n : (i + 1) * n] for f in Batch.__dataclass_fields__)),
+                pool.rows(slice(i * n, (i + 1) * n)),
                 variant,
             )
             for i in range(b)
         ]
     )
-    used = Batch(*(getattr(pool, f)[: b * n] for f in Batch.__dataclass_fields__))
+    used = pool.rows(slice(0, b * n))
     g = per_episode_grads(policy, used, adv).double()
     return g.reshape(b, n, -1).mean(1)
 

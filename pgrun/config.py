@@ -134,6 +134,11 @@ class VariantConfig:
     entropy_coef: float = 0.0
     """c >= 0: the loss subtracts c (1/N) sum_i sum_t m_{i,t} H[pi(.|s_{i,t})], an entropy bonus
     on the same per-episode scale as the policy loss."""
+    rule: str = "auto"
+    """The update rule (pgrun/update_rules.py): gradient (one on-policy gradient step) |
+    ratio_epochs (inner_steps epochs of minibatches of the ratio or clipped loss, with the KL
+    stop) | auto (ratio_epochs when inner_steps > 1, minibatches > 1 or clip is set, else
+    gradient)."""
 
 
 @dataclass
@@ -269,6 +274,7 @@ class Interrupted(Exception):
         self.signum, self.iteration, self.env_steps = signum, iteration, env_steps
 
 
+UPDATE_RULES = ("auto", "gradient", "ratio_epochs")  # pgrun.update_rules.RULES, and auto
 _ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu", "leaky_relu")
 _POLICIES = ("mlp", "cnn")
 
@@ -364,6 +370,16 @@ def validate(cfg: "DictConfig | Config") -> None:
         f"use an integer in [1, batch_episodes={cfg.batch_episodes}]",
     )
     need(v.entropy_coef >= 0, "variant.entropy_coef", v.entropy_coef, "use a value >= 0")
+    need(
+        v.rule in UPDATE_RULES, "variant.rule", v.rule, "use one of " + ", ".join(UPDATE_RULES)
+    )
+    need(
+        v.rule != "gradient" or (v.inner_steps == 1 and v.minibatches == 1 and v.clip is None),
+        "variant.rule",
+        v.rule,
+        "gradient takes one step on the whole batch: set inner_steps=1, minibatches=1, "
+        "clip=null, or use ratio_epochs",
+    )
     g = cfg.optim.max_grad_norm
     need(g is None or g > 0, "optim.max_grad_norm", g, "use a value > 0, or null for none")
     need(cfg.value.lr > 0.0, "value.lr", cfg.value.lr, "use a value > 0")

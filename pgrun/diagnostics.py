@@ -13,6 +13,9 @@ Pure functions of a policy and a batch, no state:
 - :func:`inner_step_stats` describes the importance ratios one inner step of the off-policy loop
   uses: mean, min, max, effective sample size, approximate KL.
 
+:class:`Diagnostics` hands them to an update rule as hooks (pgrun.update_rules): they read the
+policy and the batch and change nothing (no parameter, no optimizer state, no RNG draw).
+
 TensorBoard layout (written by pgrun.trainer, x-axis = environment steps):
 
 - ``stats/grad_variance``, ``stats/grad_snr``: every ``diagnostics.every`` iterations, computed at
@@ -23,6 +26,8 @@ TensorBoard layout (written by pgrun.trainer, x-axis = environment steps):
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -140,3 +145,25 @@ def inner_step_stats(
 def inner_step_tags(k: int, stats: dict[str, float]) -> dict[str, float]:
     """{"ratio_mean": x, ...} of inner step k -> {"inner/ratio_mean/k<k>": x, ...}."""
     return {f"inner/{name}/k{k}": value for name, value in stats.items()}
+
+
+class Diagnostics:
+    """The diagnostics of one batch as an update hook: `grad_stats` adds stats/grad_variance and
+    stats/grad_snr of the gradient at the collecting policy; `ratios` adds inner/<stat>/k<k>,
+    the ratios each inner step k of a ratio rule used. Read-only."""
+
+    def __init__(self, grad_stats: bool = False, ratios: bool = False):
+        self.grad_stats, self.ratios = grad_stats, ratios
+
+    def before_update(self, policy: torch.nn.Module, batch, adv: torch.Tensor) -> dict[str, float]:
+        if not self.grad_stats:
+            return {}
+        measured = gradient_stats(per_episode_grads(policy, batch, adv)).items()
+        return {f"stats/{k}": v for k, v in measured if math.isfinite(v)}  # NaN: undefined
+
+    def after_epoch(
+        self, k: int, logp: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, float]:
+        if not self.ratios:
+            return {}
+        return inner_step_tags(k, inner_step_stats(logp, logp_old, mask))

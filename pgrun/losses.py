@@ -94,6 +94,36 @@ def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (entropy * mask).sum() / entropy.shape[0]
 
 
+def policy_loss(
+    logp: torch.Tensor,
+    entropy: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    entropy_coef: float = 0.0,
+    logp_old: torch.Tensor | None = None,
+    clip: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """The policy's loss as named terms: "policy" (pg_loss, its ratio form with `logp_old`, or
+    clipped_loss with `clip`), "entropy" (entropy_bonus) and "loss" = policy - c * entropy, the
+    scalar a rule minimises.
+
+    Args:
+        logp, entropy: (N, T) float32, with gradient; adv, mask: (N, T) float32.
+        entropy_coef: c >= 0; logp_old: (N, T) detached, needed by `clip`.
+    Returns:
+        {"loss", "policy", "entropy"}: scalars.
+    """
+    if clip is not None:
+        if logp_old is None:
+            raise ValueError("clip needs logp_old: the collecting policy's log-probs")
+        pol = clipped_loss(logp, logp_old, adv, mask, clip)
+    else:
+        pol = pg_loss(logp, adv, mask, logp_old)
+    bonus = entropy_bonus(entropy, mask)
+    loss = pol - entropy_coef * bonus if entropy_coef else pol
+    return {"loss": loss, "policy": pol, "entropy": bonus}
+
+
 def clip_fraction(
     logp: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor, clip: float
 ) -> float:
@@ -168,8 +198,8 @@ def surrogate_loss(
         adv: precomputed weights (N, T); computed from the batch when None.
         logp_old: (N, T) log-probs of the collecting policy; given, the loss uses the ratios
             (clipped when the variant sets `clip`).
-        values: (N, T) V(s_t) for baseline "value"; boot: (N,) values after each episode's end
-            (pgrun.estimators.bootstrap_values).
+        values: (N, T) V(s_t) for baseline "value"; boot: (N, T) values after each episode's
+            end (pgrun.estimators.bootstrap_values).
     Returns:
         scalar loss, differentiable in the policy's parameters.
     """
@@ -177,14 +207,11 @@ def surrogate_loss(
     if adv is None:
         adv = batch_advantages(batch, v, gamma, discount_from_start, values=values, boot=boot)
     dist = policy(batch.obs)
-    logp = dist.log_prob(batch.act)
-    if v["clip"] is not None and logp_old is not None:
-        loss = clipped_loss(logp, logp_old, adv, batch.mask, v["clip"])
-    else:
-        loss = pg_loss(logp, adv, batch.mask, logp_old)
-    if v["entropy_coef"]:
-        loss = loss - v["entropy_coef"] * entropy_bonus(dist.entropy(), batch.mask)
-    return loss
+    clip = v["clip"] if logp_old is not None else None
+    terms = policy_loss(
+        dist.log_prob(batch.act), dist.entropy(), adv, batch.mask, v["entropy_coef"], logp_old, clip
+    )
+    return terms["loss"]
 
 
 def batch_advantages(
@@ -198,8 +225,9 @@ def batch_advantages(
 ) -> torch.Tensor:
     """The variant's detached weights (N, T) for `batch` (see pgrun.estimators.advantages).
 
-    `values` (N, T) and `boot` (N,) are the value estimates a variant with baseline "value"
-    needs (V(s_t), and the values after each episode's end from bootstrap_values)."""
+    `values` (N, T) and `boot` (N, T) are the value estimates a variant with baseline "value"
+    needs (V(s_t), and the values after each episode's end from bootstrap_values); the batch's
+    per-step episode boundaries (batch.done, batch.start) say where each episode begins and ends."""
     from pgrun.estimators import advantages
 
     v = _variant_knobs(variant)
@@ -214,6 +242,8 @@ def batch_advantages(
         values=values,
         boot=boot,
         gae_lambda=v["gae_lambda"],
+        done=batch.done,
+        start=batch.start,
     )
 
 

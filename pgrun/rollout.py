@@ -12,23 +12,37 @@ from torch import nn
 from pgrun.envs import action_converter, obs_converter, time_limit
 
 
+def last_valid_step(mask: torch.Tensor) -> torch.Tensor:
+    """(N, T) bool: 1 at each row's last valid step (mask (N, T) float32)."""
+    valid = mask > 0
+    return valid & ~torch.cat([valid[:, 1:], torch.zeros_like(valid[:, :1])], 1)
+
+
 @dataclass
 class Batch:
-    """N episodes, padded to the longest one (T_b <= T steps) and masked.
+    """N rows of T_b steps, masked; a row holds one episode or several (per-step boundaries).
+
+    The notes' batch (pgrun.rollout.collect_episodes) is N episodes from reset, one per row,
+    padded to the longest one (T_b <= T steps). A row of fixed-length rollouts holds the
+    episodes one copy of the env ran through in T_b steps, the first maybe begun in an earlier
+    batch and the last maybe going on in the next one.
 
     Attributes:
-        obs: (N, T_b, obs_dim) float32; s_t of episode i (zeros after it ended). Other
+        obs: (N, T_b, obs_dim) float32; s_t of row i (zeros on padding). Other
             observation spaces keep the layout of pgrun.envs.batch_obs: uint8 frames
             (N, T_b, *shape), Discrete (N, T_b) int64, MultiDiscrete (N, T_b, k) int64.
         act: (N, T_b) int64 for Discrete actions, (N, T_b, act_dim) float32 for Box; the
-            sampled a_t (before any clipping to the action bounds), zero after the episode
-            ended. MultiDiscrete: (N, T_b, k) int64; MultiBinary: (N, T_b, n) float32.
-        rew: (N, T_b) float32; r_t, zero after the episode ended.
-        mask: (N, T_b) float32; 1 where step t belongs to episode i, else 0.
-        terminated: (N,) bool; the episode reached a terminal state.
-        truncated: (N,) bool; the episode was cut by a time limit or the horizon T.
-        final_obs: (N, obs_dim) float32 (or the layout of obs); the observation after each
-            episode's last step.
+            sampled a_t (before any clipping to the action bounds), zero on padding.
+            MultiDiscrete: (N, T_b, k) int64; MultiBinary: (N, T_b, n) float32.
+        rew: (N, T_b) float32; r_t, zero on padding.
+        mask: (N, T_b) float32; 1 where the row holds step t, 0 on padding.
+        terminated: (N, T_b) bool; step t ended its episode in a terminal state.
+        truncated: (N, T_b) bool; step t ended its episode by a time limit or the horizon T.
+        final_obs: (K, obs_dim) float32 (or the layout of obs); the observation after each of
+            the K done steps (see `done`), in the order of done.nonzero(): row by row, in time
+            order. In the notes' batch K = N, one per row.
+        start: (N,) int64; the time within its episode of each row's first step (0 where the
+            row begins with a reset).
     """
 
     obs: torch.Tensor
@@ -38,10 +52,57 @@ class Batch:
     terminated: torch.Tensor
     truncated: torch.Tensor
     final_obs: torch.Tensor
+    start: torch.Tensor
+
+    @classmethod
+    def from_episodes(
+        cls,
+        obs: torch.Tensor,
+        act: torch.Tensor,
+        rew: torch.Tensor,
+        mask: torch.Tensor,
+        terminated: torch.Tensor,
+        truncated: torch.Tensor,
+        final_obs: torch.Tensor,
+    ) -> Batch:
+        """The notes' batch from per-episode flags: row i is one episode from reset, its
+        terminated_i / truncated_i ((N,) bool) on its last valid step, final_obs (N, ...)."""
+        end = last_valid_step(mask)
+        return cls(
+            obs,
+            act,
+            rew,
+            mask,
+            end & terminated.bool()[:, None],
+            end & truncated.bool()[:, None],
+            final_obs,
+            torch.zeros(mask.shape[0], dtype=torch.int64, device=mask.device),
+        )
 
     @property
     def num_episodes(self) -> int:
+        """N, the rows (the episodes of the notes' batch)."""
         return self.rew.shape[0]
+
+    @property
+    def done(self) -> torch.Tensor:
+        """(N, T_b) bool: step t is the last of its episode in the batch (terminated,
+        truncated, or the row's last valid step, where an episode going on is cut)."""
+        return self.terminated | self.truncated | last_valid_step(self.mask)
+
+    def rows(self, idx: torch.Tensor | slice) -> Batch:
+        """The rows `idx` ((K,) int64 or a slice) of the batch, with their final observations."""
+        if isinstance(idx, slice):
+            idx = torch.arange(self.num_episodes, device=self.rew.device)[idx]
+        counts = self.done.sum(1)
+        offsets = counts.cumsum(0) - counts
+        final = torch.cat(
+            [torch.arange(int(offsets[i]), int(offsets[i] + counts[i])) for i in idx.tolist()]
+            or [torch.zeros(0, dtype=torch.long)]
+        ).to(self.final_obs.device)
+        fields = {f: getattr(self, f)[idx] for f in self.__dataclass_fields__}
+        fields["final_obs"] = self.final_obs[final]
+        return Batch(**fields)
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -154,8 +215,10 @@ def collect_episodes(
     # Episode i is steps 0..end_i of copy i: up to its first end, else the horizon (a truncation).
     end = np.where(ended, done_buf[:T_b].argmax(0), T_b - 1)
     copies = np.arange(N)
-    terminated = term_buf[end, copies] & ended
-    truncated = ~terminated
+    at_end = np.zeros((T_b, N), dtype=bool)
+    at_end[end, copies] = True
+    terminated = at_end & (term_buf[:T_b] & ended)
+    truncated = at_end & ~terminated
     final_obs = obs_buf[end + 1, copies]
     mask = (np.arange(T_b)[:, None] <= end).astype(np.float32)  # (T_b, N)
 
@@ -178,7 +241,8 @@ def collect_episodes(
         act=batch_first(act_buf),
         rew=batch_first(rew_buf),
         mask=batch_first(mask),
-        terminated=torch.from_numpy(terminated),
-        truncated=torch.from_numpy(truncated),
+        terminated=batch_first(terminated),
+        truncated=batch_first(truncated),
         final_obs=torch.from_numpy(final_obs),
+        start=torch.zeros(N, dtype=torch.int64),
     ).to(device)

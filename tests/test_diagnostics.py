@@ -20,7 +20,7 @@ import pgrun
 from pgrun import diagnostics
 from pgrun.config import Config, ConfigError, validate
 from pgrun.losses import batch_advantages
-from pgrun.trainer import update
+from pgrun.update_rules import RatioEpochs
 
 PGRUN = Path(sys.executable).parent / "pgrun"
 STATS = ("ratio_mean", "ratio_min", "ratio_max", "ess", "approx_kl")
@@ -147,7 +147,8 @@ def test_update_diagnostics_are_read_only():
     for on in (False, True):
         p = copy.deepcopy(policy)
         opt = torch.optim.Adam(p.parameters(), lr=0.01)
-        stats = update(p, opt, batch, adv, 3, grad_stats=on, inner_stats=on)
+        hooks = [diagnostics.Diagnostics(grad_stats=on, ratios=on)]
+        stats = RatioEpochs(3).step(p, opt, batch, adv, hooks=hooks)
         after[on] = [q.detach().clone() for q in p.parameters()]
         assert ("stats/grad_variance" in stats) == on
         assert ("inner/ess/k2" in stats) == on

@@ -44,7 +44,8 @@ import pgrun
 from pgrun.config import load_variant
 from pgrun.losses import batch_advantages
 from pgrun.rollout import Batch
-from pgrun.trainer import update
+from pgrun.diagnostics import Diagnostics
+from pgrun.update_rules import GradientStep, RatioEpochs
 
 ALPHA = 1e-3  # family-wise error rate of one comparison (Bonferroni over its coordinates)
 MDP_ID = "pgrun-test/TabularMDP-v0"
@@ -213,7 +214,26 @@ def tabular_policy(seed: int) -> torch.nn.Module:
 
 def sub_batch(batch: Batch, lo: int, hi: int) -> Batch:
     """Episodes lo..hi-1 of `batch` (padding after an episode's end is masked, so harmless)."""
-    return Batch(*(getattr(batch, f)[lo:hi] for f in Batch.__dataclass_fields__))
+    return batch.rows(slice(lo, hi))
+
+
+def packed(batch: Batch, per_row: int) -> Batch:
+    """The episodes of a one-per-row batch laid out `per_row` to a row, back to back (episode
+    2i then 2i + 1 for per_row = 2), padded: a batch whose rows hold several episodes, each
+    with its own terminated / truncated flag on its last step."""
+    lengths = batch.lengths.tolist()
+    groups = [range(i, min(i + per_row, len(lengths))) for i in range(0, len(lengths), per_row)]
+    width = max(sum(lengths[i] for i in g) for g in groups)
+
+    def row(x: torch.Tensor, g) -> torch.Tensor:
+        parts = [x[i, : lengths[i]] for i in g]
+        used = sum(lengths[i] for i in g)
+        pad = torch.zeros((width - used, *x.shape[2:]), dtype=x.dtype)
+        return torch.cat([*parts, pad])
+
+    fields = ("obs", "act", "rew", "mask", "terminated", "truncated")
+    out = {f: torch.stack([row(getattr(batch, f), g) for g in groups]) for f in fields}
+    return Batch(**out, final_obs=batch.final_obs, start=torch.zeros(len(groups)).long())
 
 
 def flat_grad(policy: torch.nn.Module) -> torch.Tensor:
@@ -228,18 +248,29 @@ def collect(env_id: str, policy, n_episodes: int, seed: int, **env_kwargs) -> Ba
 
 
 def estimates(
-    policy, pool: Batch, n: int, variant, gamma=1.0, discount_from_start=False, off_policy=False
+    policy,
+    pool: Batch,
+    n: int,
+    variant,
+    gamma=1.0,
+    discount_from_start=False,
+    off_policy=False,
+    per_row=1,
 ) -> torch.Tensor:
     """(M, D) float64: -grad of pgrun.surrogate_loss on M = len(pool) // n disjoint batches of n.
 
     off_policy: the loss uses the ratios against the collecting policy's log-probs, as the first
-    inner step of the off-policy loop does."""
+    inner step of the off-policy loop does. per_row > 1: each batch's episodes are packed that
+    many to a row (see `packed`); the loss divides by the rows, so the estimate is rescaled by
+    rows / episodes to the per-episode scale."""
     if isinstance(variant, str):
         variant = load_variant(variant)  # read the preset once, not once per batch
     params = list(policy.parameters())
     out = []
     for lo in range(0, pool.num_episodes - n + 1, n):
         batch = sub_batch(pool, lo, lo + n)
+        if per_row > 1:
+            batch = packed(batch, per_row)
         logp_old = None
         if off_policy:
             with torch.no_grad():
@@ -255,7 +286,8 @@ def estimates(
             logp_old=logp_old,
         )
         loss.backward()
-        out.append(-torch.cat([p.grad.reshape(-1) for p in params]).double())
+        scale = batch.num_episodes / n
+        out.append(-torch.cat([p.grad.reshape(-1) for p in params]).double() * scale)
     return torch.stack(out)
 
 
@@ -365,6 +397,24 @@ def test_estimator_mean_matches_exact_gradient(setup, variant, expectation):
     assert cosine(est.mean(0), exact.grad_J) >= 0.99
 
 
+@pytest.mark.parametrize(
+    "variant, expectation",
+    [("vanilla", "grad_J"), (TIME_LOO, "grad_J"), ("rtg_baseline", "time_baseline")],
+    ids=["vanilla", "time_loo", "rtg_baseline"],
+)
+def test_rows_with_several_episodes_estimate_the_same_gradient(setup, variant, expectation):
+    """The same batches of N = 8 episodes packed two to a row (4 rows, per-step boundaries):
+    each estimate equals the one-per-row estimate of the same episodes (the time baselines
+    are taken at the time within each episode), and their mean matches the exact expectation."""
+    mdp, policy, exact, pool = setup
+    est = estimates(policy, pool, N, variant, per_row=2)
+    one_per_row = estimates(policy, sub_batch(pool, 0, 20 * N), N, variant)
+    torch.testing.assert_close(est[:20], one_per_row, rtol=1e-4, atol=1e-6)
+    expected = exact.grad_J if expectation == "grad_J" else exact.time_baseline_mean(N)
+    assert_matches(est, expected, f"{variant} N={N}, two episodes per row")
+    assert cosine(est.mean(0), exact.grad_J) >= 0.99
+
+
 def test_time_baseline_bias_shrinks_with_n(setup):
     """The plain time baseline scales the step-t term by 1 - E[1/n_t], about 1 - 1/N. At N = 2
     the mean estimate is detectably off grad J and on its predicted biased value; at N = 16
@@ -428,7 +478,7 @@ class RecordingSGD(torch.optim.SGD):
 
 
 def test_off_policy_inner_steps(setup):
-    """Through pgrun.trainer.update: K = 1 takes the rtg_baseline step; K = 4 takes the same
+    """Through the update rules: K = 1 (GradientStep) takes the rtg_baseline step; K = 4 takes the same
     first step with ratios exactly 1 (ESS 1, KL 0), and the later steps' ratios move."""
     mdp, policy, _, pool = setup
     batch = sub_batch(pool, 0, 16)
@@ -440,7 +490,8 @@ def test_off_policy_inner_steps(setup):
     for k in (1, 4):
         p = tabular_policy(0)
         opt = RecordingSGD(p.parameters(), lr=0.5)
-        stats = update(p, opt, batch, adv, k, inner_stats=True)
+        rule = GradientStep() if k == 1 else RatioEpochs(k)
+        stats = rule.step(p, opt, batch, adv, hooks=[Diagnostics(ratios=True)])
         assert len(opt.grads) == k
         torch.testing.assert_close(opt.grads[0], rtg_baseline_grad)
     assert stats["inner/ratio_min/k0"] == stats["inner/ratio_max/k0"] == 1.0

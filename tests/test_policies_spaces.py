@@ -240,7 +240,7 @@ def test_rollout_loss_and_diagnostics_for_every_pair_of_spaces(obs_name, act_nam
     policy = make_policy(env, hidden_sizes=[8])
     batch = collect_episodes(env, policy, horizon=6, seed=0)  # the env checks every action
     env.close()
-    assert batch.num_steps == 3 * 5 and bool(batch.terminated.all())
+    assert batch.num_steps == 3 * 5 and bool(batch.terminated.any(1).all())
     logp = policy(batch.obs).log_prob(batch.act)
     assert logp.shape == (3, 5)
     adv = torch.randn(3, 5)
@@ -401,7 +401,9 @@ def test_reward_scaler_divides_by_the_running_std_of_discounted_returns():
     rew = torch.tensor([[1.0, 2.0, 0.0], [4.0, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     z = torch.zeros(2)
-    batch = Batch(rew[..., None], torch.zeros(2, 3), rew, mask, z.bool(), z.bool(), z[:, None])
+    batch = Batch.from_episodes(
+        rew[..., None], torch.zeros(2, 3), rew, mask, z.bool(), z.bool(), z[:, None]
+    )
     scaler = RewardScaler(gamma=0.5)
     out = scaler(batch)
     returns = np.array([1.0 + 0.5 * 2.0, 4.0])  # G = sum_t gamma^t r_t
@@ -416,7 +418,7 @@ def test_reward_scaler_divides_by_the_running_std_of_discounted_returns():
 def test_reward_scaler_leaves_equal_returns_unscaled():
     rew = torch.ones(3, 2)
     z = torch.zeros(3)
-    batch = Batch(rew, rew, rew, torch.ones(3, 2), z.bool(), z.bool(), z[:, None])
+    batch = Batch.from_episodes(rew, rew, rew, torch.ones(3, 2), z.bool(), z.bool(), z[:, None])
     assert_close(RewardScaler(1.0)(batch).rew, rew)
 
 

@@ -147,7 +147,7 @@ def hand_batch() -> tuple[Batch, FixedLogits]:
     logits = torch.zeros(3, 4, 2)
     logits[1:, :, 1] = math.log(3.0)
     act = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
-    batch = Batch(
+    batch = Batch.from_episodes(
         obs=torch.zeros(3, 4, 1),
         act=act,
         rew=REW3,

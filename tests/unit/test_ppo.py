@@ -1,5 +1,5 @@
 """PPO's pieces: the clipped objective, the entropy bonus, the value loss, and the inner loop of
-`update` (clipping, minibatches, early stop on KL, gradient-norm clipping), by hand."""
+the update rules (clipping, minibatches, early stop on KL, gradient-norm clipping), by hand."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pgrun.losses import (
     value_loss,
 )
 from pgrun.rollout import Batch
-from pgrun.trainer import update
+from pgrun.update_rules import GradientStep, RatioEpochs
 
 
 def t(rows) -> torch.Tensor:
@@ -82,7 +82,7 @@ def test_entropy_bonus_and_value_loss_by_hand():
     assert_close(value_loss(v, target, MASK), torch.tensor(3.0))
 
 
-# --- update() on a policy that ignores the observation ------------------------------------------
+# --- update rules on a policy that ignores the observation ---------------------------------------
 
 
 class FixedLogits(nn.Module):
@@ -102,7 +102,7 @@ def toy(n: int = 4, horizon: int = 3, seed: int = 0) -> tuple[Batch, torch.Tenso
     mask = torch.ones(n, horizon)
     mask[1, 2:] = 0
     episode, step = torch.meshgrid(torch.arange(n), torch.arange(horizon), indexing="ij")
-    batch = Batch(
+    batch = Batch.from_episodes(
         obs=torch.stack([episode, step], dim=-1).float(),
         act=torch.randint(0, 2, (n, horizon), generator=g),
         rew=torch.randn(n, horizon, generator=g) * mask,
@@ -116,9 +116,15 @@ def toy(n: int = 4, horizon: int = 3, seed: int = 0) -> tuple[Batch, torch.Tenso
     return batch, adv, policy
 
 
-def params_after(policy, batch, adv, lr, **kwargs) -> torch.Tensor:
+def params_after(policy, batch, adv, lr, inner_steps=1, generator=None, **kwargs):
+    """The logits after the rule the knobs pick (as variant.update=auto does), and its stats."""
     opt = torch.optim.SGD(policy.parameters(), lr=lr)
-    stats = update(policy, opt, batch, adv, kwargs.pop("inner_steps", 1), **kwargs)
+    reuses = inner_steps > 1 or kwargs.get("minibatches", 1) > 1 or "clip" in kwargs
+    if reuses:
+        rule = RatioEpochs(inner_steps, kwargs.pop("minibatches", 1), **kwargs)
+    else:
+        rule = GradientStep(**kwargs)
+    stats = rule.step(policy, opt, batch, adv, generator=generator)
     return policy.logits.detach().clone(), stats
 
 

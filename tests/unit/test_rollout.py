@@ -102,8 +102,8 @@ def test_countdown_batch_exactly():
     b = countdown_batch()
     assert_close(b.rew, t([[10, 0, 0], [20, 21, 0], [30, 31, 32]]))
     assert_close(b.mask, t([[1, 0, 0], [1, 1, 0], [1, 1, 1]]))
-    assert b.terminated.tolist() == [True, True, True]
-    assert b.truncated.tolist() == [False, False, False]
+    assert b.terminated.any(1).tolist() == [True, True, True]
+    assert b.truncated.any(1).tolist() == [False, False, False]
     assert b.lengths.tolist() == [1, 2, 3]
     assert_close(b.returns, t([10, 41, 93]))
     assert b.num_steps == 6
@@ -120,8 +120,8 @@ def test_countdown_horizon_cut():
     b = countdown_batch(horizon=2)
     assert_close(b.rew, t([[10, 0], [20, 21], [30, 31]]))
     assert_close(b.mask, t([[1, 0], [1, 1], [1, 1]]))
-    assert b.terminated.tolist() == [True, True, False]
-    assert b.truncated.tolist() == [False, False, True]
+    assert b.terminated.any(1).tolist() == [True, True, False]
+    assert b.truncated.any(1).tolist() == [False, False, True]
     assert_close(b.final_obs, t([[1, 1], [2, 2], [2, 3]]))
 
 
@@ -130,14 +130,14 @@ def test_countdown_env_time_limit_is_a_truncation():
     # terminates on the same step the limit is hit, which counts as a termination.
     b = countdown_batch(COUNTDOWN_LIMIT2, horizon=6)
     assert_close(b.rew, t([[10, 0], [20, 21], [30, 31]]))
-    assert b.terminated.tolist() == [True, True, False]
-    assert b.truncated.tolist() == [False, False, True]
+    assert b.terminated.any(1).tolist() == [True, True, False]
+    assert b.truncated.any(1).tolist() == [False, False, True]
 
 
 def test_horizon_defaults_to_the_env_time_limit():
     b = countdown_batch(COUNTDOWN_LIMIT2, horizon=None)
     assert b.rew.shape == (3, 2)
-    assert b.truncated.tolist() == [False, False, True]
+    assert b.truncated.any(1).tolist() == [False, False, True]
 
 
 def test_no_time_limit_and_no_horizon_is_an_error():
@@ -184,8 +184,18 @@ def test_cartpole_shapes_and_dtypes(cartpole):
     assert b.obs.shape == (n, tb, 4) and b.obs.dtype == torch.float32
     assert b.act.shape == (n, tb) and b.act.dtype == torch.int64
     assert b.mask.shape == (n, tb) and b.rew.dtype == torch.float32
-    assert b.terminated.shape == b.truncated.shape == (n,)
-    assert b.final_obs.shape == (n, 4)
+    assert b.terminated.shape == b.truncated.shape == (n, tb)
+    assert b.final_obs.shape == (n, 4) and b.start.tolist() == [0] * n
+
+
+def test_episode_flags_sit_on_each_rows_last_step(cartpole):
+    """The notes' batch: one episode per row, so the per-step flags mark its last valid step,
+    exactly one of them, and `done` is that step."""
+    b = cartpole
+    last = torch.arange(b.rew.shape[1])[None, :] == (b.lengths - 1)[:, None]
+    assert torch.equal(b.terminated | b.truncated, last)
+    assert not torch.any(b.terminated & b.truncated)
+    assert torch.equal(b.done, last)
 
 
 def test_mask_is_a_prefix_of_ones(cartpole):
@@ -208,18 +218,18 @@ def test_cartpole_rewards(cartpole):
 
 def test_every_episode_ends_exactly_once(cartpole):
     b = cartpole
-    assert not torch.any(b.terminated & b.truncated)
-    assert torch.all(b.terminated | b.truncated)
+    assert not torch.any(b.terminated.any(1) & b.truncated.any(1))
+    assert torch.all(b.terminated.any(1) | b.truncated.any(1))
 
 
 def test_cartpole_horizon_cut():
     b = cartpole_batch(num_envs=8, horizon=10)
     assert b.rew.shape[1] <= 10
-    assert not torch.any(b.terminated & b.truncated)
-    assert torch.all(b.terminated | b.truncated)
-    assert b.truncated.any(), "a random CartPole policy keeps most poles up for 10 steps"
-    assert torch.all(b.lengths[b.truncated] == 10)
-    assert torch.all(b.terminated[b.lengths < 10])
+    assert not torch.any(b.terminated.any(1) & b.truncated.any(1))
+    assert torch.all(b.terminated.any(1) | b.truncated.any(1))
+    assert b.truncated.any(1).any(), "a random CartPole policy keeps most poles up for 10 steps"
+    assert torch.all(b.lengths[b.truncated.any(1)] == 10)
+    assert torch.all(b.terminated.any(1)[b.lengths < 10])
 
 
 def test_same_seed_same_batch(cartpole):
@@ -267,7 +277,7 @@ def test_pendulum_keeps_the_unclipped_sample():
     assert b.obs.shape == (3, 20, 3)
     # mean 10, std exp(-0.5) ~ 0.61: every sample is far above the bound 2.
     assert torch.all(b.act > 5.0)
-    assert torch.all(b.truncated) and not torch.any(b.terminated)
+    assert torch.all(b.truncated.any(1)) and not torch.any(b.terminated.any(1))
 
     # Replaying copy 0 with the clipped actions reproduces its rewards and observations.
     single = gym.make("Pendulum-v1")
@@ -350,7 +360,7 @@ def test_finished_copies_are_not_stepped_in_a_sync_env(mode):
     torch.manual_seed(0)
     batch = collect_episodes(env, policy, horizon=10, seed=0)  # copy i: seed i, length 1 + i
     assert batch.lengths.tolist() == [1, 2, 3, 4]
-    assert batch.terminated.all()
+    assert batch.terminated.any(1).all()
     assert batch.rew.tolist() == [
         [10.0, 0.0, 0.0, 0.0],
         [20.0, 21.0, 0.0, 0.0],
