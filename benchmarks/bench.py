@@ -400,7 +400,7 @@ def throughput(n: int, seconds: float) -> tuple[float, float, float, float]:
     import pgrun
     from pgrun.losses import batch_advantages
     from pgrun.optim import make_optimizer
-    from pgrun.trainer import update
+    from pgrun.update_rules import GradientStep
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -439,7 +439,7 @@ def throughput(n: int, seconds: float) -> tuple[float, float, float, float]:
     def collect_update() -> int:
         batch = pgrun.collect_episodes(env, policy, horizon=500, seed=next(seed))
         adv = batch_advantages(batch, "rtg_baseline", 1.0)
-        update(policy, optimizer, batch, adv, 1)
+        GradientStep().step(policy, optimizer, batch, adv)
         slots[0] += batch.num_steps
         slots[1] += batch.mask.numel()
         return batch.num_steps
