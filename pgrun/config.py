@@ -142,6 +142,20 @@ class VariantConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """How a batch is collected (pgrun/collectors.py); chosen with rollout=episodes|steps."""
+
+    name: str = "episodes"
+    """episodes: N whole episodes from reset, one per row, cut at env.horizon (the notes').
+    steps: each of the N copies stepped `steps` times with auto-reset, its observation carried
+    into the next batch; episodes cut by the end of a batch (and time-limit truncations inside
+    it) are bootstrapped with V where there is one (variant.baseline=value)."""
+    steps: int = 128
+    """T of rollout=steps: env calls per copy per batch (>= 1); a batch holds about N T steps
+    (the call that resets a copy after its episode's end is not a step)."""
+
+
+@dataclass
 class ValueConfig:
     """The state-value network V(s) of variant.baseline=value (its own encoder and optimizer)."""
 
@@ -214,6 +228,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     value: ValueConfig = field(default_factory=ValueConfig)
     """The state-value network, used when variant.baseline=value."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """How batches are collected: rollout=episodes (the notes') or rollout=steps."""
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     """Estimator diagnostics written to TensorBoard (pgrun/diagnostics.py)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -221,7 +237,7 @@ class Config:
     seed: int = 0
     """Seeds torch and every batch's env resets (derived from (seed, iteration))."""
     batch_episodes: int = 16
-    """N: episodes per batch."""
+    """N: episodes per batch (rollout=episodes), or env copies stepped (rollout=steps)."""
     total_steps: int = 100_000
     """Budget of environment steps; training stops at the first batch that reaches it."""
     stop_return: Optional[float] = None
@@ -275,6 +291,7 @@ class Interrupted(Exception):
 
 
 UPDATE_RULES = ("auto", "gradient", "ratio_epochs")  # pgrun.update_rules.RULES, and auto
+_ROLLOUTS = ("episodes", "steps")
 _ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu", "leaky_relu")
 _POLICIES = ("mlp", "cnn")
 
@@ -370,9 +387,7 @@ def validate(cfg: "DictConfig | Config") -> None:
         f"use an integer in [1, batch_episodes={cfg.batch_episodes}]",
     )
     need(v.entropy_coef >= 0, "variant.entropy_coef", v.entropy_coef, "use a value >= 0")
-    need(
-        v.rule in UPDATE_RULES, "variant.rule", v.rule, "use one of " + ", ".join(UPDATE_RULES)
-    )
+    need(v.rule in UPDATE_RULES, "variant.rule", v.rule, "use one of " + ", ".join(UPDATE_RULES))
     need(
         v.rule != "gradient" or (v.inner_steps == 1 and v.minibatches == 1 and v.clip is None),
         "variant.rule",
@@ -391,6 +406,13 @@ def validate(cfg: "DictConfig | Config") -> None:
         "use an integer >= 1",
     )
     check_network("value", cfg.value, "a linear V")
+    need(
+        cfg.rollout.name in _ROLLOUTS,
+        "rollout.name",
+        cfg.rollout.name,
+        "use one of " + ", ".join(_ROLLOUTS),
+    )
+    need(cfg.rollout.steps >= 1, "rollout.steps", cfg.rollout.steps, "use an integer >= 1")
     horizon = cfg.env.horizon
     need(horizon is None or horizon >= 1, "env.horizon", horizon, "use an integer >= 1 or null")
     check_network("policy", cfg.policy, "a linear policy")

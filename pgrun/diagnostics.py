@@ -40,7 +40,8 @@ def per_episode_grads(
     adv: torch.Tensor,
     logp_old: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One gradient estimate per episode, flattened over the policy's parameters.
+    """One gradient estimate per row (per episode in the notes' batch), flattened over the
+    policy's parameters.
 
     g_i = -grad of pg_loss on episode i alone = sum_t m_{i,t} rho_{i,t} A_{i,t} grad log pi(a|s),
     so the rows average to the batch estimate -grad pg_loss(batch). The weights `adv` are taken
@@ -61,10 +62,11 @@ def per_episode_grads(
             f"{tuple(batch.mask.shape)}"
         )
     params = list(policy.parameters())
-    lengths = batch.lengths.tolist()
+    t = torch.arange(1, batch.mask.shape[1] + 1, device=batch.mask.device)
+    ends = ((batch.mask > 0) * t).amax(1).tolist()  # 1 + each row's last valid step
     rows = []
-    for i, length in enumerate(lengths):
-        steps = slice(i, i + 1), slice(0, max(length, 1))  # episode i, its own steps
+    for i, end in enumerate(ends):
+        steps = slice(i, i + 1), slice(0, max(end, 1))  # row i, up to its last valid step
         logp = policy(batch.obs[steps]).log_prob(batch.act[steps])
         lo = None if logp_old is None else logp_old[steps]
         loss = pg_loss(logp, adv[steps], batch.mask[steps], lo)

@@ -75,7 +75,8 @@ def _done(done: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
 
 def episode_starts(done: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """1 where a step begins an episode of the batch: t = 0, and every valid step after a done
-    step. The padding after an episode's end belongs to that episode (it is masked).
+    step or after a masked one (a reset call of a fixed-length rollout). The padding after an
+    episode's end belongs to that episode (it is masked).
 
     Args:
         done: (N, T) bool; mask: (N, T) float32.
@@ -85,17 +86,20 @@ def episode_starts(done: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     _check_nt("done", done, mask)
     starts = torch.zeros_like(done, dtype=torch.bool)
     starts[:, 0] = True
-    starts[:, 1:] = done[:, :-1].bool() & (mask[:, 1:] > 0)
+    starts[:, 1:] = (done[:, :-1].bool() | (mask[:, :-1] == 0)) & (mask[:, 1:] > 0)
     return starts
 
 
 def one_episode_per_row(
     done: torch.Tensor | None, mask: torch.Tensor, start: torch.Tensor | None = None
 ) -> bool:
-    """True when the batch is the notes' layout: no valid step follows a done step in its row,
-    and (with `start`) every row begins its episode, tau_{i,t} = t."""
-    if done is not None and bool((done[:, :-1].bool() & (mask[:, 1:] > 0)).any()):
-        return False
+    """True when the batch is the notes' layout: no valid step follows a done or a masked step
+    in its row, and (with `start`) every row begins its episode, so tau_{i,t} = t."""
+    if done is not None:
+        cut = done.bool() | (mask == 0)
+        before = (cut.long().cumsum(1) - cut.long()) > 0  # a done or masked step earlier in the row
+        if bool((before & (mask > 0)).any()):
+            return False
     return start is None or not bool(start.any())
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from pgrun.estimators import episode_return, episode_starts, one_episode_per_row
 from pgrun.rollout import Batch
 
 
@@ -48,9 +49,9 @@ class RunningNorm(nn.Module):
 
 
 class RewardScaler:
-    """r_t -> r_t / sqrt(Var[G] + eps), G = sum_t gamma^t r_t the discounted return of an episode,
-    Var over every episode collected so far (this batch included); unscaled while that
-    variance is still 0.
+    """r_t -> r_t / sqrt(Var[G] + eps), G = sum_t gamma^t r_t the discounted return of an episode
+    (of its steps in the batch, where a row holds several), Var over every episode collected
+    so far (this batch included); unscaled while that variance is still 0.
 
     One positive number per batch multiplies all weights alike, so the gradient keeps its
     direction; only the step size (and Adam's early steps) change. Episodes' logged returns
@@ -63,9 +64,13 @@ class RewardScaler:
 
     def __call__(self, batch: Batch) -> Batch:
         """The batch with rew (N, T) divided by the running std of the returns."""
-        T = batch.rew.shape[1]
-        discount = self.gamma ** torch.arange(T, dtype=batch.rew.dtype, device=batch.rew.device)
-        returns = (batch.rew * batch.mask * discount).sum(1)  # (N,)
+        if one_episode_per_row(batch.done, batch.mask, batch.start):
+            T = batch.rew.shape[1]
+            t = torch.arange(T, dtype=batch.rew.dtype, device=batch.rew.device)
+            returns = (batch.rew * batch.mask * self.gamma**t).sum(1)  # (N,)
+        else:  # each episode's (part in the batch), from its first step
+            ret = episode_return(batch.rew, batch.mask, batch.done, self.gamma)
+            returns = ret[episode_starts(batch.done, batch.mask)]
         self.stats.update(returns[:, None].cpu())
         var = float(self.stats.var[0])
         std = var**0.5 if var > self.eps else 1.0  # no scaling while all returns were equal

@@ -50,7 +50,7 @@ class TrainState:
 
     def final_return(self) -> float:
         """The mean episodic return of the last FINAL_WINDOW batches."""
-        return float(np.mean(self.recent))
+        return float(np.mean(self.recent)) if self.recent else float("nan")
 
     def solved(self, stop_return: float | None) -> bool:
         """The final return over a full window reaches `stop_return` (None: never)."""

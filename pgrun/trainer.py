@@ -18,7 +18,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pgrun import checkpoint
-from pgrun.collectors import EpisodeCollector
+from pgrun.collectors import Episodes, collector_from_config
 from pgrun.config import ConfigError, Diverged, Interrupted
 from pgrun.diagnostics import Diagnostics
 from pgrun.envs import env_from_config, time_limit
@@ -27,7 +27,6 @@ from pgrun.learner import Learner, plain
 from pgrun.logger import Logger
 from pgrun.optim import Optimizer, make_optimizer
 from pgrun.policies import policy_from_config
-from pgrun.rollout import Batch
 from pgrun.seeding import ACTIONS, MINIBATCHES, VALUE_MINIBATCHES, derive_seed
 from pgrun.state import FINAL_WINDOW, TrainState
 from pgrun.update_rules import rule_from_config
@@ -62,14 +61,17 @@ def anneal(cfg: DictConfig, state: TrainState) -> dict[str, float]:
     return {"charts/learning_rate": cfg.optim.lr * frac}
 
 
-def charts(batch: Batch, state: TrainState) -> dict[str, float]:
-    """The episodes of the batch: mean and std of their returns, mean length, steps per second."""
-    returns = batch.returns
+def charts(episodes: Episodes, state: TrainState) -> dict[str, float]:
+    """The episodes that ended in the batch: mean and std of their returns, mean length (none
+    where no episode ended); and the env steps per second so far."""
+    sps = {"charts/SPS": state.env_steps / state.wall_seconds()}
+    if not len(episodes):
+        return sps
     return {
-        "charts/episodic_return": returns.mean().item(),
-        "charts/episodic_return_std": returns.std(unbiased=False).item(),
-        "charts/episodic_length": batch.lengths.float().mean().item(),
-        "charts/SPS": state.env_steps / state.wall_seconds(),
+        "charts/episodic_return": episodes.returns.mean().item(),
+        "charts/episodic_return_std": episodes.returns.std(unbiased=False).item(),
+        "charts/episodic_length": episodes.lengths.float().mean().item(),
+        **sps,
     }
 
 
@@ -117,7 +119,7 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[TrainState, object, Evaluator
     evaluator = Evaluator(cfg, policy, run_dir, horizon)  # eval.every, eval.video
     optimizer = make_optimizer(plain(cfg.optim.name), policy.parameters(), cfg.optim.lr)
     learner = Learner.from_config(cfg, env, device)
-    collector = EpisodeCollector(env, horizon, cfg.seed)
+    collector = collector_from_config(cfg, env, horizon)
     state = TrainState(policy, optimizer, learner, collector)
     return state, rule_from_config(cfg), evaluator
 
@@ -166,7 +168,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, flo
         ):
             while state.env_steps < cfg.total_steps:
                 torch.manual_seed(derive_seed(cfg.seed, state.iteration, ACTIONS))
-                batch = collector.collect(policy, state.iteration)  # collect
+                batch, episodes = collector.collect(policy, state.iteration)  # collect
                 targets = learner.targets(batch)  # weight: advantages and V's targets, once
                 lr_now = anneal(cfg, state)
                 diagnostics = Diagnostics(every > 0 and state.iteration % every == 0,
@@ -192,15 +194,17 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, flo
                 policy.update_obs_stats(batch.obs, batch.mask)  # env.normalize_obs
                 state.env_steps += batch.num_steps
                 state.iteration += 1
-                state.recent.append(batch.returns.mean().item())
-                logger.log({**charts(batch, state), **lr_now, **stats}, state.env_steps)  # log
+                if len(episodes):
+                    state.recent.append(episodes.returns.mean().item())
+                logger.log({**charts(episodes, state), **lr_now, **stats}, state.env_steps)  # log
                 solved = state.solved(cfg.stop_return)
                 evaluator.after_iteration(  # evaluate
                     logger, state.iteration, state.env_steps,
                     solved or state.env_steps >= cfg.total_steps,
                 )  # fmt: skip
                 bar.update(min(batch.num_steps, cfg.total_steps - bar.n))
-                bar.set_postfix(ret=f"{state.recent[-1]:.1f}", refresh=False)
+                if state.recent:
+                    bar.set_postfix(ret=f"{state.recent[-1]:.1f}", refresh=False)
                 if stop.signum is not None:
                     checkpoint.save(run_dir, state.iteration, state.state_dict())
                     raise Interrupted(stop.signum, state.iteration, state.env_steps)

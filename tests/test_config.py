@@ -319,7 +319,8 @@ def test_quick_help_lists_every_group_option_hydra_knows():
     listed = {
         line.split(":", 1)[0]: set(line.split(":", 1)[1].strip().split(", "))
         for line in done.stdout.splitlines()
-        if ":" in line and line.split(":", 1)[0] in ("env", "policy", "variant", "experiment")
+        if ":" in line
+        and line.split(":", 1)[0] in ("env", "policy", "variant", "experiment", "rollout")
     }
     with initialize_config_module(config_module="pgrun.configs", version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
@@ -332,4 +333,4 @@ def test_quick_help_lists_every_group_option_hydra_knows():
 
         for group, options in listed.items():
             assert options == options_of(group), group
-    assert set(listed) == {"env", "policy", "variant", "experiment"}
+    assert set(listed) == {"env", "policy", "variant", "experiment", "rollout"}

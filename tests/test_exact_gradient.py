@@ -42,9 +42,9 @@ from torch.func import functional_call
 
 import pgrun
 from pgrun.config import load_variant
+from pgrun.diagnostics import Diagnostics
 from pgrun.losses import batch_advantages
 from pgrun.rollout import Batch
-from pgrun.diagnostics import Diagnostics
 from pgrun.update_rules import GradientStep, RatioEpochs
 
 ALPHA = 1e-3  # family-wise error rate of one comparison (Bonferroni over its coordinates)

@@ -110,17 +110,20 @@ def test_bootstrap_values_per_step_on_a_collected_batch():
 # ----------------------------------------------------------- several episodes in one row
 
 
-def pack(rew, val, mask, per_row: int, boot=None):
+def pack(rew, val, mask, per_row: int, boot=None, reset_calls=False):
     """The episodes of a one-per-row batch laid out `per_row` to a row, back to back, padded:
-    (rew, val, mask, done, boot, where) with `where[i]` = (row, first column) of episode i."""
+    (rew, val, mask, done, boot, where) with `where[i]` = (row, first column) of episode i.
+    reset_calls: a masked step after every episode, and at the start of odd rows (the calls
+    that reset a copy in a fixed-length rollout)."""
     n = rew.shape[0]
     lengths = mask.sum(1).long().tolist()
     rows = [list(range(i, min(i + per_row, n))) for i in range(0, n, per_row)]
-    width = max(sum(lengths[i] for i in r) for r in rows)
+    gap = int(reset_calls)
+    width = max(sum(lengths[i] + gap for i in r) for r in rows) + gap
     out = [torch.zeros(len(rows), width, dtype=rew.dtype) for _ in range(5)]
     where = {}
     for r, episodes in enumerate(rows):
-        col = 0
+        col = gap * (r % 2)
         for i in episodes:
             k = lengths[i]
             where[i] = (r, col)
@@ -130,7 +133,7 @@ def pack(rew, val, mask, per_row: int, boot=None):
             out[3][r, col + k - 1] = 1
             if boot is not None:
                 out[4][r, col + k - 1] = boot[i]
-            col += k
+            col += k + gap
     p_rew, p_val, p_mask, p_done, p_boot = out
     return p_rew, p_val, p_mask, p_done.bool(), p_boot, where
 
@@ -233,3 +236,26 @@ def test_batch_rows_keep_their_final_observations():
     sub = b.rows(torch.tensor([2, 1]))
     assert sub.final_obs.tolist() == [[4], [5], [3]] and sub.start.tolist() == [0, 5]
     assert b.rows(slice(0, 1)).final_obs.tolist() == [[1], [2]]
+
+
+@pytest.mark.parametrize("knobs, gamma, from_start, normalize", KNOBS[::3])
+def test_masked_reset_calls_between_episodes_change_nothing(knobs, gamma, from_start, normalize):
+    """A fixed-length rollout masks the call that resets a copy after an episode's end (and a
+    row may begin with one): with such masked steps after every episode, and before the first
+    in odd rows, every variant's weights are still those of the one-per-row layout."""
+    rew, val, mask, _, boot = whole_episodes(7, dtype=torch.float64)
+    weights, baseline = knobs
+    kw = dict(weights=weights, baseline=baseline, gamma=gamma, normalize=normalize)
+    kw["discount_from_start"] = from_start
+    p_rew, p_val, p_mask, p_done, p_boot, where = pack(rew, val, mask, 3, boot, reset_calls=True)
+    assert (p_mask[:, 0] == 0).any() and (p_mask == 0).sum() > p_mask.shape[0]
+    lams = [None, 0.9] if baseline == "value" else [None]
+    for lam in lams:
+        extra = {"boot": boot} if baseline == "value" else {}
+        expected = E.advantages(rew, mask, values=val, gae_lambda=lam, **kw, **extra)
+        extra = {"boot": p_boot} if baseline == "value" else {}
+        packed = E.advantages(
+            p_rew, p_mask, values=p_val, gae_lambda=lam, done=p_done, **kw, **extra
+        )
+        assert_close(unpack(packed, mask, where), expected, rtol=1e-10, atol=1e-10)
+        assert packed[p_mask == 0].abs().sum() == 0
