@@ -21,10 +21,14 @@ run: $(STAMP) ## train rtg_baseline on CartPole-v1 (extra overrides: make run AR
 	$(VENV)/bin/pgrun variant=rtg_baseline env=CartPole-v1 $(ARGS)
 
 test: $(STAMP) ## run the whole test suite, learning tests included (two workers)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --ignore=tests/cluster
 
 test-fast: $(STAMP) ## run the tests without the slow learning tests
-	$(PY) -m pytest -q -n 2 -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow" --ignore=tests/cluster
+
+.PHONY: test-cluster
+test-cluster: $(STAMP) ## sweeps on a real one-node SLURM started for the tests (root: installs slurm-wlm and munge if missing; a few minutes)
+	$(PY) -m pytest -q -n 0 tests/cluster
 
 lint: $(STAMP) ## ruff: lint and format check
 	$(VENV)/bin/ruff check pgrun tests

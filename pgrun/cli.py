@@ -19,7 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from pgrun import sweep
 from pgrun.config import Interrupted, UserError, validate
+from pgrun.sweep import MULTIRUN_FILE, resume_sweep_argv
 
 log = logging.getLogger("pgrun")
 
@@ -101,10 +103,20 @@ def main() -> None:
     except UserError as exc:
         print(f"pgrun: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    try:
+        from pgrun.launcher import register
+    except ImportError:  # without the sweep extra: no SLURM launcher
+        pass
+    else:
+        register()
     _stderr, held = sys.stderr, io.StringIO()
     sys.stderr = held
     try:
         run()
+    except KeyboardInterrupt:  # Ctrl-C while a sweep waits for its jobs (joblib, submitit)
+        _release_stderr()
+        print(f"pgrun: interrupted{sweep.continue_hint()}", file=sys.stderr)
+        sys.exit(130)
     except SystemExit as exc:
         if sys.stderr is held and exc.code not in (0, None) and held.getvalue().strip():
             sys.stderr = _stderr
@@ -168,6 +180,9 @@ def resume_argv(args: list[str]) -> list[str]:
     if not given:
         return args
     run_dir = Path(given[-1].split("=", 1)[1]).expanduser()
+    others = [a for a in args if not a.startswith("resume=") and a not in ("-m", "--multirun")]
+    if (run_dir / MULTIRUN_FILE).is_file():  # a sweep: its jobs continue where each stands
+        return resume_sweep_argv(run_dir.resolve(), others)
     if not (run_dir / ".hydra" / "overrides.yaml").is_file():
         raise UserError(
             f"resume={run_dir}: not a pgrun run directory (no .hydra/overrides.yaml); "
@@ -209,19 +224,46 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
 @hydra.main(config_path="pkg://pgrun.configs", config_name="config", version_base="1.3")
 def run(cfg: DictConfig) -> float | None:
     _release_stderr()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun:
+        from pgrun.launcher import link_scheduler_log
+
+        link_scheduler_log(run_dir)
     try:
+        resume = bool(cfg.resume)
+        state = sweep.job_state(run_dir) if multirun and not resume else "new"
+        if state in ("failed", "lost"):  # a job started again (requeued, or its sweep resumed)
+            log.info(f"{_display(run_dir)}: kept as failed: {sweep.failure_line(run_dir)}")
+            return None
+        if state == "finished":
+            log.info(f"{_display(run_dir)}: finished before, not run again")
+            return sweep.finished_return(run_dir)
         validate(cfg)
         from pgrun.envs import env_spec
 
         env_spec(cfg.env.id)
-        if cfg.resume:
+        if state == "interrupted":  # continues from its checkpoint (its own: checked below)
+            resume = True
+        elif multirun and not resume:
+            sweep.remove_stale_events(run_dir)
+        if resume:
             check_resumable(cfg, run_dir)
         from pgrun.trainer import train
 
-        result = train(cfg, run_dir, resume=bool(cfg.resume))
+        result = train(cfg, run_dir, resume=resume)
     except Exception as exc:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one failed job must not end the sweep
+        if multirun and isinstance(exc, Interrupted):  # the whole sweep stops
+            if not hydra_cfg.launcher._target_.endswith("BasicLauncher"):
+                raise  # in a launcher's process: it requeues or reports the job
+            print(
+                f"pgrun: interrupted at iteration {exc.iteration} of {_display(run_dir)}, "
+                f"checkpoint saved{sweep.continue_hint()}",
+                file=sys.stderr,
+            )
+            sys.exit(128 + exc.signum)
+        if multirun:  # one failed job must not end the sweep
             return _record_failure(exc, run_dir)
         if isinstance(exc, UserError):
             if cfg.resume:  # keep the resumed run as it was: drop this attempt's record

@@ -118,8 +118,10 @@ class Group:
 
 
 def find_runs(root: Path) -> list[Path]:
-    """Every job directory under `root` (any directory holding `.hydra/overrides.yaml`)."""
-    return sorted({p.parent.parent for p in root.rglob(".hydra/overrides.yaml")})
+    """Every job directory under `root` (any directory holding `.hydra/overrides.yaml`; the
+    records of later attempts, `.hydra/resume-*/`, are not runs)."""
+    found = root.rglob(".hydra/overrides.yaml")
+    return sorted({p.parent.parent for p in found if p.parent.name == ".hydra"})
 
 
 def _key(override: str) -> str:
@@ -163,6 +165,34 @@ def load_run(path: Path, root: Path) -> Run:
     elif len(run.steps) == 0:
         run.failure = f"no {RETURN_TAG} logged"
     return run
+
+
+def missing_runs(root: Path, found: Sequence[Run]) -> list[Run]:
+    """The jobs that the sweep's multirun.yaml lists but that left no run directory (never
+    started, or cancelled before they started), as failed runs."""
+    from pgrun.sweep import expected_jobs, failure_line
+
+    jobs = expected_jobs(root)
+    if not jobs:
+        return []
+    have = {r.path.resolve() for r in found}
+    by_env = {o: r for r in found for o in r.overrides if _key(o) == "env"}
+    default = OmegaConf.load(root / "multirun.yaml")
+    env_id = str(OmegaConf.select(default, "env.id", default="?"))
+    missing = []
+    for job in jobs:
+        if job.path.resolve() in have:
+            continue
+        env = next((o for o in job.overrides if _key(o) == "env"), None)
+        job_env = by_env[env].env_id if env in by_env else env_id
+        reason = (
+            failure_line(job.path)
+            if (job.path / FAILED_FILE).is_file()
+            else "never started: no directory"
+        )
+        name = job.path.relative_to(root).as_posix()
+        missing.append(Run(job.path, name, job.overrides, job_env, None, failure=reason))
+    return missing
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
@@ -527,9 +557,10 @@ def compare(root: str | Path, points: int = GRID_POINTS, tensorboard: bool = Tru
     """
     root = Path(root)
     paths = find_runs(root)
-    if not paths:
-        raise FileNotFoundError(f"no runs (directories with .hydra/overrides.yaml) under {root}")
     runs = [load_run(p, root) for p in paths]
+    runs += missing_runs(root, runs)
+    if not runs:
+        raise FileNotFoundError(f"no runs (directories with .hydra/overrides.yaml) under {root}")
     groups = group_runs(runs)
     for g in groups:
         aggregate(g, points)
@@ -574,6 +605,9 @@ class CompareCallback(Callback):
         from pgrun.cli import _release_stderr
 
         _release_stderr()
+        from pgrun import sweep
+
+        sweep.current = Path(config.hydra.sweep.dir).resolve()
         # Made now so that a sweeper can keep its own files there from the start (Optuna's
         # sqlite storage under ${hydra.sweep.dir}); the launchers make it later otherwise.
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
@@ -635,6 +669,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(describe(report))
         for run in report.failures:
             print(f"  failed: {run.name}: {run.failure}")
+        if report.failures:
+            print(
+                f"pgrun-compare: error: {len(report.failures)} of {len(report.runs)} jobs of "
+                f"{root} did not finish: see {root / 'summary.md'}",
+                file=sys.stderr,
+            )
+            status = max(status, 1)
     return status
 
 

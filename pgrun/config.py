@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import resources
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -434,10 +435,12 @@ def run_dir(resume: str | None, new: str) -> str:
     return str(resume) if resume else new
 
 
-def hydra_subdir(resume: str | None, stamp: str) -> str:
-    """hydra.output_subdir: `.hydra`, or `.hydra/resume-<stamp>` when resuming, so that the
-    run's original record is kept."""
-    return f".hydra/resume-{stamp}" if resume else ".hydra"
+def hydra_subdir(resume: str | None, stamp: str, output_dir: str | None = None) -> str:
+    """hydra.output_subdir: `.hydra`, or `.hydra/resume-<stamp>` when resuming or when
+    `output_dir` already holds a record (a sweep job started again: requeued or resumed), so
+    that the run's original record is kept."""
+    again = output_dir is not None and (Path(output_dir) / ".hydra" / "config.yaml").is_file()
+    return f".hydra/resume-{stamp}" if resume or again else ".hydra"
 
 
 def job_subdir(override_dirname: str, num: int) -> str:

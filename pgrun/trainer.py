@@ -79,9 +79,14 @@ def generator(cfg: DictConfig, state: TrainState, stream: int) -> torch.Generato
     return torch.Generator().manual_seed(derive_seed(cfg.seed, state.iteration, stream))
 
 
+# Ctrl-C, kill / scancel, and SLURM's warning before a preemption or the time limit
+# (submitit's signal: the job checkpoints, then the launcher requeues it)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+
+
 class StopRequest:
-    """SIGINT / SIGTERM ask the loop to stop after the current iteration (a second signal stops
-    at once). `signum` is the signal received, or None."""
+    """SIGINT / SIGTERM / SIGUSR2 ask the loop to stop after the current iteration (a second
+    signal acts at once). `signum` is the signal received, or None."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -95,7 +100,7 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -1,0 +1,8 @@
+"""pgrun's SLURM launcher (pgrun/launcher.py), where Hydra looks for launchers: Hydra takes
+plugins from the hydra_plugins package only."""
+
+from pgrun import launcher
+
+
+class SlurmLauncher(launcher.SlurmLauncher):
+    """hydra/launcher=slurm: see pgrun/launcher.py."""

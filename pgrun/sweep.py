@@ -1,0 +1,182 @@
+"""A sweep's jobs as its directory records them: which ones `multirun.yaml` lists, what state
+each is in, and what a job that starts in a directory holding an earlier attempt does.
+
+Job states (read from the job's directory, never from a scheduler):
+
+- ``missing``: no directory, or one without the job's ``.hydra`` record: never started;
+- ``new``: started, but nothing to continue from (no checkpoint);
+- ``interrupted``: a checkpoint and no final policy (preempted, timed out, killed, Ctrl-C);
+- ``finished``: the final ``policy.pt`` is written;
+- ``failed``: ``failed.txt`` written by pgrun (a bad value, divergence, an error);
+- ``lost``: ``failed.txt`` written by the launcher for a job that the scheduler ended
+  (cancelled, killed, out of time): `pgrun resume=<sweep dir>` runs it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from pgrun.config import UserError
+
+log = logging.getLogger("pgrun")
+
+FAILED_FILE = "failed.txt"
+MULTIRUN_FILE = "multirun.yaml"
+SCHEDULER_PREFIX = "scheduler: "  # failed.txt's first line when the scheduler ended the job
+POLICY_FILE = "policy.pt"  # written once, when training finishes (pgrun/trainer.py)
+RERUN_FAILED = "--rerun-failed"
+
+current: Path | None = None
+"""The directory of the sweep this process launches (set when the multirun starts)."""
+
+
+def continue_hint() -> str:
+    """'; continue the sweep with: pgrun resume=<dir>' while a sweep runs, else ''."""
+    if current is None:
+        return ""
+    import os
+
+    try:
+        where = os.path.relpath(current)
+    except ValueError:
+        where = str(current)
+    return f"; continue the sweep with: pgrun resume={where}"
+
+
+@dataclass
+class Job:
+    """One job that a sweep's multirun.yaml lists."""
+
+    num: int
+    overrides: list[str]
+    """The job's own overrides, e.g. ['variant=rtg', 'seed=0', 'total_steps=2000']."""
+    path: Path
+    """Its directory: <sweep dir>/<hydra.sweep.subdir>."""
+
+
+def job_state(path: Path) -> str:
+    """missing | new | interrupted | finished | failed | lost (see the module docstring)."""
+    failed = path / FAILED_FILE
+    if failed.is_file():
+        first = (failed.read_text().splitlines() or [""])[0]
+        return "lost" if first.startswith(SCHEDULER_PREFIX) else "failed"
+    if not (path / ".hydra" / "overrides.yaml").is_file():
+        return "missing"
+    if (path / POLICY_FILE).is_file():
+        return "finished"
+    if any(path.glob("checkpoint-*.pt")):
+        return "interrupted"
+    return "new"
+
+
+def failure_line(path: Path) -> str:
+    lines = (path / FAILED_FILE).read_text().splitlines()
+    return lines[0] if lines else "failed"
+
+
+def basic_sweep(cfg: DictConfig) -> bool:
+    target = str(OmegaConf.select(cfg, "hydra.sweeper._target_", default=""))
+    return target.endswith("BasicSweeper")
+
+
+def expected_jobs(sweep_dir: Path) -> list[Job] | None:
+    """Every job of the grid sweep in `sweep_dir`, from its multirun.yaml, as Hydra's basic
+    sweeper expands it (hydra.sweeper.params, then the command line's overrides). None when
+    the directory has no multirun.yaml or its sweeper picks the jobs as it goes (Optuna)."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    file = Path(sweep_dir) / MULTIRUN_FILE
+    if not file.is_file():
+        return None
+    cfg = OmegaConf.load(file)
+    if not basic_sweep(cfg):
+        return None
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
+    arguments = [f"{k}={v}" for k, v in params.items()]
+    arguments += [str(o) for o in cfg.hydra.overrides.task]
+    parser = OverridesParser.create()
+    (batch,) = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)
+    naming = cfg.hydra.job.config.override_dirname
+    subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
+    jobs = []
+    for num, overrides in enumerate(batch):
+        dirname = get_overrides_dirname(
+            parser.parse_overrides(overrides),
+            exclude_keys=list(naming.exclude_keys),
+            item_sep=naming.item_sep,
+            kv_sep=naming.kv_sep,
+        )
+        node = OmegaConf.create(
+            {"hydra": {"job": {"override_dirname": dirname, "num": num}, "subdir": subdir}}
+        )
+        jobs.append(Job(num, list(overrides), Path(sweep_dir) / str(node.hydra.subdir)))
+    return jobs
+
+
+def _quote(value: str) -> str:
+    """A value as one Hydra override value, whatever it holds (',', '=', spaces, quotes)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def resume_sweep_argv(sweep_dir: Path, others: list[str]) -> list[str]:
+    """`pgrun resume=<sweep dir>` -> the sweep's own command line (its overrides, its launcher
+    and its settings, into the same directory): each job continues where it stands (see
+    start_job). Lost jobs' failure records are set aside so that they run again; the failed
+    ones' only with --rerun-failed. `others` may hold --rerun-failed and hydra.launcher.*
+    overrides (another partition or time limit): nothing that changes an experiment."""
+    cfg = OmegaConf.load(sweep_dir / MULTIRUN_FILE)
+    if not basic_sweep(cfg):
+        raise UserError(
+            f"resume={sweep_dir}: the sweep was not a grid sweep (hydra/sweeper=basic); "
+            "resume its jobs one by one with pgrun resume=<job dir>"
+        )
+    rerun_failed = RERUN_FAILED in others
+    refused = [a for a in others if a != RERUN_FAILED and not a.startswith("hydra.launcher.")]
+    if refused:
+        raise UserError(
+            f"resume={sweep_dir} continues that sweep with its own config: drop "
+            f"{' '.join(refused)} (only {RERUN_FAILED} and hydra.launcher.* may be given)"
+        )
+    jobs = expected_jobs(sweep_dir) or []
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    for job in jobs:
+        state = job_state(job.path)
+        if state == "lost" or (state == "failed" and rerun_failed):
+            kept = job.path / ".hydra" / f"failed-{stamp}.txt"
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            (job.path / FAILED_FILE).rename(kept)
+    skip = ("hydra.sweep.dir=", "hydra.mode=")
+    hydra_args = [str(o) for o in cfg.hydra.overrides.hydra if not str(o).startswith(skip)]
+    task = [str(o) for o in cfg.hydra.overrides.task]
+    extra = [a for a in others if a != RERUN_FAILED]
+    return ["-m", *task, *hydra_args, *extra, f"hydra.sweep.dir={_quote(str(sweep_dir))}"]
+
+
+def remove_stale_events(run_dir: Path) -> None:
+    """A job that starts afresh in a directory where an earlier attempt died before its first
+    checkpoint: that attempt's TensorBoard points cannot be continued; they go, so that the
+    curve has each step once."""
+    stale = list(run_dir.glob("events.out.tfevents.*"))
+    for path in stale:
+        path.unlink()
+    if stale:
+        log.warning(
+            f"{run_dir}: an earlier attempt stopped before its first checkpoint; "
+            "starting the job again from iteration 0"
+        )
+
+
+def finished_return(run_dir: Path) -> float:
+    """The final return of a finished job (the mean of its last checkpoint's recent returns)."""
+    import numpy as np
+
+    from pgrun import checkpoint
+
+    return float(np.mean(checkpoint.load_latest(run_dir)["recent_returns"]))

@@ -1,0 +1,164 @@
+"""A sweep that does not end as planned, on this machine: its processes killed (kill -9),
+Ctrl-C, `pgrun-compare` naming the jobs that multirun.yaml lists but that did not finish, and
+`pgrun resume=<sweep dir>` finishing them. (On SLURM: tests/cluster/test_slurm.py.)"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import comparable_scalars, describe, finish, pgrun_cmd, pgrun_env, run_pgrun
+
+from pgrun import launcher, sweep
+
+STEPS = "total_steps=30000"
+
+
+def summary(root: Path) -> dict[str, dict[str, str]]:
+    with (root / "summary.csv").open() as f:
+        return {row["group"]: row for row in csv.DictReader(f)}
+
+
+def wait_for(what: str, check, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def job(root: Path, seed: int) -> Path:
+    return root / f"seed={seed},{STEPS},variant=rtg"
+
+
+def compare_cmd(root: Path) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "pgrun-compare"
+    return subprocess.run(
+        [str(exe), str(root)], capture_output=True, text=True, env=pgrun_env(), timeout=120
+    )
+
+
+def test_killed_joblib_sweep_is_reported_then_resumed(tmp_path: Path):
+    """kill -9 of every process of a joblib sweep while its second job trains: pgrun-compare
+    names the interrupted job and the one that never started and exits 1; pgrun resume=<sweep
+    dir> continues the first from its checkpoint, runs the other, keeps the finished one."""
+    root = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", "variant=rtg"]
+    args += ["seed=0,1,2", STEPS, f"hydra.sweep.dir={root}"]
+    process = subprocess.Popen(
+        pgrun_cmd(*args),
+        cwd=tmp_path,
+        env=pgrun_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for("job 1's first checkpoint", lambda: list(job(root, 1).glob("checkpoint-*")))
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert sweep.job_state(job(root, 0)) == "finished"
+    assert sweep.job_state(job(root, 1)) == "interrupted"
+    assert sweep.job_state(job(root, 2)) == "missing"
+
+    proc = compare_cmd(root)
+    assert proc.returncode == 1, describe(proc)
+    assert f"failed: {job(root, 1).name}: no final return: the job did not finish" in proc.stdout
+    assert f"failed: {job(root, 2).name}: never started: no directory" in proc.stdout
+    assert "2 of 3 jobs" in proc.stderr, describe(proc)
+    (row,) = summary(root).values()
+    assert (row["seeds"], row["failed"]) == ("1", "2"), row
+
+    refused = run_pgrun([f"resume={root}", "seed=5"], cwd=tmp_path)
+    assert refused.returncode == 2, describe(refused)
+    assert refused.stderr.startswith(f"pgrun: error: resume={root} continues that sweep")
+
+    before = comparable_scalars(job(root, 0))
+    proc = run_pgrun([f"resume={root}"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, describe(proc)
+    assert "finished before, not run again" in proc.stdout, describe(proc)
+    (row,) = summary(root).values()
+    assert (row["seeds"], row["failed"]) == ("3", "0"), row
+    assert comparable_scalars(job(root, 0)) == before
+    steps = [s for s, _ in comparable_scalars(job(root, 1))["charts/episodic_return"]]
+    assert steps == sorted(set(steps)), "points logged twice"
+    assert "resuming" in (job(root, 1) / "pgrun.log").read_text()
+    assert compare_cmd(root).returncode == 0
+
+
+def test_ctrl_c_stops_a_basic_sweep_and_resume_continues_it(tmp_path: Path):
+    """Ctrl-C: the running job checkpoints and the whole sweep stops with status 130, no job
+    marked failed; pgrun resume=<sweep dir> then finishes both jobs."""
+    root = tmp_path / "sweep"
+    process = subprocess.Popen(
+        pgrun_cmd("-m", "variant=rtg", "seed=0,1", STEPS, f"hydra.sweep.dir={root}"),
+        cwd=tmp_path,
+        env=pgrun_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for("job 0's first checkpoint", lambda: list(job(root, 0).glob("checkpoint-*")))
+        process.send_signal(signal.SIGINT)
+        proc = finish(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert proc.returncode == 130, describe(proc)
+    assert f"continue the sweep with: pgrun resume={root.relative_to(tmp_path)}" in proc.stderr
+    assert sweep.job_state(job(root, 0)) == "interrupted"
+    assert sweep.job_state(job(root, 1)) == "missing"
+
+    proc = run_pgrun([f"resume={root}"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, describe(proc)
+    (row,) = summary(root).values()
+    assert (row["seeds"], row["failed"]) == ("2", "0"), row
+
+
+def test_failed_jobs_run_again_only_when_asked(tmp_path: Path):
+    """A job that pgrun failed stays failed on resume; --rerun-failed sets its record aside
+    (kept under .hydra/) and runs it again; a job the scheduler ended always runs again."""
+    root = tmp_path / "sweep"
+    proc = run_pgrun(
+        ["-m", "optim.lr=0.01,-1", "total_steps=1000", f"hydra.sweep.dir={root}"], cwd=tmp_path
+    )
+    assert proc.returncode == 1, describe(proc)
+    bad, good = root / "optim.lr=-1,total_steps=1000", root / "optim.lr=0.01,total_steps=1000"
+    jobs = sweep.expected_jobs(root)  # the directories Hydra made, from multirun.yaml
+    assert [(j.num, j.path) for j in jobs] == [(0, good), (1, bad)]
+    assert jobs[1].overrides == ["optim.lr=-1", "total_steps=1000"]
+    (good / "failed.txt").write_text(f"{sweep.SCHEDULER_PREFIX}CANCELLED (by hand)\n")
+    (good / "policy.pt").unlink()  # as if the scheduler had ended it before its end
+    assert sweep.job_state(good) == "lost"
+
+    proc = run_pgrun([f"resume={root}"], cwd=tmp_path)
+    assert proc.returncode == 1, describe(proc)
+    assert sweep.job_state(good) == "finished"
+    assert sweep.job_state(bad) == "failed"
+    assert "kept as failed: optim.lr=-1.0 is out of range" in proc.stdout, describe(proc)
+
+    proc = run_pgrun([f"resume={root}", sweep.RERUN_FAILED], cwd=tmp_path)
+    assert proc.returncode == 1, describe(proc)  # it fails again, for the same reason
+    assert len(list((bad / ".hydra").glob("failed-*.txt"))) == 1
+    assert (bad / "failed.txt").read_text().startswith("optim.lr=-1.0 is out of range")
+
+
+def test_squeue_and_sacct_lines():
+    text = "12_0|RUNNING\n12_1|PENDING\n13|CANCELLED by 0\n\n"
+    assert launcher.parse_squeue(text) == {"12_0": "RUNNING", "12_1": "PENDING", "13": "CANCELLED"}
+    assert launcher.parse_sacct("14_2|OUT_OF_MEMORY\n") == {"14_2": "OUT_OF_MEMORY"}
+
+
+@pytest.mark.parametrize(("n", "size", "pieces"), [(5, 4, [4, 1]), (8, 4, [4, 4]), (3, None, [3])])
+def test_arrays_are_split_to_fit(n: int, size: int | None, pieces: list[int]):
+    assert [len(c) for c in launcher.chunks(list(range(n)), size)] == pieces
+    assert [x for c in launcher.chunks(list(range(n)), size) for x in c] == list(range(n))
