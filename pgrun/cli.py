@@ -227,7 +227,7 @@ def run(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    if multirun:
+    if multirun and "SUBMITIT_FOLDER" in os.environ:  # a job that submitit started
         from pgrun.launcher import link_scheduler_log
 
         link_scheduler_log(run_dir)

@@ -77,8 +77,6 @@ def register() -> None:
 
 def link_scheduler_log(run_dir: Path) -> None:
     """In a submitit job: `run_dir/scheduler.log` -> this job's submitit log (relative)."""
-    if "SUBMITIT_FOLDER" not in os.environ:
-        return
     try:
         import submitit
 
@@ -105,6 +103,12 @@ def parse_squeue(text: str) -> dict[str, str]:
 def parse_sacct(text: str) -> dict[str, str]:
     """`sacct -n -P -X -o JobID,State` lines ('12_3|CANCELLED by 0') -> {'12_3': 'CANCELLED'}."""
     return parse_squeue(text)
+
+
+def warning_delay(signal_delay_s: int, timeout_min: int) -> int:
+    """Seconds before the time limit at which the job gets SIGUSR2: `signal_delay_s`, or half
+    the time limit when that is shorter (a warning before the job starts is no warning)."""
+    return max(1, min(int(signal_delay_s), int(timeout_min) * 60 // 2))
 
 
 def chunks(items: Sequence[Any], size: int | None) -> list[Sequence[Any]]:
@@ -163,6 +167,8 @@ class SlurmLauncher(_PluginSlurmLauncher):
 
         assert self.config is not None
         params = dict(self.params)
+        # the warning must come before the end: with a short time limit, halfway through it
+        params["signal_delay_s"] = warning_delay(params["signal_delay_s"], params["timeout_min"])
         executor = submitit.AutoExecutor(
             cluster="slurm",
             folder=params.pop("submitit_folder"),

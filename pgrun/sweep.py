@@ -122,7 +122,7 @@ def expected_jobs(sweep_dir: Path) -> list[Job] | None:
 
 def _quote(value: str) -> str:
     """A value as one Hydra override value, whatever it holds (',', '=', spaces, quotes)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return "'" + value.replace("'", "\\'") + "'"
 
 
 def resume_sweep_argv(sweep_dir: Path, others: list[str]) -> list[str]:

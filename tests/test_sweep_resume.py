@@ -162,3 +162,20 @@ def test_squeue_and_sacct_lines():
 def test_arrays_are_split_to_fit(n: int, size: int | None, pieces: list[int]):
     assert [len(c) for c in launcher.chunks(list(range(n)), size)] == pieces
     assert [x for c in launcher.chunks(list(range(n)), size) for x in c] == list(range(n))
+
+
+def test_the_time_limit_warning_comes_before_the_limit():
+    assert launcher.warning_delay(120, 60) == 120
+    assert launcher.warning_delay(120, 1) == 30  # hydra.launcher.timeout_min=1
+
+
+def test_gpu_preset_asks_for_a_gpu_and_sets_the_jobs_device():
+    from hydra import compose, initialize_config_module
+
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_module(config_module="pgrun.configs", version_base="1.3"):
+        cfg = compose("config", ["hydra/launcher=slurm_gpu"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.pgrun_launcher.SlurmLauncher"
+    assert (cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.max_num_timeout) == (1, 3)
+    assert cfg.hydra.job.env_set.PGRUN_DEVICE == "cuda"  # device's default in the jobs
+    assert cfg.hydra.job.env_set.OMP_NUM_THREADS is not None  # the base settings are kept
