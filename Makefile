@@ -12,7 +12,7 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,sweep,box2d,mujoco,atari,video]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,sweep,box2d,mujoco,atari,video,envpool]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv (if missing) and install pgrun with its dev tools, sweep launchers and every env family

@@ -62,14 +62,28 @@ Vectorization = Enum(
 )
 
 
+class Backend(str, Enum):
+    """What steps the N copies of the env."""
+
+    gymnasium = "gymnasium"  # gymnasium's vector envs (env.vectorization)
+    envpool = "envpool"  # envpool's C++ pool (the `envpool` extra; CartPole, MuJoCo v5, Atari)
+    auto = "auto"  # envpool where it is installed and takes the id, else gymnasium
+
+
 @dataclass
 class EnvConfig:
     id: str = MISSING
     """Any registered gymnasium id, e.g. CartPole-v1."""
     horizon: Optional[int] = None
     """T: episodes are cut after T steps. null: the env's own time limit."""
+    backend: Backend = Backend.gymnasium
+    """gymnasium | envpool | auto: what steps the N copies (docs/performance.md). envpool takes
+    CartPole, the MuJoCo v5 set and ALE/<Game>-v5 (with its own frame preprocessing)."""
+    num_threads: int = 1
+    """env.backend=envpool: its worker threads (0: envpool's choice, one per copy up to the
+    cores). The gymnasium backend ignores it."""
     vectorization: Vectorization = Vectorization["auto"]
-    """How the N copies are stepped: auto | vector_entry_point | sync | async."""
+    """How gymnasium steps the N copies: auto | vector_entry_point | sync | async."""
     kwargs: Dict[str, Any] = field(default_factory=dict)
     """Keyword arguments passed to gymnasium.make_vec for the env."""
     solved_return: Optional[float] = None
@@ -346,6 +360,12 @@ def validate(cfg: "DictConfig | Config") -> None:
         cfg.eval.every >= 0, "eval.every", cfg.eval.every, "use an integer >= 0 (0: no evaluation)"
     )
     need(cfg.eval.episodes >= 1, "eval.episodes", cfg.eval.episodes, "use an integer >= 1")
+    need(
+        cfg.env.num_threads >= 0,
+        "env.num_threads",
+        cfg.env.num_threads,
+        "use an integer >= 0 (0: envpool's choice)",
+    )
     need(cfg.env.frame_stack >= 1, "env.frame_stack", cfg.env.frame_stack, "use an integer >= 1")
     need(
         cfg.variant.inner_steps >= 1,

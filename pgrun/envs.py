@@ -166,30 +166,76 @@ def _make_kwargs(
     return kwargs
 
 
+BACKENDS = ("gymnasium", "envpool", "auto")
+
+
+def resolve_backend(backend: str, env_id: str) -> str:
+    """ "gymnasium" or "envpool" for env.backend=`backend`: auto is envpool where the envpool extra
+    is installed and takes `env_id` (pgrun.envpool_env), else gymnasium."""
+    if backend not in BACKENDS:
+        raise EnvError(f"env.backend={backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    from pgrun.envpool_env import envpool_task
+
+    try:
+        envpool_task(env_id)
+    except EnvError:
+        return "gymnasium"
+    return "envpool" if importlib.util.find_spec("envpool") is not None else "gymnasium"
+
+
 def make_env(
     env_id: str,
     num_envs: int,
     seed: int | None = None,
     *,
+    backend: str = "gymnasium",
+    num_threads: int = 1,
     vectorization: str = "auto",
     horizon: int | None = None,
     atari_preprocessing: bool = False,
     frame_stack: int = 1,
     **kwargs: Any,
 ) -> gym.vector.VectorEnv:
-    """N copies of `env_id` in one vector env (gymnasium.make_vec), seeded if `seed` is given.
+    """N copies of `env_id` in one vector env (gymnasium.make_vec, or envpool's pool with
+    backend="envpool"), seeded if `seed` is given.
 
     Args:
         env_id: a registered gymnasium id, or `module:EnvId` (see env_spec).
         num_envs: N, the number of copies stepped in lockstep.
         seed: seeds the copies' first reset (copy i gets seed + i) and the action space.
+        backend: "gymnasium", "envpool" (pgrun.envpool_env: CartPole, the MuJoCo v5 set and
+            Atari in envpool's C++ pool) or "auto" (envpool where it takes the id, see
+            resolve_backend).
+        num_threads: envpool's worker threads (0: envpool's choice); the gymnasium backend
+            ignores it.
         vectorization: "auto" (the env's own vectorised class where it has one, else "sync"),
-            "vector_entry_point", "sync" or "async" (one process per copy).
+            "vector_entry_point", "sync" or "async" (one process per copy); the envpool
+            backend takes only "auto".
         horizon: if given, the time limit of every copy (truncation after `horizon` steps).
-        atari_preprocessing: gymnasium's AtariPreprocessing on every copy.
+        atari_preprocessing: gymnasium's AtariPreprocessing on every copy (envpool: its own).
         frame_stack: observations are the last `frame_stack` frames (1: no stacking).
         kwargs: passed on to the environment's constructor.
     """
+    if resolve_backend(backend, env_id) == "envpool":
+        if vectorization != "auto":
+            raise EnvError(
+                f"env.vectorization={vectorization} is gymnasium's; env.backend=envpool steps "
+                "its copies in its own thread pool (env.num_threads): use env.vectorization=auto"
+            )
+        from pgrun.envpool_env import EnvpoolVectorEnv
+
+        return EnvpoolVectorEnv(
+            env_id,
+            num_envs,
+            seed,
+            num_threads=num_threads,
+            horizon=horizon,
+            atari_preprocessing=atari_preprocessing,
+            frame_stack=frame_stack,
+            **kwargs,
+        )
     spec = env_spec(env_id)
     wrappers = env_wrappers(atari_preprocessing, frame_stack, horizon)
     if vectorization == "auto":
@@ -258,13 +304,28 @@ def env_from_config(
     """make_env for a composed pgrun config (its `env` part).
 
     `per_copy_seeds`: copy i must start as a single env reset with seed + i does (evaluation,
-    videos), which an env's own vectorised class need not do: use sync instead of it.
+    videos), which an env's own vectorised class need not do: use sync instead of it. (An
+    envpool pool's copy i starts from seed + i of envpool's own envs.)
     """
     vectorization = cfg.env.vectorization
     vectorization = str(getattr(vectorization, "value", vectorization))
-    if per_copy_seeds and vectorization in ("auto", "vector_entry_point"):
+    backend = cfg.env.get("backend", "gymnasium")
+    backend = resolve_backend(str(getattr(backend, "value", backend)), cfg.env.id)
+    if (
+        per_copy_seeds
+        and backend == "gymnasium"
+        and vectorization in ("auto", "vector_entry_point")
+    ):
         vectorization = "sync"
-    return make_env(cfg.env.id, num_envs, seed, vectorization=vectorization, **env_options(cfg.env))
+    return make_env(
+        cfg.env.id,
+        num_envs,
+        seed,
+        backend=backend,
+        num_threads=int(cfg.env.get("num_threads", 1)),
+        vectorization=vectorization,
+        **env_options(cfg.env),
+    )
 
 
 def time_limit(env: gym.vector.VectorEnv) -> int | None:

@@ -56,6 +56,13 @@ CASES: dict[str, Case] = {
     "float for int": Case(["variant.inner_steps=1.5"], ["variant.inner_steps=1.5", "Integer"]),
     "bad weights": Case(["variant.weights=bogus"], ["bogus", "total, rtg"]),
     "bad vectorization": Case(["env.vectorization=fast"], ["fast", "sync"]),
+    "bad backend": Case(["env.backend=fast"], ["fast", "gymnasium, envpool, auto"]),
+    "envpool lacks the id": Case(
+        ["env.backend=envpool", "env=Pendulum-v1"], ["Pendulum-v1", "env.backend=gymnasium"]
+    ),
+    "envpool lacks the option": Case(
+        ["env.backend=envpool", "+env.kwargs.no_such=1"], ["no_such", "env.backend=gymnasium"]
+    ),
     "N zero": Case(["batch_episodes=0"], ["batch_episodes=0", ">= 1"]),
     "K zero": Case(["variant.inner_steps=0"], ["variant.inner_steps=0", ">= 1"]),
     "gamma zero": Case(["gamma=0"], ["gamma=0", "(0, 1]"]),
