@@ -16,8 +16,10 @@ Observations arrive in the layout of a batch (pgrun.envs.batch_obs): float Box v
 frames (scaled to [0, 1]), Discrete / MultiDiscrete indices (one-hot encoded) or MultiBinary
 vectors. `policy=cnn` puts the Nature-DQN convolutional torso in front for image observations.
 Every policy also has `sample(obs)`, the same draw as `policy(obs).sample()` without building
-the Distribution (the rollout calls it once per time step), and `mode(obs)`, the deterministic
-action used for evaluation.
+the Distribution; `act(obs)`, the rollout's draw once per time step, from the same distribution
+by a cheaper route (an inverse-CDF draw from one uniform per row instead of torch.multinomial,
+Gaussian noise into a buffer kept between steps); and `mode(obs)`, the deterministic action used
+for evaluation. The update's log-probabilities always come from `policy(obs)`, the Distribution.
 """
 
 from __future__ import annotations
@@ -228,9 +230,26 @@ class Policy(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.net = mlp([encoder.out_dim, *hidden_sizes, out_dim], activation)
+        self._noise_key: tuple | None = None  # act's noise buffer (see _noise)
+        self._noise_buf: torch.Tensor | None = None
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(self.encoder(obs))
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """The rollout's draw a ~ pi(.|s), once per env step: obs (B, *obs) -> actions (B, ...),
+        the layout of `sample`. The distribution is `sample`'s; subclasses draw it more cheaply
+        from torch's RNG (no Distribution, no multinomial, noise drawn into a buffer kept
+        between steps), so the draws differ from `sample`'s. Call it under inference_mode."""
+        return self.sample(obs)
+
+    def _noise(self, shape: torch.Size, like: torch.Tensor, normal: bool = False) -> torch.Tensor:
+        """U[0, 1) (or N(0, 1) with `normal`) noise of `shape`, drawn from torch's RNG into a
+        buffer that is allocated once and reused while the shape, device and mode stay."""
+        key = (shape, like.device, normal, torch.is_inference_mode_enabled())
+        if self._noise_key != key:
+            self._noise_key, self._noise_buf = key, torch.empty(shape, device=like.device)
+        return self._noise_buf.normal_() if normal else self._noise_buf.uniform_()
 
     def update_obs_stats(self, obs: torch.Tensor, mask: torch.Tensor) -> None:
         """Merge the valid steps of a batch's observations, obs (N, T, ...) where mask (N, T)
@@ -240,6 +259,16 @@ class Policy(nn.Module):
             return
         with torch.no_grad():
             norm.update(self.encoder.encode(obs[mask.bool()]))
+
+
+def inverse_cdf(probs: torch.Tensor, policy: Policy) -> torch.Tensor:
+    """One draw from each row of `probs` (..., n): with u ~ U[0, 1) from the policy's noise
+    buffer, a = #{j < n - 1 : cdf_j <= u}, i.e. P(a = j) = cdf_j - cdf_{j-1} = probs_j. Counting
+    at most n - 1 entries keeps a float32 cdf that ends just below 1 from giving n.
+    -> (...,) int64."""
+    cdf = probs.cumsum(-1)[..., :-1]
+    u = policy._noise(cdf.shape[:-1] + (1,), cdf)
+    return (cdf <= u).sum(-1)
 
 
 class CategoricalPolicy(Policy):
@@ -255,6 +284,11 @@ class CategoricalPolicy(Policy):
         # softmax is shift-invariant: Categorical's normalisation (logits - logsumexp) gives
         # the same probabilities, and the test checks the draws are equal.
         return torch.multinomial(self.features(obs).softmax(-1), 1, True).squeeze(-1)
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """a ~ pi(.|s) by the inverse CDF: one uniform u per row, a = #{j : cdf_j <= u}.
+        obs: (B, *obs) -> (B,) int64."""
+        return inverse_cdf(self.features(obs).softmax(-1), self)
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         """The most likely action: (...,) int64."""
@@ -287,6 +321,10 @@ class MultiCategoricalPolicy(Policy):
         probs = self.logits(obs).softmax(-1)  # the -inf slots get probability 0
         return torch.multinomial(probs.reshape(-1, self.n), 1, True).reshape(probs.shape[:-1])
 
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Inverse-CDF draws, one uniform per component. obs: (B, *obs) -> (B, k) int64."""
+        return inverse_cdf(self.logits(obs).softmax(-1), self)
+
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         """(..., k) int64."""
         return self.logits(obs).argmax(-1)
@@ -310,6 +348,11 @@ class BernoulliPolicy(Policy):
     def sample(self, obs: torch.Tensor) -> torch.Tensor:
         """The same draw as `self(obs).sample()`. obs: (B, *obs) -> (B, *shape) float32."""
         return torch.bernoulli(torch.sigmoid(self.logits(obs)))
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """a_j = 1 where u_j < sigmoid(f_j(s)). obs: (B, *obs) -> (B, *shape) float32."""
+        p = torch.sigmoid(self.logits(obs))
+        return (self._noise(p.shape, p) < p).to(torch.float32)
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         """1 where p > 1/2: (..., *shape) float32."""
@@ -392,6 +435,13 @@ class GaussianPolicy(Policy):
         without building the Distribution. obs: (B, *obs) -> (B, *shape) float32."""
         mean = self.mean(obs)
         u = torch.normal(mean, self.log_std.exp().expand_as(mean))
+        return self.loc + self.scale * torch.tanh(u) if self.squash else u
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """u = mu(s) + std * eps with eps ~ N(0, I) drawn into the kept buffer (squashed with
+        `squash`). obs: (B, *obs) -> (B, *shape) float32."""
+        mean = self.mean(obs)
+        u = torch.addcmul(mean, self.log_std.exp(), self._noise(mean.shape, mean, normal=True))
         return self.loc + self.scale * torch.tanh(u) if self.squash else u
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:

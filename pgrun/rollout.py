@@ -169,7 +169,8 @@ def collect_episodes(
 
     Args:
         env: vector env of N copies.
-        policy: module with `policy(obs) -> Distribution`.
+        policy: module with `policy(obs) -> Distribution` (and `act(obs) -> actions`, see
+            pgrun.policies).
         horizon: T; None takes the env's time limit.
         seed: seeds this batch's reset (copy i gets seed + i); None continues the env's RNG.
     """
@@ -180,8 +181,13 @@ def collect_episodes(
     to_batch = obs_converter(env.single_observation_space)
     to_env = action_converter(env.single_action_space)
     device = next(policy.parameters()).device
-    # policy.sample(obs) where the policy has it (pgrun's do), else policy(obs).sample().
-    sample = getattr(policy, "sample", None) or (lambda o: policy(o).sample())
+    # policy.act(obs), the cheap per-step draw, where the policy has it (pgrun's do), else
+    # policy.sample(obs), else policy(obs).sample().
+    sample = (
+        getattr(policy, "act", None)
+        or getattr(policy, "sample", None)
+        or (lambda o: policy(o).sample())
+    )
 
     obs, _ = env.reset(seed=seed)
     ended = np.zeros(N, dtype=bool)  # copy i's first episode has ended

@@ -322,6 +322,14 @@ class DistributionOnly(torch.nn.Module):
         return self.inner(obs)
 
 
+class SampleOnly(DistributionOnly):
+    """Wraps a policy and keeps its `sample` (the Distribution's draw) but hides `act` (the
+    rollout's cheaper draw, from the same distribution: tests/unit/test_act.py)."""
+
+    def sample(self, obs):
+        return self.inner.sample(obs)
+
+
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_a_policy_without_sample_gives_the_same_batch(env_id):
     batches = []
@@ -331,7 +339,9 @@ def test_a_policy_without_sample_gives_the_same_batch(env_id):
         policy = pgrun.make_policy(env, hidden_sizes=[8])
         torch.manual_seed(1)
         batches.append(
-            collect_episodes(env, DistributionOnly(policy) if wrap else policy, horizon=30, seed=0)
+            collect_episodes(
+                env, DistributionOnly(policy) if wrap else SampleOnly(policy), horizon=30, seed=0
+            )
         )
         env.close()
     for name in Batch.__dataclass_fields__:
