@@ -70,18 +70,26 @@ def test_smoke_run_prints_one_row_per_benchmark(tmp_path):
     # a 2000-step budget cannot solve CartPole: the row says so instead of failing
     assert all("seeds solved" in m for w, m in solve.items() if "pgrun" in w)
 
-    (throughput,) = by_section["2"]
-    assert "N=16" in throughput[0]
-    assert "raw env" in throughput[1] and "raw env + forward" in throughput[1]
+    backends = ["gymnasium"] + (["envpool"] if importlib.util.find_spec("envpool") else [])
+    throughput = by_section["2"]  # one row per backend
+    assert [row[0].split("env.backend=")[1] for row in throughput] == backends
+    for row in throughput:
+        assert "N=16" in row[0]
+        assert "raw env" in row[1] and "raw env + forward" in row[1]
 
-    (cheetah,) = by_section["3"]
+    cheetah = by_section["3"]
     if importlib.util.find_spec("mujoco") is None:
-        assert "skipped" in cheetah[1]
+        assert len(cheetah) == 1 and "skipped" in cheetah[0][1]
     else:
-        assert "raw env" in cheetah[1]
+        assert len(cheetah) == len(backends)
+        assert "raw env" in cheetah[0][1]
+        if "envpool" in backends:
+            assert "env.num_threads" in cheetah[1][0] and "gymnasium SyncVectorEnv" in cheetah[1][1]
 
     process = {row[0]: row[1] for row in by_section["4"]}
-    assert len(process) == 3
+    assert len(process) == 4
+    (startup,) = [m for w, m in process.items() if "import torch" in w]
+    assert " s = " in startup
     for what, measured in process.items():
         assert "exit status" not in measured, (what, measured)
         if "--help" in what or "--cfg" in what:  # the probe read sys.modules of the process
@@ -99,7 +107,9 @@ def test_sb3_rows_are_skipped_with_a_note_when_it_is_missing(monkeypatch):
     real_have = bench.have
     monkeypatch.setattr(bench, "have", lambda m: m != "stable_baselines3" and real_have(m))
     monkeypatch.setattr(
-        bench, "solve_pgrun", lambda variant, seed, settings: bench.Solve(1.0, 40_000)
+        bench,
+        "solve_pgrun",
+        lambda variant, seed, settings, backend="gymnasium": bench.Solve(1.0, 40_000),
     )
     _, settings, _ = bench.parse(["--smoke"])
     rows = bench.solve_rows(settings)
