@@ -111,6 +111,7 @@ def main() -> None:
         register()
     _stderr, held = sys.stderr, io.StringIO()
     sys.stderr = held
+    skip_mode_probe(sys.argv[1:])
     try:
         run()
     except KeyboardInterrupt:  # Ctrl-C while a sweep waits for its jobs (joblib, submitit)
@@ -157,6 +158,18 @@ def _yaml_names(folder, prefix: str = "") -> list[str]:
         elif entry.name.endswith(".yaml"):
             names.append(prefix + entry.name[: -len(".yaml")])
     return names
+
+
+def skip_mode_probe(args: list[str]) -> None:
+    """Hydra composes the whole config once only to read hydra.mode (RUN or MULTIRUN), then
+    again to run it: a third of the command's start-up beyond `import torch`. pgrun's configs
+    never set hydra.mode, so without -m/--multirun and without a hydra.mode override the mode
+    is RUN: Hydra's probe is answered with None, which Hydra reads as "RUN unless --multirun"."""
+    if any(a in ("-m", "--multirun") or a.lstrip("+~").startswith("hydra.mode") for a in args):
+        return
+    from hydra._internal.hydra import Hydra
+
+    Hydra.get_mode = lambda self, config_name, overrides: None
 
 
 def _release_stderr() -> None:
