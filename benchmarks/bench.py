@@ -534,7 +534,7 @@ def cheetah_rows(settings: Settings) -> list[Row]:
     import pgrun
     from pgrun.losses import batch_advantages
     from pgrun.optim import make_optimizer
-    from pgrun.trainer import update
+    from pgrun.update_rules import GradientStep
 
     torch.set_num_threads(1)
     n, horizon = 16, settings.cheetah_horizon
@@ -563,7 +563,8 @@ def cheetah_rows(settings: Settings) -> list[Row]:
 
         def collect_update(env=env, policy=policy, optimizer=optimizer) -> int:
             batch = pgrun.collect_episodes(env, policy, horizon=horizon, seed=next(seed))
-            update(policy, optimizer, batch, batch_advantages(batch, "rtg_baseline", 0.99), 1)
+            adv = batch_advantages(batch, "rtg_baseline", 0.99)
+            GradientStep().step(policy, optimizer, batch, adv)
             return batch.num_steps
 
         env.reset(seed=0)

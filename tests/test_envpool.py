@@ -138,7 +138,7 @@ def test_terminated_truncated_and_final_observations():
     policy = pgrun.make_policy(env)
     torch.manual_seed(0)
     batch = pgrun.collect_episodes(make_env("CartPole-v1", 4, 0, backend="envpool"), policy, 500, 1)
-    assert batch.terminated.all() and not batch.truncated.any()
+    assert batch.terminated.any(1).all() and not batch.truncated.any()  # (N, T_b) per step
     assert (batch.final_obs[:, 2].abs() > 0.2).any() or (batch.final_obs[:, 0].abs() > 2.4).any()
     env.close()
 
