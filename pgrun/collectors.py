@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from pgrun.envs import action_converter, obs_converter
-from pgrun.rollout import Batch, collect_episodes
+from pgrun.rollout import Batch, collect_episodes, step_draw
 from pgrun.seeding import RESETS, derive_seed
 
 
@@ -105,7 +105,7 @@ class StepCollector:
             self._restart(iteration)
         T, N = self.steps, self.env.num_envs
         device = next(policy.parameters()).device
-        sample = getattr(policy, "sample", None) or (lambda o: policy(o).sample())
+        sample = step_draw(policy)
         start = self.elapsed.copy()
         obs_buf = np.zeros((T + 1, *self.obs.shape), dtype=self.obs.dtype)
         obs_buf[0] = self.obs

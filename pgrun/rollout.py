@@ -123,6 +123,17 @@ class Batch:
         return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
+def step_draw(policy: nn.Module):
+    """The draw a collector calls once per env step, obs (B, *obs) -> actions (B, ...):
+    policy.act (pgrun's policies: the cheap draw, pgrun.policies), else policy.sample, else
+    policy(obs).sample()."""
+    return (
+        getattr(policy, "act", None)
+        or getattr(policy, "sample", None)
+        or (lambda obs: policy(obs).sample())
+    )
+
+
 def _running_copies_step(env: gym.vector.VectorEnv, obs: np.ndarray, ended: np.ndarray):
     """For a gymnasium SyncVectorEnv, a replacement for env.step that steps only the copies
     whose first episode is still running (`ended` is read at every call); None for other envs.
@@ -181,13 +192,7 @@ def collect_episodes(
     to_batch = obs_converter(env.single_observation_space)
     to_env = action_converter(env.single_action_space)
     device = next(policy.parameters()).device
-    # policy.act(obs), the cheap per-step draw, where the policy has it (pgrun's do), else
-    # policy.sample(obs), else policy(obs).sample().
-    sample = (
-        getattr(policy, "act", None)
-        or getattr(policy, "sample", None)
-        or (lambda o: policy(o).sample())
-    )
+    sample = step_draw(policy)
 
     obs, _ = env.reset(seed=seed)
     ended = np.zeros(N, dtype=bool)  # copy i's first episode has ended

@@ -246,3 +246,24 @@ def test_the_command_without_the_extra_says_so_in_one_line(tmp_path):
         "pgrun: error: env.backend=envpool needs envpool: pip install -e '.[envpool]'"
     )
     assert not (tmp_path / "outputs").exists()
+
+
+def test_the_steps_collector_runs_on_envpool():
+    from pgrun.collectors import StepCollector
+
+    env = make_env("CartPole-v1", num_envs=4, seed=0, backend="envpool")
+    torch.manual_seed(0)
+    policy = pgrun.make_policy(env)
+    collector = StepCollector(env, steps=64, seed=0)
+    lengths = []
+    for iteration in range(3):
+        batch, episodes = collector.collect(policy, iteration)
+        assert batch.obs.shape == (4, 64, 4)
+        # a copy's reset call after each episode end is masked, with reward 0: at most one
+        # masked slot per ended episode, plus one per row carried from the previous batch
+        assert (batch.rew[batch.mask == 0] == 0).all()
+        assert 4 * 64 - len(episodes) - 4 <= batch.mask.sum() <= 4 * 64
+        assert int(batch.terminated.sum()) == len(episodes)  # CartPole ends by falling here
+        lengths += episodes.lengths.tolist()
+    assert lengths and all(1 <= n <= 3 * 64 for n in lengths)
+    env.close()
