@@ -123,7 +123,8 @@ def conjugate_gradient(
 ) -> torch.Tensor:
     """x ~ A^-1 b for a symmetric positive (semi-)definite A given by v -> A v.
 
-    Conjugate gradient from x = 0, at most `iters` products, stopping once ||r||^2 <= tol. For
+    Conjugate gradient from x = 0, at most `iters` products, stopping once the residual
+    r = b - A x has ||r||^2 <= tol ||b||^2 (beyond that, rounding error grows). For
     a singular A with b in its range (a Fisher with redundant parameters) the iterates stay in
     that range and converge to the pseudo-inverse solution A^+ b.
 
@@ -137,8 +138,9 @@ def conjugate_gradient(
     r = b.clone()  # b - A x
     p = r.clone()
     rr = r @ r
+    stop = tol * rr
     for _ in range(iters):
-        if rr <= tol:
+        if rr <= stop:
             break
         Ap = matvec(p)
         pAp = p @ Ap

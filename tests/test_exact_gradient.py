@@ -1,25 +1,11 @@
 """Every estimator against the exact gradient of a small finite MDP.
 
-The MDP (random, fixed seed): S one-hot states, A actions, stochastic transitions P(s'|s,a),
-rewards R(s,a) of both signs plus zero-mean noise, termination with probability q(s,a) after
-each step (so episodes have different lengths) and a time limit T. For the linear softmax
-policy of `make_policy(env, hidden_sizes=[])`, dynamic programming over (t, s) gives
-
-    d_t(s)   = P(s_t = s, episode running at t)      d_0 = p0,
-    d_{t+1}(s') = sum_{s,a} d_t(s) pi(a|s) (1 - q(s,a)) P(s'|s,a)
-    J_gamma  = sum_t gamma^t sum_s d_t(s) sum_a pi(a|s) R(s,a)
-    Q_t(s,a) = R(s,a) + gamma (1 - q(s,a)) sum_s' P(s'|s,a) V_{t+1}(s'),   V_t = sum_a pi Q_t
-
-and grad J_gamma by autograd on that J_gamma. The per-time terms
-g_t = sum_s d_t(s) sum_a grad pi(a|s) Q_t(s,a) (d and Q held fixed) give what each estimator
-should average to: sum_t gamma^t g_t = grad J_gamma (checked below), sum_t g_t for the
-discounted reward-to-go without the gamma^t factor, and sum_t (1 - E[1/n_t]) g_t for the plain
-time baseline, whose b_t contains the episode's own reward-to-go; n_t = 1 + Binomial(N-1, p_t)
-counts the episodes running at t, p_t = sum_s d_t(s).
-
-The environment is registered with gymnasium (a numpy VectorEnv stepping the N copies), so every
-batch comes from pgrun.make_env and pgrun.collect_episodes, and every estimate is
--grad of pgrun.surrogate_loss(...) after .backward().
+The oracle is pgrun.exact: a random MDP (S = 4 one-hot states, A = 3 actions, stochastic
+transitions, rewards of both signs plus noise, termination, time limit T = 6), J and grad J by
+dynamic programming for the linear softmax policy, the per-time terms g_t and what the plain
+time baseline averages to (see its docstring). Every batch comes from pgrun.collect_episodes on
+the registered tabular env, and every estimate is -grad of pgrun.surrogate_loss(...) after
+.backward().
 
 Tolerance. An estimate is averaged over M independent batches; for each coordinate j,
 SE_j = sample std_j / sqrt(M). A comparison passes when |mean_j - expected_j| <= Z * SE_j for
@@ -31,26 +17,24 @@ seeds are fixed, so the outcome is reproducible.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from statistics import NormalDist
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from torch.func import functional_call
 
 import pgrun
 from pgrun.config import load_variant
 from pgrun.diagnostics import Diagnostics
+from pgrun.exact import exact_gradient, make_tabular_env, random_mdp, tabular_policy
 from pgrun.losses import batch_advantages
 from pgrun.rollout import Batch
 from pgrun.update_rules import GradientStep, RatioEpochs
 
 ALPHA = 1e-3  # family-wise error rate of one comparison (Bonferroni over its coordinates)
-MDP_ID = "pgrun-test/TabularMDP-v0"
 BANDIT_ID = "pgrun-test/QuadraticBandit-v0"
-S, A, T = 4, 3, 6
+T = 6  # the MDP's time limit
 
 
 def z_crit(dim: int, alpha: float = ALPHA) -> float:
@@ -58,68 +42,7 @@ def z_crit(dim: int, alpha: float = ALPHA) -> float:
     return NormalDist().inv_cdf(1 - alpha / (2 * dim))
 
 
-# ----------------------------------------------------------------------------- the test MDP
-
-
-@dataclass(frozen=True)
-class TabularMDP:
-    p0: np.ndarray  # (S,) initial state distribution
-    P: np.ndarray  # (S, A, S) transition probabilities
-    R: np.ndarray  # (S, A) expected reward
-    q: np.ndarray  # (S, A) probability that the episode terminates after (s, a)
-    reward_noise: float = 0.5  # std of the zero-mean Gaussian noise added to each reward
-
-
-def random_mdp(seed: int) -> TabularMDP:
-    rng = np.random.default_rng(seed)
-    return TabularMDP(
-        p0=rng.dirichlet(np.ones(S)),
-        P=rng.dirichlet(np.ones(S), size=(S, A)),
-        R=rng.normal(0.0, 1.0, size=(S, A)),
-        q=rng.uniform(0.05, 0.35, size=(S, A)),
-    )
-
-
-class TabularVectorEnv(gym.vector.VectorEnv):
-    """N copies of a TabularMDP stepped together in numpy; observations are one-hot states.
-
-    No autoreset: a copy whose episode has ended keeps moving (pgrun masks those steps)."""
-
-    metadata = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED}
-
-    def __init__(self, num_envs: int, mdp: TabularMDP, max_episode_steps: int = T):
-        self.num_envs = num_envs
-        self.mdp = mdp
-        self.max_episode_steps = max_episode_steps
-        self.single_observation_space = gym.spaces.Box(0.0, 1.0, (S,), np.float32)
-        self.single_action_space = gym.spaces.Discrete(A)
-        self.observation_space = gym.vector.utils.batch_space(
-            self.single_observation_space, num_envs
-        )
-        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
-        self._cum_P = np.cumsum(mdp.P, axis=-1)
-        self._rng = np.random.default_rng()
-
-    def _obs(self) -> np.ndarray:
-        return np.eye(S, dtype=np.float32)[self._s]
-
-    def reset(self, *, seed=None, options=None):
-        if seed is not None:
-            self._rng = np.random.default_rng(seed)
-        u = self._rng.random(self.num_envs)
-        self._s = np.minimum(np.searchsorted(np.cumsum(self.mdp.p0), u, side="right"), S - 1)
-        self._t = 0
-        return self._obs(), {}
-
-    def step(self, actions):
-        s, a, n = self._s, np.asarray(actions), self.num_envs
-        rew = self.mdp.R[s, a] + self.mdp.reward_noise * self._rng.standard_normal(n)
-        term = self._rng.random(n) < self.mdp.q[s, a]
-        u = self._rng.random(n)[:, None]
-        self._s = np.minimum((u > self._cum_P[s, a]).sum(-1), S - 1)
-        self._t += 1
-        trunc = np.full(n, self._t >= self.max_episode_steps) & ~term
-        return self._obs(), rew.astype(np.float32), term, trunc, {}
+# ------------------------------------------------------------------ a Gaussian test env
 
 
 class QuadraticBanditVectorEnv(gym.vector.VectorEnv):
@@ -146,70 +69,11 @@ class QuadraticBanditVectorEnv(gym.vector.VectorEnv):
         return np.ones((self.num_envs, 1), np.float32), rew.astype(np.float32), done, ~done, {}
 
 
-for _id, _cls, _steps in ((MDP_ID, TabularVectorEnv, T), (BANDIT_ID, QuadraticBanditVectorEnv, 1)):
-    if _id not in gym.registry:
-        gym.register(_id, vector_entry_point=_cls, max_episode_steps=_steps)
-
-
-# ------------------------------------------------------------------------- exact reference
-
-
-@dataclass
-class Exact:
-    J: float  # J_gamma(theta)
-    grad_J: torch.Tensor  # (D,) float64, autograd on the DP value of J_gamma
-    g_t: torch.Tensor  # (T, D) float64, per-time terms sum_s d_t(s) sum_a grad pi(a|s) Q_t(s,a)
-    p_t: torch.Tensor  # (T,) float64, P(episode running at t)
-
-    def time_baseline_mean(self, n: int) -> torch.Tensor:
-        """Expectation of the plain time-baseline estimate with batches of n episodes:
-        sum_t (1 - E[1/(1 + Bin(n-1, p_t))]) g_t, E[1/(1+Bin(m,p))] = (1 - (1-p)^(m+1)) / ((m+1) p)."""
-        p = self.p_t
-        inv_count = (1 - (1 - p) ** n) / (n * p)
-        return ((1 - inv_count)[:, None] * self.g_t).sum(0)
-
-
-def exact_gradient(policy: torch.nn.Module, mdp: TabularMDP, gamma: float = 1.0) -> Exact:
-    """DP over (t, s) in float64 for the linear softmax policy `policy`."""
-    names = [n for n, _ in policy.named_parameters()]
-    params = {n: p.detach().double().requires_grad_() for n, p in policy.named_parameters()}
-    pi = functional_call(policy, params, (torch.eye(S, dtype=torch.float64),)).probs  # (S, A)
-    p0, P, R, q = (torch.as_tensor(x, dtype=torch.float64) for x in (mdp.p0, mdp.P, mdp.R, mdp.q))
-    go = (1 - q)[..., None] * P  # (S, A, S): continue and move to s'
-
-    d = [p0]
-    for _ in range(T - 1):
-        d.append(torch.einsum("s,sa,sat->t", d[-1], pi, go))
-    J = sum(gamma**t * (d[t] @ (pi * R).sum(1)) for t in range(T))
-    grads = torch.autograd.grad(J, [params[n] for n in names], retain_graph=True)
-    grad_J = torch.cat([g.reshape(-1) for g in grads])
-
-    V_next = torch.zeros(S, dtype=torch.float64)
-    Q = [None] * T
-    for t in reversed(range(T)):
-        Q[t] = R + gamma * go @ V_next
-        V_next = (pi * Q[t]).sum(1)
-    g_t = []
-    for t in range(T):
-        term = (d[t].detach()[:, None] * pi * Q[t].detach()).sum()
-        grads = torch.autograd.grad(term, [params[n] for n in names], retain_graph=True)
-        g_t.append(torch.cat([g.reshape(-1) for g in grads]))
-    p_t = torch.stack([x.detach().sum() for x in d])
-    return Exact(J=J.item(), grad_J=grad_J, g_t=torch.stack(g_t), p_t=p_t)
+if BANDIT_ID not in gym.registry:
+    gym.register(BANDIT_ID, vector_entry_point=QuadraticBanditVectorEnv, max_episode_steps=1)
 
 
 # ---------------------------------------------------------------------------- estimates
-
-
-def tabular_policy(seed: int) -> torch.nn.Module:
-    """make_policy's linear softmax policy for the test MDP, with random (non-uniform) weights."""
-    env = pgrun.make_env(MDP_ID, num_envs=1, mdp=random_mdp(seed))
-    policy = pgrun.make_policy(env, hidden_sizes=[])
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.normal_(0.0, 0.7)
-    return policy
 
 
 def sub_batch(batch: Batch, lo: int, hi: int) -> Batch:
@@ -240,9 +104,8 @@ def flat_grad(policy: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1) for p in policy.parameters()])
 
 
-def collect(env_id: str, policy, n_episodes: int, seed: int, **env_kwargs) -> Batch:
-    """n_episodes independent episodes from one pgrun.collect_episodes call."""
-    env = pgrun.make_env(env_id, num_envs=n_episodes, seed=seed, **env_kwargs)
+def collect(env, policy, seed: int) -> Batch:
+    """Independent episodes, one per copy of `env`, from one pgrun.collect_episodes call."""
     torch.manual_seed(seed)
     return pgrun.collect_episodes(env, policy, seed=seed)
 
@@ -333,9 +196,9 @@ def setup():
     """The MDP, a random linear softmax policy, its exact gradient (gamma = 1), and a pool of
     M * N independent episodes that the tests split into batches."""
     mdp = random_mdp(0)
-    policy = tabular_policy(0)
+    policy = tabular_policy(mdp, 0)
     exact = exact_gradient(policy, mdp)
-    pool = collect(MDP_ID, policy, M * N, seed=1, mdp=mdp)
+    pool = collect(make_tabular_env(mdp, M * N, seed=1), policy, seed=1)
     return mdp, policy, exact, pool
 
 
@@ -488,7 +351,7 @@ def test_off_policy_inner_steps(setup):
     adv = batch_advantages(batch, "off_policy")
 
     for k in (1, 4):
-        p = tabular_policy(0)
+        p = tabular_policy(mdp, 0)
         opt = RecordingSGD(p.parameters(), lr=0.5)
         rule = GradientStep() if k == 1 else RatioEpochs(k)
         stats = rule.step(p, opt, batch, adv, hooks=[Diagnostics(ratios=True)])
@@ -520,8 +383,49 @@ def test_gaussian_quadratic_closed_form():
     by_name = {"net.0.weight": -2 * (mu - c), "net.0.bias": -2 * (mu - c), "log_std": -2 * sigma2}
     exact = torch.cat([by_name[name] for name, _ in policy.named_parameters()])
 
-    pool = collect(BANDIT_ID, policy, M * N, seed=3)
+    pool = collect(pgrun.make_env(BANDIT_ID, num_envs=M * N, seed=3), policy, seed=3)
     for variant, scale in (("rtg", 1.0), (TIME_LOO, 1.0), ("rtg_baseline", 1 - 1 / N)):
         est = estimates(policy, pool, N, variant)
         assert_matches(est, scale * exact, f"gaussian {variant}")
         assert cosine(est.mean(0), exact) >= 0.99
+
+
+def test_natural_gradient_direction(setup):
+    """The expected NPG direction is F^-1 grad J. F (pgrun.exact) is singular (the softmax's
+    logits are shift-invariant), so the direction is d* = F^+ grad J, and F d* = grad J exactly.
+    Per batch, the estimate g and the Fisher-vector product of pgrun.natural at d* (rescaled
+    from the mean over steps to the sum over steps per episode, F_ep = F_mean * sum m / N) are
+    both unbiased, so u = g - F_ep d* has mean grad J - F d* = 0 in every coordinate: d* is the
+    solution of the expected system F x = E g. The test's own power: the plain gradient
+    direction grad J in place of d* is rejected. On the whole pool, conjugate gradient gives a
+    direction along d* (cosine >= 0.99)."""
+    from pgrun.natural import conjugate_gradient, fisher_vector_product, flat_grad, mean_kl
+
+    mdp, policy, exact, pool = setup
+    d_star = exact.natural_gradient()
+    torch.testing.assert_close(exact.fisher @ d_star, exact.grad_J, rtol=1e-8, atol=1e-10)
+    params = list(policy.parameters())
+
+    def terms(batch: Batch):
+        dist = policy(batch.obs)
+        with torch.no_grad():
+            old = policy(batch.obs)
+        adv = batch_advantages(batch, TIME_LOO)
+        loss = pgrun.pg_loss(dist.log_prob(batch.act), adv, batch.mask)
+        g = -flat_grad(loss, params, retain_graph=True)
+        fvp = fisher_vector_product(mean_kl(old, dist, batch.mask), params)
+        return g, fvp, batch.mask.sum() / batch.num_episodes
+
+    u, u_plain = [], []
+    for lo in range(0, pool.num_episodes, N):
+        g, fvp, steps_per_episode = terms(sub_batch(pool, lo, lo + N))
+        u.append((g - fvp(d_star.float()) * steps_per_episode).double())
+        u_plain.append((g - fvp(exact.grad_J.float()) * steps_per_episode).double())
+    u, u_plain = torch.stack(u), torch.stack(u_plain)
+    zero = torch.zeros_like(d_star)
+    assert_matches(u, zero, "g - F d* (NPG direction)")
+    assert z_scores(u_plain, zero).abs().max() > z_crit(len(zero)), "grad J is not F^-1 grad J"
+
+    g, fvp, _ = terms(pool)
+    x = conjugate_gradient(fvp, g, iters=10)  # TRPO's usual count (F has rank 8 here)
+    assert cosine(x.double(), d_star) >= 0.99
