@@ -130,10 +130,9 @@ def _key(override: str) -> str:
 
 
 def load_run(path: Path, root: Path) -> Run:
-    """Read a job's overrides, config and TensorBoard scalars (with tensorboard's reader)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    """Read a job's overrides, config and logged scalars (pgrun.logger.read_scalars)."""
+    from pgrun.logger import read_scalars
 
-    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # no per-file "No path found"
     overrides = [str(o) for o in OmegaConf.load(path / ".hydra" / "overrides.yaml")]
     config_file = path / ".hydra" / "config.yaml"
     config = OmegaConf.load(config_file) if config_file.is_file() else OmegaConf.create()
@@ -142,19 +141,15 @@ def load_run(path: Path, root: Path) -> Run:
     name = path.relative_to(root).as_posix() if path != root else path.name
     run = Run(path, name, overrides, env_id, None if threshold is None else float(threshold))
 
-    acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
-    acc.Reload()
-    tags = acc.Tags()["scalars"]
-    if RETURN_TAG in tags:
-        # by step: a resumed run has a second event file, and files created within the same
-        # second are not read in the order they were written
-        events = sorted(acc.Scalars(RETURN_TAG), key=lambda e: e.step)
-        run.start_time = acc.FirstEventTimestamp()
-        run.steps = np.array([e.step for e in events], dtype=np.int64)
-        run.returns = np.array([e.value for e in events], dtype=np.float64)
-        run.seconds = np.array([e.wall_time for e in events]) - run.start_time
-    if FINAL_TAG in tags:
-        run.final_return = float(max(acc.Scalars(FINAL_TAG), key=lambda e: e.step).value)
+    series, start = read_scalars(path, (RETURN_TAG, FINAL_TAG))
+    if RETURN_TAG in series:
+        events = series[RETURN_TAG]
+        run.start_time = start
+        run.steps = np.array([e[0] for e in events], dtype=np.int64)
+        run.returns = np.array([e[1] for e in events], dtype=np.float64)
+        run.seconds = np.array([e[2] for e in events]) - run.start_time
+    if FINAL_TAG in series:
+        run.final_return = float(series[FINAL_TAG][-1][1])
 
     failed = path / FAILED_FILE
     if failed.is_file():

@@ -274,6 +274,9 @@ class Config:
     progress: bool = True
     """Show a progress bar when stderr is a terminal."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: List[str] = field(default_factory=lambda: ["tensorboard", "csv"])
+    """Where the run's numbers go (pgrun/logger.py), any of: tensorboard (event files),
+    csv (metrics.csv: step, tag, value, wall_time). E.g. logger=[csv]."""
     resume: Optional[str] = None
     """RUN_DIR of a run to continue from its newest checkpoint, with its own saved config."""
 
@@ -307,6 +310,7 @@ class Interrupted(Exception):
 
 UPDATE_RULES = ("auto", "gradient", "ratio_epochs")  # pgrun.update_rules.RULES, and auto
 _ROLLOUTS = ("episodes", "steps")
+_LOGGERS = ("tensorboard", "csv")  # pgrun.logger.LOGGERS
 _ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu", "leaky_relu")
 _POLICIES = ("mlp", "cnn")
 
@@ -434,6 +438,13 @@ def validate(cfg: "DictConfig | Config") -> None:
         "use one of " + ", ".join(_ROLLOUTS),
     )
     need(cfg.rollout.steps >= 1, "rollout.steps", cfg.rollout.steps, "use an integer >= 1")
+    loggers = list(cfg.logger)
+    need(
+        all(name in _LOGGERS for name in loggers) and len(set(loggers)) == len(loggers),
+        "logger",
+        loggers,
+        "use a list of distinct names from " + ", ".join(_LOGGERS) + " ([] logs nothing)",
+    )
     horizon = cfg.env.horizon
     need(horizon is None or horizon >= 1, "env.horizon", horizon, "use an integer >= 1 or null")
     check_network("policy", cfg.policy, "a linear policy")

@@ -3,9 +3,8 @@
 Every `eval.every` iterations (and after the last one) the policy's mode (the most likely action,
 or the Gaussian mean) plays M = `eval.episodes` episodes from the same M seeded starts, logged as
 eval/episodic_return and eval/episodic_length. With `eval.video`, the first of those episodes is
-replayed in a rendering copy of the env and saved as videos/eval_<env steps>.mp4 and as an
-animated image, eval/video, in TensorBoard (the frames are encoded here: SummaryWriter.add_video
-silently writes nothing with moviepy 2).
+replayed in a rendering copy of the env and saved as videos/eval_<env steps>.mp4 and handed to
+the loggers as eval/video (TensorBoard shows it as an animated image, pgrun.logger).
 
 Evaluation draws nothing from torch's RNG and steps its own env copies, so a run with evaluation
 trains exactly as the same run without it.
@@ -13,7 +12,6 @@ trains exactly as the same run without it.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,34 +139,6 @@ def _import_av():
     return av
 
 
-def gif_bytes(frames: list[np.ndarray], fps: float) -> bytes:
-    """An animated GIF of frames (H, W, 3) uint8 shown at `fps`, looping."""
-    from PIL import Image
-
-    images = [Image.fromarray(np.ascontiguousarray(f[..., :3])) for f in frames]
-    buf = io.BytesIO()
-    images[0].save(
-        buf,
-        format="GIF",
-        save_all=True,
-        append_images=images[1:],
-        duration=max(20, round(1000 / fps)),
-        loop=0,
-    )
-    return buf.getvalue()
-
-
-def image_summary(tag: str, frames: list[np.ndarray], fps: float):
-    """A TensorBoard image summary holding an animated GIF (the IMAGES tab plays it)."""
-    from tensorboard.compat.proto.summary_pb2 import Summary
-
-    h, w = frames[0].shape[:2]
-    image = Summary.Image(
-        height=h, width=w, colorspace=3, encoded_image_string=gif_bytes(frames, fps)
-    )
-    return Summary(value=[Summary.Value(tag=tag, image=image)])
-
-
 def record_video(
     env: gym.Env,
     policy: nn.Module,
@@ -218,7 +188,7 @@ class Evaluator:
 
     def after_iteration(self, logger: Any, iteration: int, env_steps: int, done: bool) -> None:
         """Evaluate after iteration number `iteration` (from 1) when it is due, every `every`
-        iterations and at the end of training (`done`), logging to the pgrun Logger `logger`
+        iterations and at the end of training (`done`), logging to `logger` (pgrun.logger.Loggers)
         at x = `env_steps`."""
         if self.every <= 0 or (iteration % self.every and not done):
             return
@@ -237,9 +207,7 @@ class Evaluator:
             _, _, frames, fps = record_video(
                 self.render_env, self.policy, path, self.horizon, self.seed
             )
-            logger.writer.file_writer.add_summary(
-                image_summary("eval/video", frames, fps), env_steps
-            )
+            logger.video("eval/video", frames, fps, env_steps)
 
     def close(self) -> None:
         for env in (self.env, self.render_env):

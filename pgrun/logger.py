@@ -1,14 +1,37 @@
-"""TensorBoard logging: namespaced scalars against environment steps, the config, HPARAMS."""
+"""Loggers: where a run's numbers go. One small interface, any number of backends at once
+(`logger=[tensorboard,csv]`, the default):
+
+    scalars(metrics, step)        namespaced tags (charts/, losses/, stats/, eval/) at x = step
+    text(tag, text, step)         markdown
+    hparams(params, metrics, step)  the run's settings and its final metrics, at the end
+    video(tag, frames, fps, step) frames (K, H, W, 3) uint8
+    close()
+
+- :class:`TensorBoardLogger`: event files in the run directory, HPARAMS in the run's own
+  directory, evaluation videos as animated images.
+- :class:`CSVLogger`: `metrics.csv` in the run directory, one row per (step, tag, value,
+  wall_time), in the order they were logged (step order).
+
+A resumed run continues its loggers: each drops what it had logged at steps after the
+checkpoint (`purge_step`), so a curve has no duplicate points. Nothing outside this module
+touches a backend's writer; `read_scalars` reads a run's series back for pgrun.compare.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import os
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
+import numpy as np
 
 FINAL_METRIC = "hparams/final_return"
+CSV_FILE = "metrics.csv"
+CSV_COLUMNS = ("step", "tag", "value", "wall_time")
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
@@ -26,30 +49,228 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
 
 
 class Logger:
-    """One TensorBoard run in `run_dir`: scalars, the resolved config, and its HPARAMS entry."""
+    """The interface. Every method does nothing here; a backend overrides what it keeps."""
 
-    def __init__(
-        self, run_dir: str | Path, config: dict, config_yaml: str, purge_step: int | None = None
-    ):
-        """`purge_step` (when resuming): TensorBoard drops the points this run logged at steps
-        >= purge_step before the restart, so the resumed curve continues without duplicates."""
+    def scalars(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        pass
+
+    def hparams(self, params: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def video(self, tag: str, frames: Sequence[np.ndarray], fps: float, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardLogger(Logger):
+    """One TensorBoard run in `run_dir`: scalars, the config as text, its HPARAMS entry.
+
+    `params` (flat) are the HPARAMS of the run: the experiment and session-start records are
+    written when the run starts, the session-end one with the final metrics (hparams()).
+    `purge_step` (when resuming): TensorBoard drops the points this run logged at steps
+    >= purge_step before the restart, and the start records are not written again."""
+
+    def __init__(self, run_dir: str | Path, params: dict[str, Any], purge_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
-        self.hparams = flatten(config)
-        # HPARAMS in the run's own directory (SummaryWriter.add_hparams would make a sub-run):
-        # the experiment and session-start records at the start, the session-end one in close().
-        exp, ssi, sei = hparams(self.hparams, {FINAL_METRIC: 0.0})
-        self._session_end = sei
-        if purge_step is None:  # a resumed run has them from its start
-            self.writer.add_text("config", "    " + config_yaml.replace("\n", "\n    "), 0)
+        # HPARAMS in the run's own directory (SummaryWriter.add_hparams would make a sub-run)
+        exp, ssi, self._session_end = hparams(params, {FINAL_METRIC: 0.0})
+        if purge_step is None:
             for summary in (exp, ssi):
                 self.writer.file_writer.add_summary(summary)
 
-    def log(self, metrics: dict[str, float], step: int) -> None:
+    def scalars(self, metrics: dict[str, float], step: int) -> None:
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, step)
 
-    def close(self, final_return: float | None, step: int) -> None:
-        if final_return is not None:
-            self.writer.add_scalar(FINAL_METRIC, final_return, step)
-            self.writer.file_writer.add_summary(self._session_end)
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        self.writer.add_text(tag, text, step)
+
+    def hparams(self, params: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+        self.scalars(metrics, step)
+        self.writer.file_writer.add_summary(self._session_end)
+
+    def video(self, tag: str, frames: Sequence[np.ndarray], fps: float, step: int) -> None:
+        self.writer.file_writer.add_summary(image_summary(tag, list(frames), fps), step)
+
+    def close(self) -> None:
         self.writer.close()
+
+
+class CSVLogger(Logger):
+    """`metrics.csv` in `run_dir`: a header, then one row per scalar, flushed after each call.
+
+    Resuming (`purge_step`), the rows at steps >= purge_step are dropped first (the file is
+    rewritten atomically), so the file stays in step order without duplicates. The final
+    metrics of hparams() are rows too; text and videos are not kept."""
+
+    def __init__(self, run_dir: str | Path, purge_step: int | None = None):
+        self.path = Path(run_dir) / CSV_FILE
+        if purge_step is not None and self.path.is_file():
+            kept = [r for r in _read_csv(self.path) if int(r[0]) < purge_step]
+            tmp = self.path.with_name(f".{CSV_FILE}.{os.getpid()}.tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(CSV_COLUMNS)
+                w.writerows(kept)
+            os.replace(tmp, self.path)
+        fresh = not self.path.is_file()
+        self._file = open(self.path, "a", newline="")  # noqa: SIM115 (closed in close())
+        self._csv = csv.writer(self._file)
+        if fresh:
+            self._csv.writerow(CSV_COLUMNS)
+            self._file.flush()
+
+    def scalars(self, metrics: dict[str, float], step: int) -> None:
+        now = time.time()
+        self._csv.writerows((step, tag, repr(float(v)), f"{now:.3f}") for tag, v in metrics.items())
+        self._file.flush()
+
+    def hparams(self, params: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+        self.scalars(metrics, step)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _read_csv(path: Path) -> list[list[str]]:
+    """The rows of a metrics.csv without its header; a row cut short by a crash is dropped."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return [r for r in rows[1:] if len(r) == len(CSV_COLUMNS) and r[0].isdigit()]
+
+
+LOGGERS = ("tensorboard", "csv")
+
+
+class Loggers(Logger):
+    """Several loggers as one: each call goes to every backend, in order. `params` are the
+    run's HPARAMS (hparams_of its config)."""
+
+    def __init__(self, backends: Sequence[Logger], params: dict[str, Any] | None = None):
+        self.backends, self.params = list(backends), params or {}
+
+    def scalars(self, metrics: dict[str, float], step: int) -> None:
+        for b in self.backends:
+            b.scalars(metrics, step)
+
+    log = scalars  # the name the trainer and evaluation use
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        for b in self.backends:
+            b.text(tag, text, step)
+
+    def hparams(self, params: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+        for b in self.backends:
+            b.hparams(params, metrics, step)
+
+    def video(self, tag: str, frames: Sequence[np.ndarray], fps: float, step: int) -> None:
+        for b in self.backends:
+            b.video(tag, frames, fps, step)
+
+    def close(self) -> None:
+        for b in self.backends:
+            b.close()
+
+
+def hparams_of(config: dict) -> dict[str, Any]:
+    """The HPARAMS of a run: its resolved config, flattened."""
+    return flatten(config)
+
+
+def make_loggers(
+    names: Sequence[str],
+    run_dir: str | Path,
+    config: dict,
+    config_yaml: str,
+    purge_step: int | None = None,
+) -> Loggers:
+    """The loggers `names` (LOGGERS) for a run in `run_dir`; a new run logs its config as text.
+    `purge_step`: the run resumes from a checkpoint taken at purge_step - 1 env steps."""
+    params = hparams_of(config)
+    backends: list[Logger] = []
+    for name in names:
+        if name == "tensorboard":
+            backends.append(TensorBoardLogger(run_dir, params, purge_step))
+        elif name == "csv":
+            backends.append(CSVLogger(run_dir, purge_step))
+        else:
+            raise ValueError(f"logger={name!r}: use one of {', '.join(LOGGERS)}")
+    loggers = Loggers(backends, params)
+    if purge_step is None:  # a resumed run has it from its start
+        loggers.text("config", "    " + config_yaml.replace("\n", "\n    "), 0)
+    return loggers
+
+
+# ------------------------------------------------------------------------------ reading back
+
+
+def read_scalars(run_dir: str | Path, tags: Sequence[str]) -> tuple[dict, float | None]:
+    """A run's series of `tags`, {tag: [(step, value, wall_time), ...]} ordered by step, and the
+    wall time its log starts at: from its TensorBoard event files where it has them (every
+    event file: a resumed run adds one), else from metrics.csv (starting at its first row)."""
+    run_dir = Path(run_dir)
+    if any(run_dir.glob("events.out.tfevents.*")):
+        import logging
+
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        logging.getLogger("tensorboard").setLevel(logging.WARNING)  # no "No path found"
+        acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+        acc.Reload()
+        have = acc.Tags()["scalars"]
+        # by step: files created within the same second are not read in the order written
+        series = {
+            tag: sorted((e.step, e.value, e.wall_time) for e in acc.Scalars(tag))
+            for tag in tags
+            if tag in have
+        }
+        return series, acc.FirstEventTimestamp() if have else None
+    path = run_dir / CSV_FILE
+    if not path.is_file():
+        return {}, None
+    rows = _read_csv(path)
+    series: dict[str, list] = {}
+    for step, tag, value, wall in rows:
+        if tag in tags:
+            series.setdefault(tag, []).append((int(step), float(value), float(wall)))
+    start = float(rows[0][3]) if rows else None
+    return {t: sorted(s) for t, s in series.items()}, start
+
+
+# ------------------------------------------------------------------------ videos as images
+
+
+def gif_bytes(frames: list[np.ndarray], fps: float) -> bytes:
+    """An animated GIF of frames (H, W, 3) uint8 shown at `fps`, looping."""
+    from PIL import Image
+
+    images = [Image.fromarray(np.ascontiguousarray(f[..., :3])) for f in frames]
+    buf = io.BytesIO()
+    images[0].save(
+        buf,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=max(20, round(1000 / fps)),
+        loop=0,
+    )
+    return buf.getvalue()
+
+
+def image_summary(tag: str, frames: list[np.ndarray], fps: float):
+    """A TensorBoard image summary holding an animated GIF (the IMAGES tab plays it)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    h, w = frames[0].shape[:2]
+    image = Summary.Image(
+        height=h, width=w, colorspace=3, encoded_image_string=gif_bytes(frames, fps)
+    )
+    return Summary(value=[Summary.Value(tag=tag, image=image)])

@@ -24,7 +24,7 @@ from pgrun.diagnostics import Diagnostics
 from pgrun.envs import env_from_config, time_limit
 from pgrun.evaluation import Evaluator
 from pgrun.learner import Learner, plain
-from pgrun.logger import Logger
+from pgrun.logger import FINAL_METRIC, make_loggers
 from pgrun.optim import Optimizer, make_optimizer
 from pgrun.policies import policy_from_config
 from pgrun.seeding import ACTIONS, MINIBATCHES, VALUE_MINIBATCHES, derive_seed
@@ -130,7 +130,7 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[TrainState, object, Evaluator
 
 
 def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, float]:
-    """Train the policy described by `cfg`, logging to TensorBoard in `run_dir`.
+    """Train the policy described by `cfg`, logging to `run_dir` (TensorBoard, metrics.csv).
 
     Every `checkpoint.every` iterations, and at the end, the whole state is saved
     (pgrun.checkpoint). With `resume`, training continues from the newest readable checkpoint
@@ -150,7 +150,8 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, flo
             f"resuming {run_dir} at iteration {state.iteration}, {state.env_steps:,} env steps"
         )
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    logger = Logger(
+    logger = make_loggers(  # logger=[tensorboard,csv]
+        list(cfg.logger),
         run_dir,
         resolved,
         OmegaConf.to_yaml(cfg, resolve=True),
@@ -224,7 +225,9 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, flo
         final_return = state.final_return()
         checkpoint.save(run_dir, state.iteration, state.state_dict())
     finally:
-        logger.close(final_return, state.env_steps)
+        if final_return is not None:
+            logger.hparams(logger.params, {FINAL_METRIC: final_return}, state.env_steps)
+        logger.close()
         collector.env.close()
         evaluator.close()
     torch.save({"state_dict": policy.state_dict(), "config": resolved}, run_dir / "policy.pt")
