@@ -587,6 +587,8 @@ def advantages_and_targets(
             raise ValueError("baseline='value' needs values: (N, T) V(s_t)")
         _check_nt("values", values, rew)
     notes = one_episode_per_row(done, mask, start)  # tau = t: the (T,) baselines apply
+    if notes:  # the notes' layout: the formulas written for it, as is
+        done, start = None, None
     target = None
     if gae_lambda is not None:
         if baseline != "value":

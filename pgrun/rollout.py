@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -84,10 +85,11 @@ class Batch:
         """N, the rows (the episodes of the notes' batch)."""
         return self.rew.shape[0]
 
-    @property
+    @functools.cached_property
     def done(self) -> torch.Tensor:
         """(N, T_b) bool: step t is the last of its episode in the batch (terminated,
-        truncated, or the row's last valid step, where an episode going on is cut)."""
+        truncated, or the row's last valid step, where an episode going on is cut). Computed
+        once per batch: the flags and the mask are not to be changed in place."""
         return self.terminated | self.truncated | last_valid_step(self.mask)
 
     def rows(self, idx: torch.Tensor | slice) -> Batch:

@@ -31,6 +31,7 @@ class TrainState:
         collector: an object with state_dict() / load_state_dict() (pgrun.collectors).
         iteration: batches learnt from; env_steps: environment steps collected.
         wall_before: seconds trained before this process (a resumed run's earlier time).
+        started: time.perf_counter() when this process's training started.
         recent: the mean episodic returns of the last FINAL_WINDOW batches.
     """
 

@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -157,6 +158,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, flo
         OmegaConf.to_yaml(cfg, resolve=True),
         purge_step=state.env_steps + 1 if resume else None,
     )
+    state.started = time.perf_counter()  # the clock of charts/SPS: from here, built and ready
     final_return = None
     every = cfg.diagnostics.every
     show = cfg.progress and sys.stderr.isatty()

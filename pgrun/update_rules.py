@@ -79,6 +79,14 @@ def _first_step_stats(loss, entropy, mask, grad_norm) -> dict[str, float]:
     }
 
 
+def _entropy(dist, entropy_coef: float) -> torch.Tensor:
+    """H[pi(.|s)] (N, T): with gradient where the loss has the bonus, else without."""
+    if entropy_coef:
+        return dist.entropy()
+    with torch.no_grad():
+        return dist.entropy()
+
+
 class GradientStep:
     """The on-policy update: one gradient step on L = -(1/N) sum m log pi A (minus the entropy
     bonus), the estimate of the notes."""
@@ -168,7 +176,7 @@ class RatioEpochs:
                     epoch_logp = logp.detach()
                 else:
                     epoch_logp[idx] = logp.detach()
-                entropy = dist.entropy()
+                entropy = _entropy(dist, self.entropy_coef)
                 terms = policy_loss(
                     logp, entropy, mb_adv, mb.mask, self.entropy_coef, mb_old, self.clip
                 )
