@@ -121,8 +121,10 @@ class CSVLogger(Logger):
                 w.writerow(CSV_COLUMNS)
                 w.writerows(kept)
             os.replace(tmp, self.path)
-        fresh = not self.path.is_file()
-        self._file = open(self.path, "a", newline="")  # noqa: SIM115 (closed in close())
+        # a new run starts the file: rows already there are an attempt's that stopped before
+        # its first checkpoint (it starts again from iteration 0), as with its event files
+        fresh = purge_step is None or not self.path.is_file()
+        self._file = open(self.path, "w" if fresh else "a", newline="")  # noqa: SIM115 (closed in close())
         self._csv = csv.writer(self._file)
         if fresh:
             self._csv.writerow(CSV_COLUMNS)
