@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically, the last two kept, read without running code from the file.
+"""Checkpoints: written atomically, the run's last two kept, read without running code from the file.
 
 A checkpoint holds what the next iteration needs to continue exactly as an uninterrupted run
 would: the policy and optimizer states, the counters, the recent returns, and the RNG states
@@ -8,10 +8,13 @@ would: the policy and optimizer states, the counters, the recent returns, and th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import re
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import numpy as np
 import torch
 
 from pgrun.config import UserError
+from pgrun.rundir import display
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +59,62 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class WriteError(UserError):
+    """A file of the run could not be written (disk full, read-only, quota)."""
+
+
+def write_atomic(path: str | Path, obj: Any) -> Path:
+    """torch.save `obj` as `path`: into a temporary file of this process beside it, fsync,
+    rename, so that a crash or a full disk leaves either the old file or the new one, whole.
+    Raises WriteError (one line) when the file cannot be written; nothing is left behind."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        # torch.save reports a failed write as a RuntimeError raised while handling the OSError
+        cause = next(
+            (e for e in (exc, exc.__cause__, exc.__context__) if isinstance(e, OSError)), None
+        )
+        if cause is None:
+            raise
+        where = display(path.parent)
+        raise WriteError(
+            f"cannot write {path.name} in {where} ({cause.strerror or cause}): free some space "
+            "or fix the permissions"
+        ) from None
+    _fsync_dir(path.parent)
+    return path
+
+
+def stored_iteration(path: Path) -> tuple[Any, int] | None:
+    """(run_id, iteration) saved in the checkpoint `path`, read without loading its tensors
+    (memory-mapped), or None when the file is unreadable."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return state.get("run_id"), int(state["iteration"])
+    except Exception:
+        return None
+
+
 def save(run_dir: str | Path, iteration: int, state: dict[str, Any], keep: int = KEEP) -> Path:
-    """Write `state` as run_dir/checkpoint-<iteration>.pt: to a temporary file, fsync, rename,
-    so a crash leaves either the old or the new file whole. Keeps the newest `keep` files."""
+    """Write `state` as run_dir/checkpoint-<iteration>.pt (write_atomic). Then keep the newest
+    `keep` checkpoints of this run, by the iteration stored in each file: files of another run
+    (another `run_id`) are never removed."""
     run_dir = Path(run_dir)
-    final = run_dir / f"checkpoint-{iteration:08d}.pt"
-    tmp = final.with_suffix(".pt.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(run_dir)
-    for old in checkpoints(run_dir)[keep:]:
+    final = write_atomic(run_dir / f"checkpoint-{iteration:08d}.pt", state)
+    own = []
+    for path in checkpoints(run_dir):
+        saved = stored_iteration(path)
+        if saved is not None and saved[0] == state.get("run_id"):
+            own.append((saved[1], path))
+    own.sort(key=lambda item: item[0], reverse=True)
+    for _, old in own[keep:]:
         old.unlink(missing_ok=True)
     return final
 
@@ -78,13 +125,24 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name, reverse=True)
 
 
+def remove_temporary(run_dir: str | Path) -> None:
+    """Remove the temporary files a killed writer left in `run_dir`. The caller holds the run's
+    lock (pgrun.rundir), so no other process is writing them."""
+    for tmp in Path(run_dir).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    for tmp in Path(run_dir).glob("checkpoint-*.pt.tmp"):  # older versions' name
+        tmp.unlink(missing_ok=True)
+
+
 def load_latest(run_dir: str | Path) -> dict[str, Any]:
-    """The newest readable checkpoint of `run_dir`. A corrupt or truncated file is reported and
-    the previous one is used. Files are read with weights_only=True: tensors and plain data,
-    never code."""
+    """The newest readable checkpoint of `run_dir`, by the iteration stored in it. A corrupt or
+    truncated file is reported and the previous one is used. Files are read with
+    weights_only=True: tensors and plain data, never code."""
     files = checkpoints(run_dir)
     if not files:
         raise CheckpointError(f"{run_dir} has no checkpoint to resume from")
+    remove_temporary(run_dir)
+    by_iteration = []
     for i, path in enumerate(files):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -96,8 +154,27 @@ def load_latest(run_dir: str | Path) -> dict[str, Any]:
                     f"falling back to {files[i + 1].name}"
                 )
                 continue
+            if by_iteration:
+                break
             raise CheckpointError(
                 f"no readable checkpoint in {run_dir}: {path.name}: {reason}"
             ) from None
-        return state
-    raise AssertionError("unreachable")
+        if not isinstance(state, dict) or not isinstance(state.get("iteration"), int):
+            raise CheckpointError(f"{path.name} in {run_dir} is not a pgrun checkpoint")
+        by_iteration.append((state["iteration"], i, state))
+    return max(by_iteration, key=lambda item: (item[0], -item[1]))[2]
+
+
+@contextlib.contextmanager
+def restoring(run_dir: str | Path) -> Iterator[None]:
+    """Around loading a checkpoint's states into the policy, optimizers and normalisers: a
+    state that does not fit them (another network, another version) is one CheckpointError."""
+    try:
+        yield
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        first = " ".join(str(exc).split())[:160]
+        raise CheckpointError(
+            f"the checkpoint in {display(run_dir)} does not fit this run's policy or optimizer "
+            f"({type(exc).__name__}: {first}); resume it with the config and pgrun version "
+            "that made it"
+        ) from None

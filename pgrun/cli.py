@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -19,8 +20,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pgrun import sweep
-from pgrun.config import Interrupted, UserError, validate
+from pgrun import rundir, signals, sweep
+from pgrun.config import Diverged, Interrupted, UserError, unknown_keys, validate
 from pgrun.sweep import MULTIRUN_FILE, resume_sweep_argv
 
 log = logging.getLogger("pgrun")
@@ -29,15 +30,10 @@ FAILED_FILE = "failed.txt"  # in a multirun job's directory when the job failed
 
 
 def _fail(message: str, run_dir: Path, code: int = 2) -> None:
-    """Report a bad input in one line, remove the run directory this call just made (if it holds
-    nothing but Hydra's own files), and exit with `code`."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "pgrun.log"}:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        cwd = Path.cwd().resolve()
-        parent = run_dir.resolve().parent
-        while parent != cwd and cwd in parent.parents and not any(parent.iterdir()):
-            parent.rmdir()  # outputs/runs/ made for this run alone
-            parent = parent.parent
+    """Report a bad input in one line, remove what this run made (pgrun.rundir.discard) unless it
+    holds a checkpoint to resume from, and exit with `code`."""
+    if not any(run_dir.glob("checkpoint-*.pt")):
+        rundir.discard(run_dir)
     print(f"pgrun: error: {message}", file=sys.stderr)
     sys.exit(code)
 
@@ -58,11 +54,7 @@ def _record_failure(exc: Exception, run_dir: Path) -> None:
     return None
 
 
-def _display(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)
+_display = rundir.display
 
 
 def one_line(report: str) -> str:
@@ -80,9 +72,25 @@ def one_line(report: str) -> str:
             options.append(line)
         elif line.startswith("Available options"):
             parts.append(line.rstrip(":") + ": {options}")
+        elif line.startswith("To append to your config use +"):
+            continue  # the key is not in the schema: adding it would only be ignored
         else:
             parts.append(line.rstrip("."))
-    return "; ".join(parts).replace("{options}", ", ".join(options))
+    text = "; ".join(parts).replace("{options}", ", ".join(options))
+    unknown = re.search(r"Key '(\w+)' not in '(\w+)'", text)
+    if unknown:  # a typo'd key: name the closest one of the schema
+        import dataclasses
+        import difflib
+
+        from pgrun import config
+
+        schema = getattr(config, unknown.group(2), None)
+        if dataclasses.is_dataclass(schema):
+            names = [f.name for f in dataclasses.fields(schema)]
+            close = difflib.get_close_matches(unknown.group(1), names, n=1)
+            if close:
+                text += f"; did you mean {close[0]}?"
+    return text
 
 
 _stderr = sys.stderr  # the real stderr while main() holds Hydra's reports back
@@ -98,11 +106,14 @@ def main() -> None:
         except BrokenPipeError:  # `pgrun --help | head`
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
+    signals.raise_on_signals()
     try:
-        sys.argv[1:] = resume_argv(sys.argv[1:])
+        sys.argv[1:] = prepare(sys.argv[1:])
     except UserError as exc:
         print(f"pgrun: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except signals.Interruption as exc:
+        _interrupted(exc.signum)
     try:
         from pgrun.launcher import register
     except ImportError:  # without the sweep extra: no SLURM launcher
@@ -119,16 +130,105 @@ def main() -> None:
         print(f"pgrun: interrupted{sweep.continue_hint()}", file=sys.stderr)
         sys.exit(130)
     except SystemExit as exc:
+        if exc.code not in (0, None):
+            _discard_unstarted()
         if sys.stderr is held and exc.code not in (0, None) and held.getvalue().strip():
             sys.stderr = _stderr
             print(f"pgrun: error: {one_line(held.getvalue())}", file=sys.stderr)
             sys.exit(2)
         raise
+    except rundir.Refused as exc:  # raised while Hydra made the run directory
+        _release_stderr()
+        _discard_unstarted()
+        print(f"pgrun: error: {exc.error}", file=sys.stderr)
+        sys.exit(exc.error.exit_code)
+    except signals.Interruption as exc:
+        _release_stderr()
+        _interrupted(exc.signum)
     except BrokenPipeError:  # `pgrun --help | head`: the reader left, nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     finally:
         _release_stderr()
+
+
+# Flags with which Hydra prints something and runs nothing.
+_NO_RUN = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion")
+
+
+def prepare(args: list[str]) -> list[str]:
+    """The command line Hydra gets, once the run's directory is known to be free for it:
+
+    - `resume=RUN_DIR`: the run's own overrides (resume_argv), RUN_DIR locked by this process;
+    - `hydra.run.dir=DIR`: DIR made or claimed and locked (refused when it holds a run);
+    - `-m` without hydra.sweep.dir: a new, unique outputs/multirun/<date>_<time>.<ms>.
+    The default directory of a single run is made by the run_dir resolver (pgrun.config)."""
+    if any(a.split("=", 1)[0] in _NO_RUN for a in args):
+        return args
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    target = resume_target(args)
+    if target is not None:
+        args = resume_argv(args)
+        if not (target / MULTIRUN_FILE).is_file():  # a sweep's jobs lock their own
+            rundir.acquire(target)
+        return args
+    if multirun:
+        if _given(args, "hydra.sweep.dir") is None:
+            made = rundir.create_unique("outputs/multirun", "", lock=False)
+            args = [*args, f"hydra.sweep.dir={quote(os.path.abspath(made))}"]
+            _made_sweep.append(made)
+        return args
+    explicit = _given(args, "hydra.run.dir")
+    if explicit is not None:
+        rundir.claim(explicit, "give a new hydra.run.dir")
+        if "${" not in explicit and not _plain_path.fullmatch(explicit):  # spaces, '=', ','...
+            args = [a for a in args if not a.startswith("hydra.run.dir=")]
+            args.append(f"hydra.run.dir={quote(explicit)}")
+    return args
+
+
+_plain_path = re.compile(r"[A-Za-z0-9_./~+-]*")  # a value Hydra's grammar takes unquoted
+
+
+_made_sweep: list[Path] = []  # the sweep directory prepare() made, removed if left empty
+
+
+def _given(args: list[str], key: str) -> str | None:
+    """The value of the last `key=VALUE` in `args` (without Hydra's quotes), or None."""
+    values = [a.split("=", 1)[1] for a in args if a.split("=", 1)[0] == key]
+    return unquote(values[-1]) if values else None
+
+
+def _discard_unstarted() -> None:
+    """After a failure before training started: remove the directories this process made for
+    the run (nothing in them can be resumed)."""
+    for lock in list(rundir._held.values()):
+        if not any(lock.run_dir.glob("checkpoint-*.pt")):
+            rundir.discard(lock.run_dir)
+    for made in _made_sweep:
+        if made.is_dir() and not any(made.iterdir()):
+            made.rmdir()
+
+
+def _interrupted(signum: int) -> None:
+    """SIGINT or SIGTERM outside the training loop: one line, the run kept if it can be
+    resumed, removed if it has nothing yet; exit 128 + signum."""
+    name = signals.signal.Signals(signum).name
+    kept = [
+        lock.run_dir for lock in rundir._held.values() if any(lock.run_dir.glob("checkpoint-*.pt"))
+    ]
+    _discard_unstarted()
+    if kept:
+        print(
+            f"pgrun: interrupted ({name}); continue with: pgrun resume={rundir.shell(kept[0])}",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"pgrun: interrupted ({name}) before the first checkpoint: nothing was kept",
+            file=sys.stderr,
+        )
+    sys.exit(128 + signum)
 
 
 def quick_help() -> str:
@@ -185,46 +285,110 @@ def _release_stderr() -> None:
 RESUMABLE = ("total_steps", "stop_return", "progress", "checkpoint.every")
 
 
+def quote(value: str) -> str:
+    """`value` as one quoted string of Hydra's override grammar, whatever it holds (=, commas,
+    spaces, quotes, backslashes, ${...}): 'outputs/multirun/t/seed=0,lr=0.1'."""
+    value = re.sub(r"(\\+)(?='|$|\$\{)", lambda m: m.group(1) * 2, value)
+    return "'" + value.replace("'", "\\'").replace("${", "\\${") + "'"
+
+
+def unquote(value: str) -> str:
+    """A value as the user gave it, without the quotes of Hydra's grammar if it has them."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        # the grammar's escapes: backslashes before a quote or at the end are doubled
+        halve = lambda m: "\\" * (len(m.group(1)) // 2) + m.group(2)  # noqa: E731
+        return re.sub(r"(\\+)(['\"]|$)", halve, value[1:-1])
+    return value
+
+
+def resume_target(args: list[str]) -> Path | None:
+    """The run directory of `resume=RUN_DIR` in `args` (the last one), or None. The path is
+    taken as it is: '=', ',', spaces and other characters are part of it."""
+    given = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
+    if not given:
+        return None
+    raw = given[-1]
+    path = Path(raw).expanduser()
+    if not path.exists() and unquote(raw) != raw:
+        path = Path(unquote(raw)).expanduser()
+    return path
+
+
 def resume_argv(args: list[str]) -> list[str]:
     """`pgrun resume=RUN_DIR [total_steps=...]` -> the run's own overrides (from its
-    .hydra/overrides.yaml), the allowed new ones, and resume=RUN_DIR: Hydra then composes the
-    run's config again and continues in RUN_DIR. Other arguments are returned unchanged."""
-    given = [a for a in args if a.startswith("resume=")]
-    if not given:
+    .hydra/overrides.yaml), the allowed new ones, and resume='RUN_DIR' quoted for Hydra's
+    grammar (so a sweep job's directory, 'seed=0,lr=0.1', is one value): Hydra then composes
+    the run's config again and continues in RUN_DIR. Other arguments are returned unchanged.
+
+    RUN_DIR is used as given, made absolute but not resolved: a symlink stays the symlink."""
+    run_dir = resume_target(args)
+    if run_dir is None:
         return args
-    run_dir = Path(given[-1].split("=", 1)[1]).expanduser()
     others = [a for a in args if not a.startswith("resume=") and a not in ("-m", "--multirun")]
     if (run_dir / MULTIRUN_FILE).is_file():  # a sweep: its jobs continue where each stands
         return resume_sweep_argv(run_dir.resolve(), others)
+    shown = _display(run_dir)
+    if "${" in str(os.path.abspath(run_dir)):
+        raise UserError(
+            f"resume={shown}: Hydra reads '${{' in a path as an interpolation; resume through "
+            "a symlink without it: ln -s <that directory> run && pgrun resume=run"
+        )
     if not (run_dir / ".hydra" / "overrides.yaml").is_file():
         raise UserError(
-            f"resume={run_dir}: not a pgrun run directory (no .hydra/overrides.yaml); "
+            f"resume={shown}: not a pgrun run directory (no .hydra/overrides.yaml); "
             "give the directory of a run, e.g. outputs/runs/<name>"
         )
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        raise UserError(
+            f"resume={shown}: its record .hydra/config.yaml is missing; the run cannot be "
+            "composed again (restore the file from a copy of the run)"
+        )
     if not any(run_dir.glob("checkpoint-*.pt")):
-        raise UserError(f"resume={run_dir}: the run has no checkpoint to continue from")
+        raise UserError(f"resume={shown}: the run has no checkpoint to continue from")
     if any(a in ("-m", "--multirun") for a in args):
         raise UserError("resume continues one run: drop -m/--multirun")
     others = [a for a in args if not a.startswith("resume=")]
     refused = [a for a in others if "=" in a and a.split("=", 1)[0].lstrip("+~") not in RESUMABLE]
     if refused:
         raise UserError(
-            f"resume={run_dir} continues that run with its own config: drop "
+            f"resume={shown} continues that run with its own config: drop "
             f"{' '.join(refused)} (only {', '.join(RESUMABLE)} may change)"
         )
-    from omegaconf import OmegaConf
+    saved = _saved_overrides(run_dir)
+    return saved + others + [f"resume={quote(os.path.abspath(run_dir))}"]
 
-    saved = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
-    return saved + others + [f"resume={run_dir.resolve()}"]
+
+def _saved_overrides(run_dir: Path) -> list[str]:
+    """The overrides a run was made with, from its .hydra/overrides.yaml."""
+    from omegaconf import ListConfig, OmegaConf
+
+    path = run_dir / ".hydra" / "overrides.yaml"
+    try:
+        saved = OmegaConf.load(path)
+    except Exception as exc:
+        saved = exc
+    if not isinstance(saved, ListConfig) or not all(isinstance(o, str) for o in saved):
+        raise UserError(
+            f"resume={_display(run_dir)}: its record .hydra/overrides.yaml is damaged (not a "
+            "list of overrides); restore it from a copy of the run"
+        )
+    return list(saved)
 
 
 def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
     """The config composed again for a resumed run must be the one the run was made with."""
     from omegaconf import OmegaConf
 
-    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    try:
+        saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        before = OmegaConf.to_container(saved, resolve=True)
+        assert isinstance(before, dict)
+    except Exception:
+        raise UserError(
+            f"resume={_display(run_dir)}: its record .hydra/config.yaml is damaged; restore it "
+            "from a copy of the run"
+        ) from None
     now = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    before = OmegaConf.to_container(saved, resolve=True)
     keys = {k for k in now.keys() | before.keys() if k not in ("resume", *RESUMABLE)}
     differ = sorted(k for k in keys if now.get(k) != before.get(k) and k != "checkpoint")
     if differ:
@@ -237,6 +401,7 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
 @hydra.main(config_path="pkg://pgrun.configs", config_name="config", version_base="1.3")
 def run(cfg: DictConfig) -> float | None:
     _release_stderr()
+    logging.captureWarnings(True)  # an env's warnings go to the log (stdout, pgrun.log)
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -244,6 +409,13 @@ def run(cfg: DictConfig) -> float | None:
         from pgrun.launcher import link_scheduler_log
 
         link_scheduler_log(run_dir)
+    try:
+        lock = rundir.acquire(run_dir)  # held already, except by a sweep's job
+    except UserError as exc:
+        if not multirun:
+            _fail(str(exc), run_dir, exc.exit_code)
+        log.error(f"pgrun: error: {exc}")  # the job's directory is another process's
+        return None
     try:
         resume = bool(cfg.resume)
         state = sweep.job_state(run_dir) if multirun and not resume else "new"
@@ -253,6 +425,7 @@ def run(cfg: DictConfig) -> float | None:
         if state == "finished":
             log.info(f"{_display(run_dir)}: finished before, not run again")
             return sweep.finished_return(run_dir)
+        unknown_keys(cfg)
         validate(cfg)
         from pgrun.envs import env_spec
 
@@ -266,6 +439,7 @@ def run(cfg: DictConfig) -> float | None:
         from pgrun.trainer import train
 
         result = train(cfg, run_dir, resume=resume)
+        (run_dir / FAILED_FILE).unlink(missing_ok=True)  # a resumed sweep job that finished
     except Exception as exc:
         if multirun and isinstance(exc, Interrupted):  # the whole sweep stops
             if not hydra_cfg.launcher._target_.endswith("BasicLauncher"):
@@ -278,12 +452,24 @@ def run(cfg: DictConfig) -> float | None:
             sys.exit(128 + exc.signum)
         if multirun:  # one failed job must not end the sweep
             return _record_failure(exc, run_dir)
+        if isinstance(exc, MemoryError):
+            exc = UserError(
+                "out of memory while training: lower batch_episodes, env.horizon or the "
+                "policy's hidden_sizes"
+            )
         if isinstance(exc, UserError):
             if cfg.resume:  # keep the resumed run as it was: drop this attempt's record
                 shutil.rmtree(run_dir / HydraConfig.get().output_subdir, ignore_errors=True)
+            elif kept := sorted(run_dir.glob("checkpoint-*.pt")):  # the run so far is kept
+                if isinstance(exc, Diverged) and "checkpoint" not in str(exc):
+                    exc = Diverged(f"{exc}; the last good checkpoint is {kept[-1].name}")
+                elif not isinstance(exc, Diverged):
+                    exc = type(exc)(
+                        f"{exc}; then continue with: pgrun resume={rundir.shell(run_dir)}"
+                    )
             _fail(str(exc), run_dir, exc.exit_code)
         if isinstance(exc, Interrupted):
-            where = _display(run_dir)
+            where = rundir.shell(run_dir)
             print(
                 f"pgrun: interrupted at iteration {exc.iteration} ({exc.env_steps:,} env steps), "
                 f"checkpoint saved; continue with: pgrun resume={where}",
@@ -291,7 +477,10 @@ def run(cfg: DictConfig) -> float | None:
             )
             sys.exit(128 + exc.signum)
         raise
-    where = _display(run_dir)
+    finally:
+        if multirun:  # the sweep's next job may run in this process
+            rundir.release(lock)
+    where = rundir.shell(run_dir)
     solved = cfg.env.solved_return
     verdict = (
         ""

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pgrun import guards
 from pgrun.envs import action_converter, obs_converter
 from pgrun.rollout import Batch, collect_episodes, step_draw
 from pgrun.seeding import RESETS, derive_seed
@@ -93,7 +94,12 @@ class StepCollector:
         self.ep_length = np.zeros(n, dtype=np.int64)
 
     def _restart(self, iteration: int) -> None:
-        obs, _ = self.env.reset(seed=derive_seed(self.seed, iteration, RESETS))
+        env_id = self.env.spec.id if self.env.spec is not None else type(self.env).__name__
+        try:
+            obs, _ = self.env.reset(seed=derive_seed(self.seed, iteration, RESETS))
+        except (ValueError, TypeError, AttributeError, IndexError) as exc:
+            raise guards.reset_failure(exc, env_id) from None
+        guards.check_reset(obs, self.env.single_observation_space, self.env.num_envs, env_id)
         self.obs = self.to_batch(obs)
         self.pending[:] = False
         self.elapsed[:] = 0
@@ -115,27 +121,32 @@ class StepCollector:
         trunc_buf = np.zeros((T, N), dtype=bool)
         valid = np.zeros((T, N), dtype=bool)
         returns, lengths = [], []
+        env_id = self.env.spec.id if self.env.spec is not None else type(self.env).__name__
         with torch.inference_mode():
-            for t in range(T):
-                act = sample(torch.from_numpy(obs_buf[t]).to(device)).cpu().numpy()
-                if act_buf is None:
-                    act_buf = np.zeros((T, *act.shape), dtype=act.dtype)
-                act_buf[t] = act
-                obs, rew, term, trunc, _ = self.env.step(self.to_env(act))
-                obs_buf[t + 1] = self.to_batch(obs)
-                live = ~self.pending  # a copy that resets on this call takes no step
-                valid[t] = live
-                rew_buf[t] = np.where(live, rew, 0.0)
-                term_buf[t], trunc_buf[t] = term & live, trunc & live
-                ended = (term | trunc) & live
-                self.ep_return += rew_buf[t]
-                self.ep_length += live
-                self.elapsed += live
-                if ended.any():
-                    returns.extend(self.ep_return[ended].tolist())
-                    lengths.extend(self.ep_length[ended].tolist())
-                    self.ep_return[ended], self.ep_length[ended], self.elapsed[ended] = 0, 0, 0
-                self.pending = ended
+            try:  # checked once the batch is in, or on a failure (pgrun.guards)
+                for t in range(T):
+                    act = sample(torch.from_numpy(obs_buf[t]).to(device)).cpu().numpy()
+                    if act_buf is None:
+                        act_buf = np.zeros((T, *act.shape), dtype=act.dtype)
+                    act_buf[t] = act
+                    obs, rew, term, trunc, _ = self.env.step(self.to_env(act))
+                    obs_buf[t + 1] = self.to_batch(obs)
+                    live = ~self.pending  # a copy that resets on this call takes no step
+                    valid[t] = live
+                    rew_buf[t] = np.where(live, rew, 0.0)
+                    term_buf[t], trunc_buf[t] = term & live, trunc & live
+                    ended = (term | trunc) & live
+                    self.ep_return += rew_buf[t]
+                    self.ep_length += live
+                    self.elapsed += live
+                    if ended.any():
+                        returns.extend(self.ep_return[ended].tolist())
+                        lengths.extend(self.ep_length[ended].tolist())
+                        self.ep_return[ended], self.ep_length[ended], self.elapsed[ended] = 0, 0, 0
+                    self.pending = ended
+            except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
+                raise guards.step_failure(exc, obs_buf[: t + 2], env_id) from None
+        guards.check_finite(obs_buf, rew_buf, env_id)
         self.obs = obs_buf[T].copy()
         mask = valid.astype(np.float32)
 

@@ -8,6 +8,9 @@ line naming the key, the value and what is accepted.
 This module imports no torch and no gymnasium: ``pgrun --help`` and ``pgrun --cfg job`` stay fast.
 """
 
+import dataclasses
+import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -342,11 +345,11 @@ def validate(cfg: "DictConfig | Config") -> None:
             "use one of " + ", ".join(_ACTIVATIONS),
         )
 
-    need(cfg.seed >= 0, "seed", cfg.seed, "use an integer >= 0")
+    need(0 <= cfg.seed < 2**32, "seed", cfg.seed, "use an integer >= 0 and < 2**32")
     need(cfg.batch_episodes >= 1, "batch_episodes", cfg.batch_episodes, "use an integer >= 1")
     need(cfg.total_steps >= 1, "total_steps", cfg.total_steps, "use an integer >= 1")
     need(0.0 < cfg.gamma <= 1.0, "gamma", cfg.gamma, "use a value in (0, 1]")
-    need(cfg.optim.lr > 0.0, "optim.lr", cfg.optim.lr, "use a value > 0")
+    need(0.0 < cfg.optim.lr < math.inf, "optim.lr", cfg.optim.lr, "use a finite value > 0")
     need(
         cfg.diagnostics.every >= 0,
         "diagnostics.every",
@@ -411,7 +414,12 @@ def validate(cfg: "DictConfig | Config") -> None:
         v.minibatches,
         f"use an integer in [1, batch_episodes={cfg.batch_episodes}]",
     )
-    need(v.entropy_coef >= 0, "variant.entropy_coef", v.entropy_coef, "use a value >= 0")
+    need(
+        0 <= v.entropy_coef < math.inf,
+        "variant.entropy_coef",
+        v.entropy_coef,
+        "use a finite value >= 0",
+    )
     need(v.rule in UPDATE_RULES, "variant.rule", v.rule, "use one of " + ", ".join(UPDATE_RULES))
     need(
         v.rule != "gradient" or (v.inner_steps == 1 and v.minibatches == 1 and v.clip is None),
@@ -422,7 +430,13 @@ def validate(cfg: "DictConfig | Config") -> None:
     )
     g = cfg.optim.max_grad_norm
     need(g is None or g > 0, "optim.max_grad_norm", g, "use a value > 0, or null for none")
-    need(cfg.value.lr > 0.0, "value.lr", cfg.value.lr, "use a value > 0")
+    need(0.0 < cfg.value.lr < math.inf, "value.lr", cfg.value.lr, "use a finite value > 0")
+    need(
+        math.isfinite(cfg.policy.log_std_init),
+        "policy.log_std_init",
+        cfg.policy.log_std_init,
+        "use a finite value",
+    )
     need(cfg.value.steps >= 1, "value.steps", cfg.value.steps, "use an integer >= 1")
     need(
         cfg.value.minibatches >= 1,
@@ -456,14 +470,75 @@ def validate(cfg: "DictConfig | Config") -> None:
     )
 
 
+def unknown_keys(cfg: DictConfig) -> None:
+    """Refuse (ConfigError) a key the schema does not have (Hydra's `+key=value` adds any key),
+    and a value that is still missing (`~env` removes the env's preset)."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"{missing[0]} has no value (was its group removed with ~?): set it, e.g. "
+            + ("env=CartPole-v1" if missing[0].startswith("env") else f"{missing[0]}=...")
+        )
+
+    def walk(node: Any, schema: Any, prefix: str) -> None:
+        fields = {f.name: f for f in dataclasses.fields(schema)}
+        for key in node:
+            name = f"{prefix}{key}"
+            if key not in fields:
+                close = difflib.get_close_matches(str(key), list(fields), n=1)
+                hint = f"did you mean {prefix}{close[0]}? " if close else ""
+                raise ConfigError(
+                    f"{name} is not a pgrun setting ({schema.__name__} has no {key!r}): "
+                    f"{hint}pgrun --cfg job lists every key"
+                )
+            child = node._get_node(key)
+            kind = OmegaConf.get_type(child) if isinstance(child, DictConfig) else None
+            if kind is not None and dataclasses.is_dataclass(kind):
+                walk(child, kind, name + ".")
+
+    walk(cfg, Config, "")
+
+
 def slug(text: str) -> str:
     """A name that is safe as one path component: 'ALE/Pong-v5' -> 'ALE-Pong-v5'."""
     return re.sub(r"[^A-Za-z0-9._=,+-]+", "-", str(text)).strip("-") or "run"
 
 
-def run_dir(resume: str | None, new: str) -> str:
-    """hydra.run.dir: the resumed run's directory, or `new`."""
-    return str(resume) if resume else new
+# Overrides already in a run directory's name, or that change nothing about the run.
+_NAMED = ("variant", "env", "env.id", "seed", "resume", "progress")
+NAME_MAX = 120  # characters of the name after the time stamp (file systems allow 255)
+
+
+def run_name(variant: str, env_id: str, seed: Any, overrides: Any = ()) -> str:
+    """The default run directory's name after its time stamp: variant, env, seed, then the other
+    overrides of the command line, e.g. 'rtg_CartPole-v1_seed0_optim.lr=0.05'."""
+    others = []
+    for override in overrides or ():
+        key = str(override).split("=", 1)[0].lstrip("+~")
+        if key not in _NAMED and not key.startswith("hydra"):
+            others.append(str(override).lstrip("+~"))
+    name = "_".join(slug(part) for part in (variant, env_id, f"seed{seed}"))
+    if others:
+        name += "_" + slug(",".join(sorted(others)))
+    return name[:NAME_MAX].rstrip("-_,")
+
+
+_made: dict[tuple[str, str], str] = {}  # (parent, name) -> the directory made for it
+
+
+def run_dir(resume: str | None, parent: str, name: str) -> str:
+    """hydra.run.dir: the resumed run's directory, or a new one under `parent` made (and locked)
+    by pgrun.rundir.create_unique, once per process."""
+    if resume:
+        return str(resume)
+    if (parent, name) not in _made:
+        from pgrun import rundir
+
+        try:
+            _made[parent, name] = str(rundir.create_unique(parent, name))
+        except rundir.RunDirError as exc:
+            raise rundir.Refused(exc) from None
+    return _made[parent, name]
 
 
 def hydra_subdir(resume: str | None, stamp: str, output_dir: str | None = None) -> str:
@@ -495,6 +570,7 @@ def register() -> None:
     OmegaConf.register_new_resolver("slug", slug, replace=True)
     OmegaConf.register_new_resolver("job_subdir", job_subdir, replace=True)
     OmegaConf.register_new_resolver("run_dir", run_dir, replace=True)
+    OmegaConf.register_new_resolver("run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir, replace=True)
 
 

@@ -259,7 +259,13 @@ def make_env(
             spec, num_envs=num_envs, vectorization_mode=vectorization, **extra, **make_kwargs
         )
     if seed is not None:
-        env.reset(seed=seed)
+        from pgrun import guards
+
+        try:
+            env.reset(seed=seed)
+        except (ValueError, TypeError, AttributeError, IndexError) as exc:
+            env.close()
+            raise guards.reset_failure(exc, env_id) from None
         env.action_space.seed(seed)
     return env
 

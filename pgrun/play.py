@@ -59,16 +59,27 @@ def load_run(run_dir: Path):
     from pgrun.envs import make_single_env
     from pgrun.policies import policy_from_config
 
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = OmegaConf.create(saved["config"])
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = OmegaConf.create(saved["config"])
+        cfg.env.id  # noqa: B018 (a policy.pt of pgrun names its env)
+    except Exception as exc:  # truncated, garbage, or not pgrun's
+        fail(f"{path} is not a readable pgrun policy ({_reason(exc)}); play a finished run's")
     env = make_single_env(cfg.env.id, **_options(cfg))
     try:
         policy = policy_from_config(env, cfg)
+        policy.load_state_dict(saved["state_dict"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        fail(f"{path} does not fit the policy its config describes ({_reason(exc)})")
     finally:
         env.close()
-    policy.load_state_dict(saved["state_dict"])
     policy.eval()
     return cfg, policy
+
+
+def _reason(exc: BaseException) -> str:
+    """`Type: message`, on one line, at most 160 characters of it."""
+    return f"{type(exc).__name__}: " + " ".join(str(exc).split())[:160]
 
 
 def _options(cfg) -> dict:

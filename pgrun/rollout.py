@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pgrun import guards
 from pgrun.envs import action_converter, obs_converter, time_limit
 
 
@@ -196,7 +197,12 @@ def collect_episodes(
     device = next(policy.parameters()).device
     sample = step_draw(policy)
 
-    obs, _ = env.reset(seed=seed)
+    env_id = env.spec.id if env.spec is not None else type(env).__name__
+    try:
+        obs, _ = env.reset(seed=seed)
+    except (ValueError, TypeError, AttributeError, IndexError) as exc:  # copies' obs do not fit
+        raise guards.reset_failure(exc, env_id) from None
+    guards.check_reset(obs, env.single_observation_space, N, env_id)
     ended = np.zeros(N, dtype=bool)  # copy i's first episode has ended
     step = _running_copies_step(env, obs, ended) or env.step
     obs = to_batch(obs)
@@ -211,19 +217,25 @@ def collect_episodes(
     done_buf = np.zeros((T, N), dtype=bool)
 
     t = 0
+    # What the env returns is checked once the batch is collected (guards.check_finite), or
+    # when something fails (guards.step_failure): nothing is checked per step.
     with torch.inference_mode():
-        for t in range(T):  # noqa: B007 (t is the batch length below)
-            act = sample(torch.from_numpy(obs_buf[t]).to(device)).cpu().numpy()
-            if act_buf is None:
-                act_buf = np.zeros((T, *act.shape), dtype=act.dtype)
-            act_buf[t] = act
-            obs, rew_buf[t], term_buf[t], trunc, _ = step(to_env(act))
-            obs_buf[t + 1] = to_batch(obs)
-            np.logical_or(term_buf[t], trunc, out=done_buf[t])
-            ended |= done_buf[t]
-            if ended.all():
-                break
+        try:
+            for t in range(T):  # noqa: B007 (t is the batch length below)
+                act = sample(torch.from_numpy(obs_buf[t]).to(device)).cpu().numpy()
+                if act_buf is None:
+                    act_buf = np.zeros((T, *act.shape), dtype=act.dtype)
+                act_buf[t] = act
+                obs, rew_buf[t], term_buf[t], trunc, _ = step(to_env(act))
+                obs_buf[t + 1] = to_batch(obs)
+                np.logical_or(term_buf[t], trunc, out=done_buf[t])
+                ended |= done_buf[t]
+                if ended.all():
+                    break
+        except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            raise guards.step_failure(exc, obs_buf[: t + 2], env_id) from None
     T_b = t + 1
+    guards.check_finite(obs_buf[: T_b + 1], rew_buf[:T_b], env_id)
 
     # Episode i is steps 0..end_i of copy i: up to its first end, else the horizon (a truncation).
     end = np.where(ended, done_buf[:T_b].argmax(0), T_b - 1)

@@ -7,6 +7,7 @@ reads the same keys back: the list of what is saved is written once, in `state_d
 from __future__ import annotations
 
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,8 @@ class TrainState:
     wall_before: float = 0.0
     recent: deque = field(default_factory=lambda: deque(maxlen=FINAL_WINDOW))
     started: float = field(default_factory=time.perf_counter)
+    run_id: str | None = field(default_factory=lambda: uuid.uuid4().hex)
+    """Names the run in its checkpoints: pruning removes only the files with this id."""
 
     def wall_seconds(self) -> float:
         """Seconds trained so far, this process and the earlier ones."""
@@ -62,6 +65,7 @@ class TrainState:
         """The checkpoint: plain data and tensors (read back with weights_only=True)."""
         return {
             "version": __version__,
+            "run_id": self.run_id,
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             **self.learner.state_dict(),  # value, value_optimizer, reward_scaler
@@ -80,12 +84,14 @@ class TrainState:
                 f"{where}: its checkpoint was written by pgrun {state.get('version')}, this is "
                 f"{__version__}; resume it with the version that made it"
             )
-        self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.learner.load_state_dict(state)
-        self.collector.load_state_dict(state.get("collector", {}))
-        checkpoint.set_rng_state(state["rng"])
-        self.iteration, self.env_steps = state["iteration"], state["env_steps"]
-        self.wall_before, self.started = state["wall_seconds"], time.perf_counter()
-        self.recent.clear()
-        self.recent.extend(state["recent_returns"])
+        with checkpoint.restoring(where):  # a state of another network: one line
+            self.policy.load_state_dict(state["policy"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.learner.load_state_dict(state)
+            self.collector.load_state_dict(state.get("collector", {}))
+            checkpoint.set_rng_state(state["rng"])
+            self.iteration, self.env_steps = state["iteration"], state["env_steps"]
+            self.wall_before, self.started = state["wall_seconds"], time.perf_counter()
+            self.recent.clear()
+            self.recent.extend(state["recent_returns"])
+            self.run_id = state.get("run_id")

@@ -18,9 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from pgrun import checkpoint
+from pgrun import checkpoint, guards, signals
 from pgrun.collectors import Episodes, collector_from_config
-from pgrun.config import ConfigError, Diverged, Interrupted
+from pgrun.config import ConfigError, Interrupted
 from pgrun.diagnostics import Diagnostics
 from pgrun.envs import env_from_config, time_limit
 from pgrun.evaluation import Evaluator
@@ -121,6 +121,12 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[TrainState, object, Evaluator
     if horizon is None:
         env.close()
         raise ConfigError(f"env.id={cfg.env.id!r} has no time limit: set env.horizon=<steps>")
+    try:  # the buffers of one batch: N x T steps (rollout=steps: T = rollout.steps)
+        steps = cfg.rollout.steps if plain(cfg.rollout.name) == "steps" else horizon
+        guards.check_batch_memory(env, steps)
+    except ConfigError:
+        env.close()
+        raise
     policy = policy_from_config(env, cfg).to(device)
     evaluator = Evaluator(cfg, policy, run_dir, horizon)  # eval.every, eval.video
     optimizer = make_optimizer(plain(cfg.optim.name), policy.parameters(), cfg.optim.lr)
@@ -193,11 +199,8 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, flo
                     stats |= learner.fit(batch, targets, generator(cfg, state, VALUE_MINIBATCHES))
                 except FloatingPointError as exc:
                     kept = checkpoint.checkpoints(run_dir)
-                    raise Diverged(
-                        f"non-finite {exc} at iteration {state.iteration} "
-                        f"({state.env_steps:,} env steps); "
-                        + (f"the last good checkpoint is {kept[0].name}; " if kept else "")
-                        + "lower optim.lr or set variant.normalize_advantages=true"
+                    raise guards.diverged(
+                        str(exc), state.iteration, state.env_steps, kept
                     ) from None
                 policy.update_obs_stats(batch.obs, batch.mask)  # env.normalize_obs
                 state.env_steps += batch.num_steps
@@ -226,13 +229,15 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, flo
                     checkpoint.save(run_dir, state.iteration, state.state_dict())  # checkpoint
         final_return = state.final_return()
         checkpoint.save(run_dir, state.iteration, state.state_dict())
+        policy_file = {"state_dict": policy.state_dict(), "config": resolved}
+        checkpoint.write_atomic(run_dir / "policy.pt", policy_file)
     finally:
-        if final_return is not None:
-            logger.hparams(logger.params, {FINAL_METRIC: final_return}, state.env_steps)
-        logger.close()
-        collector.env.close()
-        evaluator.close()
-    torch.save({"state_dict": policy.state_dict(), "config": resolved}, run_dir / "policy.pt")
+        with signals.deferred("closing the run"):  # a complete run keeps its policy.pt
+            if final_return is not None:
+                logger.hparams(logger.params, {FINAL_METRIC: final_return}, state.env_steps)
+            logger.close()
+            collector.env.close()
+            evaluator.close()
     return {
         "final_return": final_return,
         "env_steps": state.env_steps,
