@@ -31,6 +31,49 @@ gym.register(id="Broken-v0", entry_point=Broken, max_episode_steps=10)
 """
 # An importable package named Box2D that fails like a missing install.
 NO_BOX2D = 'raise ImportError("No module named Box2D")\n'
+# An env that returns, as `mode` says, something its spaces or the gymnasium API do not allow.
+BAD_OUTPUT = """
+import gymnasium as gym
+import numpy as np
+
+
+class BadOutput(gym.Env):
+    observation_space = gym.spaces.Box(-10.0, 10.0, (4,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, mode="ok"):
+        self.mode, self.t = mode, 0
+
+    def obs(self, where):
+        if self.mode == "nan_obs" and self.t == 2:
+            return np.full(4, np.nan, np.float32)
+        if self.mode == f"shape_{where}":
+            return np.zeros(3, np.float32)
+        if self.mode == "none_obs" and where == "step":
+            return None
+        return np.zeros(4, np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.obs("reset"), {}
+
+    def step(self, action):
+        self.t += 1
+        reward = {"str_reward": "high", "nan_reward": float("nan"), "inf_reward": float("inf")}
+        return self.obs("step"), reward.get(self.mode, 1.0), False, False, {}
+
+
+class Huge(BadOutput):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1_000_000,), np.float32)
+
+    def obs(self, where):
+        return np.zeros(self.observation_space.shape, np.float32)
+
+
+gym.register(id="BadOutput-v0", entry_point=BadOutput, max_episode_steps=10)
+gym.register(id="Huge-v0", entry_point=Huge, max_episode_steps=100_000)
+"""
 
 
 @dataclass
@@ -38,8 +81,13 @@ class Case:
     args: list[str]
     says: list[str]  # substrings the error line must hold: the key or value, and the remedy
     env: dict[str, str] = field(default_factory=dict)
-    needs_run: str | None = None  # a fabricated run directory to resume: "run" or "old"
+    needs_run: str | None = None  # a fabricated run directory to resume: "run" or "old", or
+    # "run" damaged: "garbage_overrides", "no_config", "other_policy"
     code: int = 2
+
+
+def bad_env(mode: str) -> list[str]:
+    return ["env.id=bad_env:BadOutput-v0", f"+env.kwargs.mode={mode}", "batch_episodes=2"]
 
 
 CASES: dict[str, Case] = {
@@ -94,28 +142,73 @@ CASES: dict[str, Case] = {
     "resume other version": Case(
         ["resume=old"], ["another config or pgrun version"], needs_run="old"
     ),
+    # keys the schema does not have, added with + (Hydra adds any key that way)
+    "added unknown key": Case(["+unknown.key=1"], ["unknown", "not a pgrun setting"]),
+    "added typo'd key": Case(["+optim.lrr=0.1"], ["optim.lrr", "did you mean optim.lr"]),
+    "typo'd key": Case(["batch_episode=8"], ["batch_episode", "did you mean batch_episodes"]),
+    "lr infinite": Case(["optim.lr=inf"], ["optim.lr=inf", "finite"]),
+    "group removed": Case(["~env"], ["env.id", "env=CartPole-v1"]),
+    "seed too large": Case(["seed=99999999999999999999"], ["seed=99999999999999999999", "2**32"]),
+    "unwritable run dir": Case(["hydra.run.dir=/proc/pgrun-run"], ["/proc/pgrun-run", "writable"]),
+    "run dir name too long": Case([f"hydra.run.dir={'x' * 300}"], ["File name too long"]),
+    "resume garbage overrides": Case(
+        ["resume=run"], [".hydra/overrides.yaml", "damaged"], needs_run="garbage_overrides"
+    ),
+    "resume without config": Case(
+        ["resume=run"], [".hydra/config.yaml", "missing"], needs_run="no_config"
+    ),
+    "resume another policy": Case(
+        ["resume=run"], ["does not fit this run's policy"], needs_run="other_policy"
+    ),
+    "env obs nan": Case(bad_env("nan_obs"), ["non-finite observation", "fix the env"], code=3),
+    "env reward nan": Case(bad_env("nan_reward"), ["non-finite reward", "fix the env"], code=3),
+    "env reward inf": Case(bad_env("inf_reward"), ["non-finite reward", "inf"], code=3),
+    "env obs shape reset": Case(bad_env("shape_reset"), ["BadOutput-v0", "reset"]),
+    "env obs shape step": Case(bad_env("shape_step"), ["BadOutput-v0", "observation_space"]),
+    # the vector env stores None as NaN
+    "env obs none": Case(bad_env("none_obs"), ["non-finite observation", "fix the env"], code=3),
+    "env reward string": Case(bad_env("str_reward"), ["BadOutput-v0", "a number as reward"]),
+    "batch too big": Case(
+        ["batch_episodes=200000", "env.horizon=100000000"],
+        ["batch_episodes=200000", "available", "lower batch_episodes or env.horizon"],
+    ),
+    "observation too big": Case(
+        ["env.id=bad_env:Huge-v0", "batch_episodes=2", "env.horizon=null"],
+        ["needs about", "available"],
+    ),
 }
 if not torch.cuda.is_available():  # the cuda case only exists on a machine without one
     CASES["cuda without cuda"] = Case(["device=cuda"], ["device='cuda'", "device=cpu"])
 
 
-def fabricate_run(path: Path, cwd: Path, other_version: bool) -> None:
+def fabricate_run(path: Path, cwd: Path, kind: str) -> None:
     """A run directory as pgrun leaves it (.hydra record and a checkpoint), made without
-    training: its config is the default one, or one with a key this version does not have."""
+    training: its config is the default one, or one with a key this version does not have
+    ("old"); "garbage_overrides", "no_config" and "other_policy" damage one part of it."""
+    import pgrun
+
     (path / ".hydra").mkdir(parents=True)
     config = run_pgrun(["--cfg", "job"], cwd=cwd).stdout
-    if other_version:
+    if kind == "old":
         config += "legacy_key: 1\n"
     (path / ".hydra" / "config.yaml").write_text(config)
     (path / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml([]))
-    torch.save({"version": "0.0.0"}, path / "checkpoint-00000001.pt")
+    state = {"version": "0.0.0", "iteration": 1}
+    if kind == "garbage_overrides":
+        (path / ".hydra" / "overrides.yaml").write_text("{[: not yaml\n")
+    elif kind == "no_config":
+        (path / ".hydra" / "config.yaml").unlink()
+    elif kind == "other_policy":  # this version's checkpoint of another network
+        state = {"version": pgrun.__version__, "iteration": 1, "policy": {"w": torch.zeros(3)}}
+    torch.save(state, path / "checkpoint-00000001.pt")
 
 
 def launch(name: str, case: Case, base: Path, plugins: Path) -> tuple[str, object, Path]:
     cwd = base / name.replace(" ", "_")
     cwd.mkdir()
     if case.needs_run:
-        fabricate_run(cwd / case.needs_run, cwd, other_version=case.needs_run == "old")
+        where = "old" if case.needs_run == "old" else "run"
+        fabricate_run(cwd / where, cwd, case.needs_run)
     before = sorted(p.relative_to(cwd) for p in cwd.rglob("*"))
     done = run_pgrun(["total_steps=200", *case.args], cwd=cwd, env={"PYTHONPATH": str(plugins)})
     return name, (done, before), cwd
@@ -129,6 +222,7 @@ def outcomes(tmp_path_factory) -> dict:
     (plugins / "Box2D" / "__init__.py").write_text(NO_BOX2D)
     (plugins / "broken_module.py").write_text(BROKEN_MODULE)
     (plugins / "broken_ctor.py").write_text(BROKEN_CONSTRUCTOR)
+    (plugins / "bad_env.py").write_text(BAD_OUTPUT)
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = pool.map(lambda item: launch(*item, base, plugins), CASES.items())
         return {name: (done, before, cwd) for name, (done, before), cwd in results}

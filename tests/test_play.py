@@ -116,3 +116,29 @@ def test_a_run_without_a_policy_is_a_one_line_error(tmp_path, capsys):
     assert (
         err == f"pgrun-play: error: {tmp_path} has no policy.pt (a run writes it when it finishes)"
     )
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "another network", "not pgrun's"])
+def test_a_damaged_policy_file_is_a_one_line_error(trained, tmp_path, capsys, damage):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained[0], run_dir)
+    path = run_dir / "policy.pt"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:4096])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00not a policy\n" * 100)
+    elif damage == "another network":
+        saved = torch.load(path, weights_only=True)
+        saved["state_dict"] = {"w": torch.zeros(3)}
+        torch.save(saved, path)
+    else:
+        torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(SystemExit) as info:
+        play([str(run_dir)])
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"pgrun-play: error: {path} "), lines
+    expected = "does not fit" if damage == "another network" else "not a readable pgrun policy"
+    assert expected in lines[0], lines

@@ -1,0 +1,137 @@
+"""The pieces that keep runs apart, one at a time: checkpoint pruning by stored iteration and run,
+atomic writes on a full disk, the run lock, the batch-memory estimate, and quoting a path for
+Hydra's override grammar."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from pgrun import checkpoint, guards, rundir
+from pgrun.cli import quote, unquote
+
+
+def state(run_id: str, iteration: int) -> dict:
+    return {"run_id": run_id, "iteration": iteration, "policy": {"w": torch.zeros(2)}}
+
+
+def test_pruning_keeps_this_runs_newest_by_the_stored_iteration(tmp_path):
+    # another run's checkpoint with a higher number, and one of this run under a lying name
+    torch.save(state("other", 99), tmp_path / "checkpoint-00000099.pt")
+    torch.save(state("mine", 1), tmp_path / "checkpoint-00000050.pt")
+    for i in (2, 3, 4):
+        checkpoint.save(tmp_path, i, state("mine", i))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["checkpoint-00000003.pt", "checkpoint-00000004.pt", "checkpoint-00000099.pt"]
+    assert checkpoint.stored_iteration(tmp_path / "checkpoint-00000099.pt") == ("other", 99)
+
+
+def test_the_newest_checkpoint_is_the_highest_stored_iteration(tmp_path):
+    torch.save(state("a", 7), tmp_path / "checkpoint-00000002.pt")
+    torch.save(state("a", 5), tmp_path / "checkpoint-00000009.pt")
+    (tmp_path / ".checkpoint-00000010.pt.123.tmp").write_bytes(b"partial")
+    assert checkpoint.load_latest(tmp_path)["iteration"] == 7
+    assert not list(tmp_path.glob(".*.tmp"))  # a killed writer's temporary file is gone
+
+
+def test_a_full_disk_leaves_the_previous_file_whole_and_nothing_else(tmp_path, monkeypatch):
+    target = tmp_path / "policy.pt"
+    checkpoint.write_atomic(target, {"v": torch.ones(3)})
+    before = target.read_bytes()
+
+    def full_disk(obj, f):
+        f.write(b"x" * 4096)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(checkpoint.WriteError, match="cannot write policy.pt .*No space left"):
+        checkpoint.write_atomic(target, {"v": torch.zeros(3)})
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.pt"]
+
+
+def test_temporary_files_are_unique_per_writer(tmp_path, monkeypatch):
+    """Each write goes through its own temporary file (made with O_EXCL by mkstemp), so two
+    processes writing the same checkpoint never share one."""
+    renamed = []
+    real = os.replace
+
+    def spy(src, dst):
+        renamed.append(Path(src).name)
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    checkpoint.write_atomic(tmp_path / "a.pt", 1)
+    checkpoint.write_atomic(tmp_path / "a.pt", 2)
+    assert len(set(renamed)) == 2, renamed
+    assert all(n.startswith(".a.pt.") and n.endswith(".tmp") for n in renamed), renamed
+
+
+HOLD = """
+import sys, time
+from pgrun import rundir
+rundir.acquire(sys.argv[1])
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline() == "held\n"
+        who = rundir.holder(tmp_path)
+        assert who is not None and who.startswith(f"pid {child.pid} on ")
+        with pytest.raises(rundir.Busy, match=f"pid {child.pid}"):
+            rundir.acquire(tmp_path)
+    finally:
+        child.kill()
+        child.wait()
+    assert rundir.holder(tmp_path) is None  # released by the OS: the file left is no lock
+    lock = rundir.acquire(tmp_path)
+    assert rundir.holder(tmp_path).startswith(f"pid {os.getpid()} ")
+    rundir.release(lock)
+    assert not (tmp_path / rundir.LOCK_FILE).exists()
+
+
+def test_a_directory_holding_a_run_is_not_claimed(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    rundir.release(rundir.held(rundir.claim(tmp_path / "run", "start over")))  # no run in it
+    torch.save({}, tmp_path / "run" / "checkpoint-00000001.pt")
+    with pytest.raises(rundir.RunDirError, match="holds a run already.*pgrun resume="):
+        rundir.claim(tmp_path / "run", "start over")
+
+
+def test_batch_bytes_counts_the_buffers():
+    obs = gym.spaces.Box(-1, 1, (4,), np.float32)
+    act = gym.spaces.Discrete(2)
+    n, t = 16, 500
+    # obs (T+1)N x 16 B, actions TN x 8 B, rewards and mask TN x 8 B, all twice; flags 8 B
+    want = 2 * ((t + 1) * n * 16 + t * n * 8 + t * n * 8) + t * n * 8
+    assert guards.batch_bytes(obs, act, n, t) == want
+    frames = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    assert guards.batch_bytes(frames, act, 1, 1) == 2 * (2 * 4 * 84 * 84 + 8 + 8) + 8
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["outputs/multirun/t/seed=0,lr=0.1", "a run/ü", "it's", "a\\b", "end\\", "q\\'", "x${y}"],
+)
+def test_quote_gives_hydra_the_path_unchanged(path):
+    value = OverridesParser.create().parse_override(f"resume={quote(path)}").value()
+    assert OmegaConf.create({"resume": value}).resume == path  # as the config reads it
+    if "${" not in path:
+        assert unquote(quote(path)) == path
