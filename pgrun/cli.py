@@ -145,6 +145,12 @@ def main() -> None:
     except signals.Interruption as exc:
         _release_stderr()
         _interrupted(exc.signum)
+    except ValueError as exc:  # Hydra's check of its flags, before anything runs
+        if not str(exc).startswith("Only one of"):
+            raise
+        _release_stderr()
+        print(f"pgrun: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     except BrokenPipeError:  # `pgrun --help | head`: the reader left, nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)

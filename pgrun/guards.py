@@ -107,11 +107,8 @@ def check_reset(obs, space: gym.Space, num_envs: int, env_id: str) -> None:
     """The observations of `num_envs` copies from reset: an array of shape (N, *space.shape)."""
     shape = getattr(obs, "shape", None)
     want = (num_envs, *(space.shape or ()))
-    if (
-        shape is None
-        or tuple(shape) != want
-        or getattr(obs, "dtype", None) in (None, np.dtype(object))
-    ):
+    dtype = getattr(obs, "dtype", None)
+    if shape is None or tuple(shape) != want or dtype is None or dtype.kind == "O":
         got = "None" if obs is None else f"{type(obs).__name__} of shape {shape}"
         raise EnvOutputError(
             f"{env_id}: reset returned observations {got}, its observation_space "

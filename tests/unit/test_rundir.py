@@ -135,3 +135,12 @@ def test_quote_gives_hydra_the_path_unchanged(path):
     assert OmegaConf.create({"resume": value}).resume == path  # as the config reads it
     if "${" not in path:
         assert unquote(quote(path)) == path
+
+
+def test_the_reset_check_takes_any_numeric_layout_and_refuses_another_shape():
+    box = gym.spaces.Box(-1, 1, (4,), np.float32)
+    guards.check_reset(np.zeros((2, 4), np.float64), box, 2, "E")  # MuJoCo's float64
+    guards.check_reset(np.zeros(2, np.int64), gym.spaces.Discrete(3), 2, "E")
+    for bad in (np.zeros((2, 3)), None, np.array([None, None])):
+        with pytest.raises(guards.EnvOutputError, match="E: reset returned"):
+            guards.check_reset(bad, box, 2, "E")
