@@ -349,7 +349,8 @@ def validate(cfg: "DictConfig | Config") -> None:
     need(cfg.batch_episodes >= 1, "batch_episodes", cfg.batch_episodes, "use an integer >= 1")
     need(cfg.total_steps >= 1, "total_steps", cfg.total_steps, "use an integer >= 1")
     need(0.0 < cfg.gamma <= 1.0, "gamma", cfg.gamma, "use a value in (0, 1]")
-    need(0.0 < cfg.optim.lr < math.inf, "optim.lr", cfg.optim.lr, "use a finite value > 0")
+    need(cfg.optim.lr > 0.0, "optim.lr", cfg.optim.lr, "use a value > 0")
+    need(math.isfinite(cfg.optim.lr), "optim.lr", cfg.optim.lr, "use a finite value")
     need(
         cfg.diagnostics.every >= 0,
         "diagnostics.every",
@@ -430,7 +431,8 @@ def validate(cfg: "DictConfig | Config") -> None:
     )
     g = cfg.optim.max_grad_norm
     need(g is None or g > 0, "optim.max_grad_norm", g, "use a value > 0, or null for none")
-    need(0.0 < cfg.value.lr < math.inf, "value.lr", cfg.value.lr, "use a finite value > 0")
+    need(cfg.value.lr > 0.0, "value.lr", cfg.value.lr, "use a value > 0")
+    need(math.isfinite(cfg.value.lr), "value.lr", cfg.value.lr, "use a finite value")
     need(
         math.isfinite(cfg.policy.log_std_init),
         "policy.log_std_init",
