@@ -148,7 +148,9 @@ def test_a_variant_name_cannot_lead_outside_the_runs_directory(tmp_path):
 def test_a_second_run_on_a_directory_in_use_is_refused(tmp_path):
     first = start_pgrun([*LONG, "hydra.run.dir=run"], tmp_path)
     try:
+        # the lock is taken before Hydra writes the record: wait for the record's first checkpoint
         wait_for(lambda: lock_pid(tmp_path / "run") == first.pid, first)
+        wait_for(lambda: any((tmp_path / "run").glob("checkpoint-*.pt")), first)
         before = files(tmp_path / "run" / ".hydra")
         line = one_error_line(run_pgrun([*QUICK, "seed=1", "hydra.run.dir=run"], cwd=tmp_path))
         assert "being written by another pgrun" in line and f"pid {first.pid}" in line, line
