@@ -125,10 +125,14 @@ def main() -> None:
     skip_mode_probe(sys.argv[1:])
     try:
         run()
-    except KeyboardInterrupt:  # Ctrl-C while a sweep waits for its jobs (joblib, submitit)
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM (pgrun.signals.Interruption)
         _release_stderr()
-        print(f"pgrun: interrupted{sweep.continue_hint()}", file=sys.stderr)
-        sys.exit(130)
+        signum = getattr(exc, "signum", signals.signal.SIGINT)
+        if sweep.current is not None:  # a sweep waiting for its jobs (joblib, submitit)
+            _discard_unstarted()
+            print(f"pgrun: interrupted{sweep.continue_hint()}", file=sys.stderr)
+            sys.exit(128 + signum)
+        _interrupted(signum)
     except SystemExit as exc:
         if exc.code not in (0, None):
             _discard_unstarted()
@@ -142,9 +146,6 @@ def main() -> None:
         _discard_unstarted()
         print(f"pgrun: error: {exc.error}", file=sys.stderr)
         sys.exit(exc.error.exit_code)
-    except signals.Interruption as exc:
-        _release_stderr()
-        _interrupted(exc.signum)
     except ValueError as exc:  # Hydra's check of its flags, before anything runs
         if not str(exc).startswith("Only one of"):
             raise

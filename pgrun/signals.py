@@ -1,7 +1,7 @@
 """SIGINT and SIGTERM outside the training loop.
 
 Inside the loop the trainer's StopRequest finishes the iteration and saves a checkpoint. Before
-it (config, env construction) a signal raises Interruption, which, like KeyboardInterrupt, passes
+it (config, env construction) a signal raises Interruption, a KeyboardInterrupt, which passes
 every `except Exception`, so the command can remove a run that has nothing to keep yet and say
 so in one line. After the final checkpoint (closing the envs and the logger) signals are
 deferred: the run is complete, and a signal then must not cost it its policy.pt.
@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Interruption(BaseException):  # noqa: N818 (a signal, like KeyboardInterrupt)
-    """SIGINT or SIGTERM outside the training loop."""
+class Interruption(KeyboardInterrupt):  # noqa: N818 (a signal, as KeyboardInterrupt)
+    """SIGINT or SIGTERM outside the training loop: a KeyboardInterrupt, so that what stops on
+    Ctrl-C (a launcher waiting for its jobs cancels them) stops on SIGTERM too."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
