@@ -1,16 +1,20 @@
 """Compare the runs of a sweep across seeds: which variant wins, with how much confidence.
 
 Runs are grouped by every override except ``seed`` (read from each job's
-``.hydra/overrides.yaml``). For each group the ``charts/episodic_return`` curves of its seeds
-are interpolated onto a shared grid of environment steps and averaged, with a 95% bootstrap
-confidence band over seeds. Written into the sweep directory:
+``.hydra/overrides.yaml``); a run's score is its final return (the mean of its last 5 batches).
+Per env, every pair of groups gets a verdict: the probability of improvement P(X > Y) with a
+95% stratified-bootstrap CI (pgrun/stats.py, after Agarwal et al. 2021); the groups are ranked
+by their interquartile mean (IQM). A sweep over several envs gets the same across envs on
+normalised scores, (return − random_return) / (solved_return − random_return). Written into the
+sweep directory:
 
-- ``comparison.png``: one panel per environment, a line and band per group;
-- ``summary.csv`` and ``summary.md``: final return (mean, 95% CI, IQM), environment steps and
-  seconds to the env's ``solved_return`` where it has one, number of seeds, failed jobs;
-- ``aggregate/<group>/{mean,lower,upper}``: TensorBoard runs with the tag
-  ``charts/episodic_return``, so a TensorBoard over the sweep overlays the seed-averaged curves
-  on the single seeds (and its Custom Scalars tab draws mean and band in one chart).
+- ``comparison.png``: per env, the curves (mean over seeds on a shared grid of env steps, with a
+  95% bootstrap band, or the seeds' range below 4 seeds), the performance profile, the IQM with
+  its CI and the probability-of-improvement matrix; a row across envs when there are several;
+- ``summary.md`` (the verdicts and a table) and ``summary.csv`` (the table): final return (mean
+  and IQM with 95% CIs), env steps and seconds to the env's ``solved_return``, seeds, failures;
+- ``aggregate/<group>``: a TensorBoard run per group, tags ``aggregate/episodic_return`` (the
+  mean) and ``aggregate/<group>/{mean,lower,upper}`` with a Custom Scalars chart per group.
 
 Runs after every multirun through :class:`CompareCallback` (``hydra.callbacks`` in
 configs/config.yaml) and as ``pgrun-compare DIR...``.
@@ -22,6 +26,7 @@ import argparse
 import csv
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -34,7 +39,9 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from pgrun import stats
 from pgrun.config import slug
+from pgrun.views import exclude_constant_overrides, layout_summary
 
 log = logging.getLogger("pgrun")
 
@@ -46,6 +53,7 @@ FINAL_WINDOW = 5  # batches in the running mean that defines the final return (p
 GRID_POINTS = 100  # steps of the shared grid the seeds are interpolated onto
 BOOTSTRAP_SAMPLES = 2000
 CONFIDENCE = 0.95
+MIN_SEEDS = stats.runs_needed(CONFIDENCE)  # 4: fewer, and no rank test could separate two groups
 
 
 @dataclass
@@ -59,6 +67,8 @@ class Run:
     env_id: str
     threshold: float | None
     """The env's solved_return, or None."""
+    random_return: float | None = None
+    """The env's random_return (a uniform-random policy's mean return), or None."""
     steps: np.ndarray = field(default_factory=lambda: np.zeros(0))
     """(B,) int: env steps of each logged batch."""
     returns: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -112,6 +122,23 @@ class Group:
     def threshold(self) -> float | None:
         return self.runs[0].threshold
 
+    @property
+    def random_return(self) -> float | None:
+        return self.runs[0].random_return
+
+    @property
+    def short(self) -> str:
+        """The label without the env (a panel, a verdict block names the env)."""
+        shown = [o for o in self.varying if _key(o) not in ("env", "env.id")]
+        # 'variant=rtg' -> 'rtg': the variant is what a comparison is about
+        shown = [o.split("=", 1)[1] if _key(o) == "variant" else o for o in shown]
+        return ",".join(shown) or self.label
+
+    @property
+    def finals(self) -> np.ndarray:
+        """(S,) the finished seeds' final returns."""
+        return np.array([r.final_return for r in self.finished], dtype=np.float64)
+
 
 # ---------------------------------------------------------------------------------------------
 # Reading a sweep
@@ -139,7 +166,9 @@ def load_run(path: Path, root: Path) -> Run:
     env_id = str(OmegaConf.select(config, "env.id", default="?"))
     threshold = OmegaConf.select(config, "env.solved_return", default=None)
     name = path.relative_to(root).as_posix() if path != root else path.name
+    random = OmegaConf.select(config, "env.random_return", default=None)
     run = Run(path, name, overrides, env_id, None if threshold is None else float(threshold))
+    run.random_return = None if random is None else float(random)
 
     series, start = read_scalars(path, (RETURN_TAG, FINAL_TAG))
     if RETURN_TAG in series:
@@ -233,6 +262,18 @@ def bootstrap_ci(
     return lower, upper
 
 
+def band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(S, G) -> lower, upper (G,): the 95% bootstrap CI of the mean over seeds from MIN_SEEDS
+    seeds on, the range of the seeds below (a bootstrap of 2 seeds gives their range anyway)."""
+    if curves.shape[0] >= MIN_SEEDS:
+        return bootstrap_ci(curves)
+    return curves.min(axis=0), curves.max(axis=0)
+
+
+def band_name(seeds: int) -> str:
+    return f"{CONFIDENCE:.0%} CI" if seeds >= MIN_SEEDS else "range"
+
+
 def iqm(values: Sequence[float]) -> float:
     """Interquartile mean: the mean after dropping the lowest and highest 25% (floor(n/4) each)."""
     x = np.sort(np.asarray(values, dtype=np.float64))
@@ -270,7 +311,8 @@ def shared_grid(runs: Sequence[Run], points: int = GRID_POINTS) -> np.ndarray:
 
 
 def aggregate(group: Group, points: int = GRID_POINTS) -> None:
-    """Fill in the group's grid, mean curve, band and summary row."""
+    """Fill in the group's grid, mean curve, band and summary row. The final return's CIs are
+    left empty (NaN) below MIN_SEEDS seeds, where no interval means what it says."""
     finished = group.finished
     row: dict[str, Any] = {
         "env": group.env_id,
@@ -282,6 +324,8 @@ def aggregate(group: Group, points: int = GRID_POINTS) -> None:
         "final_return_ci_low": math.nan,
         "final_return_ci_high": math.nan,
         "final_return_iqm": math.nan,
+        "final_return_iqm_ci_low": math.nan,
+        "final_return_iqm_ci_high": math.nan,
         "threshold": "" if group.threshold is None else group.threshold,
         "reached": "",
         "steps_to_threshold": "",
@@ -294,17 +338,20 @@ def aggregate(group: Group, points: int = GRID_POINTS) -> None:
     group.steps = shared_grid(finished, points)
     group.curves = np.stack([np.interp(group.steps, r.steps, r.returns) for r in finished])
     group.mean = group.curves.mean(axis=0)
-    group.lower, group.upper = bootstrap_ci(group.curves)
+    group.lower, group.upper = band(group.curves)
     group.seconds = np.mean([np.interp(group.steps, r.steps, r.seconds) for r in finished], axis=0)
 
-    finals = np.array([r.final_return for r in finished], dtype=np.float64)
-    low, high = bootstrap_ci(finals[:, None])
-    row.update(
-        final_return_mean=float(finals.mean()),
-        final_return_ci_low=float(low[0]),
-        final_return_ci_high=float(high[0]),
-        final_return_iqm=iqm(finals),
-    )
+    finals = group.finals
+    row.update(final_return_mean=float(finals.mean()), final_return_iqm=iqm(finals))
+    if len(finals) >= MIN_SEEDS:
+        low, high = bootstrap_ci(finals[:, None])
+        _, iqm_low, iqm_high = stats.iqm_interval([finals])
+        row.update(
+            final_return_ci_low=float(low[0]),
+            final_return_ci_high=float(high[0]),
+            final_return_iqm_ci_low=iqm_low,
+            final_return_iqm_ci_high=iqm_high,
+        )
     if group.threshold is not None:
         hits = np.array([time_to_threshold(r, group.threshold) for r in finished])  # (S, 2)
         reached = int(np.isfinite(hits[:, 0]).sum())
@@ -318,54 +365,296 @@ def aggregate(group: Group, points: int = GRID_POINTS) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Verdicts: which group is better, and how sure that is
+
+
+ALL_ENVS = "all envs (normalised)"
+
+
+@dataclass
+class Verdict:
+    """P(a > b) for a random run of group a against one of group b, with its 95% CI."""
+
+    better: str
+    worse: str
+    p: float
+    low: float
+    high: float
+    sizes: list[tuple[int, int]]
+    """(seeds of a, seeds of b) on each env."""
+
+    @property
+    def enough(self) -> bool:
+        return stats.enough_runs(self.sizes)
+
+    @property
+    def relation(self) -> str:
+        """'>' when the CI lies above 1/2, '~' when it holds 1/2 (not separated)."""
+        return ">" if self.low > 0.5 else "~"
+
+    def line(self, width: int = 0) -> str:
+        ci = "[–, –]" if math.isnan(self.low) else f"[{self.low:.2f}, {self.high:.2f}]"
+        seeds = {n for pair in self.sizes for n in pair}
+        if len(seeds) == 1:
+            count = f"{seeds.pop()} seeds each"
+        elif len(self.sizes) == 1:
+            count = f"{self.sizes[0][0]} and {self.sizes[0][1]} seeds"
+        else:
+            count = "seeds per env: " + ", ".join(f"{m}/{n}" for m, n in self.sizes)
+        pair = f"{self.better} {self.relation} {self.worse}"
+        return f"{pair:<{width}}  P(improvement) = {self.p:.2f} {ci}  ({count})"
+
+
+@dataclass
+class Ranking:
+    """The groups of one env (or of all envs, on normalised scores), best IQM first, with a
+    verdict for every pair."""
+
+    env: str
+    labels: list[str]
+    scores: dict[str, list[np.ndarray]]
+    """label -> one (S_t,) array of final returns (normalised across envs) per env."""
+    iqm: dict[str, tuple[float, float, float]]
+    """label -> (IQM, low, high) over all its runs; low, high NaN below MIN_SEEDS seeds."""
+    verdicts: list[Verdict]
+    note: str = ""
+
+    @property
+    def too_few(self) -> list[Verdict]:
+        return [v for v in self.verdicts if not v.enough]
+
+
+def rank(env: str, scores: dict[str, list[np.ndarray]], note: str = "") -> Ranking:
+    """Rank groups by the IQM of their scores; a verdict for each pair, oriented so that its
+    P(improvement) is at least 1/2 (better first).
+
+    Args:
+        scores: label -> one (S_t,) array per env, the same envs in the same order for every
+            label.
+    """
+    iqms = {}
+    for label, per_env in scores.items():
+        if min(len(s) for s in per_env) >= MIN_SEEDS:
+            iqms[label] = stats.iqm_interval(per_env)
+        else:
+            iqms[label] = (float(stats.iqm(np.concatenate(per_env))), math.nan, math.nan)
+    labels = sorted(scores, key=lambda k: -iqms[k][0])
+    verdicts = []
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            p, low, high = stats.poi_interval(scores[a], scores[b])
+            if p < 0.5:  # the IQM and the pairwise comparison can disagree: follow the latter
+                a_, b_, p, low, high = b, a, 1 - p, 1 - high, 1 - low
+            else:
+                a_, b_ = a, b
+            sizes = [(len(x), len(y)) for x, y in zip(scores[a_], scores[b_], strict=True)]
+            verdicts.append(Verdict(a_, b_, p, low, high, sizes))
+    verdicts.sort(key=lambda v: (labels.index(v.better), labels.index(v.worse)))
+    return Ranking(env, labels, scores, iqms, verdicts, note)
+
+
+def rankings(groups: Sequence[Group]) -> list[Ranking]:
+    """One Ranking per env with two or more groups of finished runs, and one across envs on
+    normalised scores when the sweep spans several envs: (return − random_return) /
+    (solved_return − random_return), over the groups present on every env that has both."""
+    out = []
+    envs = sorted({g.env_id for g in groups})
+    for env in envs:
+        panel = [g for g in groups if g.env_id == env and g.finished]
+        if len(panel) >= 2:
+            out.append(rank(env, {g.short: [g.finals] for g in panel}))
+    scaled = [e for e in envs if _scale(groups, e) is not None]
+    if len(envs) >= 2 and len(scaled) >= 2:
+        per_label: dict[str, list[np.ndarray]] = {}
+        for env in scaled:
+            random, solved = _scale(groups, env)
+            for g in groups:
+                if g.env_id == env and g.finished:
+                    per_label.setdefault(g.short, []).append(
+                        stats.normalise(g.finals, random, solved)
+                    )
+        common = {k: v for k, v in per_label.items() if len(v) == len(scaled)}
+        if len(common) >= 2:
+            left = sorted(set(envs) - set(scaled))
+            note = f"over {', '.join(scaled)}" + (
+                f"; left out (no random_return or solved_return): {', '.join(left)}" if left else ""
+            )
+            out.append(rank(ALL_ENVS, common, note))
+    return out
+
+
+def _scale(groups: Sequence[Group], env: str) -> tuple[float, float] | None:
+    """(random_return, solved_return) of `env`, or None when either is unknown."""
+    g = next(g for g in groups if g.env_id == env)
+    if g.random_return is None or g.threshold is None or not g.threshold > g.random_return:
+        return None
+    return g.random_return, g.threshold
+
+
+def verdict_block(ranking: Ranking) -> list[str]:
+    """The ranked verdict lines of one env, and a warning when there are too few seeds."""
+    title = ranking.env + (f" ({ranking.note})" if ranking.note else "")
+    lines = [f"{title}: best first by IQM of the final returns"]
+    width = max(len(f"{v.better} > {v.worse}") for v in ranking.verdicts)
+    lines += [f"  {v.line(width)}" for v in ranking.verdicts]
+    if ranking.too_few:
+        v = ranking.too_few[0]
+        sizes = " x ".join(f"C({m + n},{m})" for m, n in v.sizes)
+        lines.append(
+            f"  warning: too few seeds for these intervals to mean anything: even if every run "
+            f"of one beat every run of the other, an exact rank test would give p >= "
+            f"{stats.smallest_p_value(v.sizes):.2f} (2 / {sizes}) > 0.05; "
+            f"{MIN_SEEDS} seeds per group would do (2 / C(8,4) = 0.03)"
+        )
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
 # Outputs
 
 
-def plot(groups: Sequence[Group], path: Path) -> None:
-    """comparison.png: one panel per env; per group its mean curve and 95% band."""
+def _curves(group: Group, x: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x grid, mean, lower, upper) of the group's seeds against env steps or seconds."""
+    if x == "steps":
+        return group.steps, group.mean, group.lower, group.upper
+    finished = group.finished
+    lo = max(float(r.seconds[0]) for r in finished)
+    hi = min(float(r.seconds[-1]) for r in finished)
+    grid = np.linspace(lo, hi, GRID_POINTS) if hi > lo else np.array([lo])
+    curves = np.stack([np.interp(grid, r.seconds, r.returns) for r in finished])
+    lower, upper = band(curves)
+    return grid, curves.mean(axis=0), lower, upper
+
+
+def plot(groups: Sequence[Group], ranked: Sequence[Ranking], path: Path, x: str = "steps") -> None:
+    """comparison.png: a row per env (the curves, mean and 95% band over seeds; the performance
+    profile of the final returns; their IQM with its 95% CI; the probability-of-improvement
+    matrix), and a row over all envs on normalised scores when there is one.
+
+    x: "steps" (env steps) or "seconds" (wall-clock seconds since each run's start).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def legend(g: Group) -> str:  # the panel names the env: leave it out of the legend
-        shown = [o for o in g.varying if _key(o) not in ("env", "env.id")]
-        return ",".join(shown) or g.label
-
     envs = sorted({g.env_id for g in groups})
-    labels = sorted({legend(g) for g in groups})
-    colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}  # the same across panels
-    ncols = min(len(envs), 3)
-    nrows = math.ceil(len(envs) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.2 * nrows), squeeze=False)
-    for ax, env in zip(axes.flat, envs, strict=False):
-        panel = [g for g in groups if g.env_id == env]
-        for g in panel:
-            color = colors[legend(g)]
-            n = f"n={len(g.finished)}" + (f", {len(g.failed)} failed" if g.failed else "")
-            label = f"{legend(g)} ({n})"
-            if not g.finished:
-                ax.plot([], [], color=color, label=label)
-            elif g.steps.size == 1:  # a single batch per run: a point and its interval
-                err = [g.mean - g.lower, g.upper - g.mean]
-                ax.errorbar(g.steps, g.mean, yerr=err, fmt="o", color=color, capsize=4, label=label)
-            else:
-                ax.plot(g.steps, g.mean, color=color, lw=1.8, label=label)
-                ax.fill_between(g.steps, g.lower, g.upper, color=color, alpha=0.2, lw=0)
-        threshold = panel[0].threshold
-        if threshold is not None:
-            ax.axhline(threshold, color="0.4", ls="--", lw=1, label=f"solved ({threshold:g})")
-        ax.set_title(env)
-        ax.set_xlabel("environment steps")
-        ax.set_ylabel("episodic return")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="best")
-    for ax in list(axes.flat)[len(envs) :]:
-        ax.set_visible(False)
-    fig.suptitle(f"mean over seeds, {CONFIDENCE:.0%} bootstrap confidence band", fontsize="medium")
+    labels = sorted({g.short for g in groups})
+    colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}  # the same in every panel
+    by_env = {r.env: r for r in ranked}
+    rows = [*envs, *([ALL_ENVS] if ALL_ENVS in by_env else [])]
+    fig, axes = plt.subplots(
+        len(rows), 4, figsize=(22, 4.4 * len(rows)), squeeze=False,
+        gridspec_kw={"width_ratios": [1.5, 1, 1, 1]},
+    )  # fmt: skip
+    for ax_row, env in zip(axes, rows, strict=True):
+        curves, profile, bars, matrix = ax_row
+        ranking = by_env.get(env)
+        if env == ALL_ENVS:
+            curves.set_visible(False)
+            unit = "normalised final return (random 0, solved 1)"
+        else:
+            _plot_curves(curves, [g for g in groups if g.env_id == env], colors, x)
+            unit = "final return"
+        if ranking is None:
+            for ax in (profile, bars, matrix):
+                ax.set_visible(False)
+            continue
+        name = env if env != ALL_ENVS else f"{ALL_ENVS}: {ranking.note}"
+        _plot_profile(profile, ranking, colors, unit, name)
+        _plot_iqm(bars, ranking, colors, unit, name)
+        _plot_matrix(matrix, ranking, name)
+    fig.suptitle(
+        f"{CONFIDENCE:.0%} confidence: bootstrap over seeds (curves), stratified bootstrap "
+        f"(profiles, IQM, P(improvement)); {MIN_SEEDS}+ seeds a group for intervals to mean much",
+        fontsize="medium",
+    )
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
+
+
+def _plot_curves(ax, panel: Sequence[Group], colors: dict[str, str], x: str) -> None:
+    for g in panel:
+        color = colors[g.short]
+        n = f"n={len(g.finished)}" + (f", {len(g.failed)} failed" if g.failed else "")
+        label = f"{g.short} ({n}, {band_name(len(g.finished))})"
+        if not g.finished:
+            ax.plot([], [], color=color, label=label)
+            continue
+        grid, mean, lower, upper = _curves(g, x)
+        if grid.size == 1:  # a single batch per run: a point and its interval
+            err = [mean - lower, upper - mean]
+            ax.errorbar(grid, mean, yerr=err, fmt="o", color=color, capsize=4, label=label)
+        else:
+            ax.plot(grid, mean, color=color, lw=1.8, label=label)
+            ax.fill_between(grid, lower, upper, color=color, alpha=0.2, lw=0)
+    threshold = panel[0].threshold
+    if threshold is not None:
+        ax.axhline(threshold, color="0.4", ls="--", lw=1, label=f"solved ({threshold:g})")
+    ax.set_title(f"{panel[0].env_id}: return, mean over seeds, band: {CONFIDENCE:.0%} CI")
+    ax.set_xlabel("environment steps" if x == "steps" else "wall-clock seconds")
+    ax.set_ylabel("episodic return")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+
+
+def _plot_profile(ax, ranking: Ranking, colors: dict[str, str], unit: str, name: str) -> None:
+    values = np.concatenate([np.concatenate(v) for v in ranking.scores.values()])
+    lo, hi = float(values.min()), float(values.max())
+    pad = 0.05 * (hi - lo) if hi > lo else 1.0
+    taus = np.linspace(lo - pad, hi + pad, 60)
+    for label in ranking.labels:
+        profile, low, high = stats.performance_profile(ranking.scores[label], taus)
+        ax.plot(taus, profile, color=colors[label], lw=1.6, label=label)
+        if not np.isnan(low).any():
+            ax.fill_between(taus, low, high, color=colors[label], alpha=0.15, lw=0)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(f"{name}: performance profile")
+    ax.set_xlabel(unit + " τ")
+    ax.set_ylabel("fraction of runs with a score > τ")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+
+
+def _plot_iqm(ax, ranking: Ranking, colors: dict[str, str], unit: str, name: str) -> None:
+    labels = ranking.labels[::-1]  # the best at the top
+    for i, label in enumerate(labels):
+        value, low, high = ranking.iqm[label]
+        n = min(len(s) for s in ranking.scores[label])
+        if math.isnan(low):
+            ax.plot([value], [i], "o", color=colors[label])
+            ax.annotate(f"no CI: n={n}", (value, i), textcoords="offset points", xytext=(6, 4),
+                        fontsize="small")  # fmt: skip
+        else:
+            ax.barh(i, high - low, left=low, height=0.5, color=colors[label], alpha=0.35)
+            ax.plot([value, value], [i - 0.25, i + 0.25], color=colors[label], lw=2)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_title(f"{name}: IQM with {CONFIDENCE:.0%} CI")
+    ax.set_xlabel("IQM of the " + unit)
+    ax.grid(alpha=0.3, axis="x")
+
+
+def _plot_matrix(ax, ranking: Ranking, name: str) -> None:
+    labels = ranking.labels
+    k = len(labels)
+    p = np.full((k, k), np.nan)
+    for v in ranking.verdicts:
+        i, j = labels.index(v.better), labels.index(v.worse)
+        p[i, j], p[j, i] = v.p, 1.0 - v.p
+    ax.imshow(p, cmap="RdBu", vmin=0.0, vmax=1.0)
+    for i in range(k):
+        for j in range(k):
+            if i != j:
+                v = next(
+                    v for v in ranking.verdicts if {v.better, v.worse} == {labels[i], labels[j]}
+                )
+                low, high = (v.low, v.high) if labels[i] == v.better else (1 - v.high, 1 - v.low)
+                ci = "" if math.isnan(low) else f"\n[{low:.2f}, {high:.2f}]"
+                ax.text(j, i, f"{p[i, j]:.2f}{ci}", ha="center", va="center", fontsize="small")
+    ax.set_xticks(range(k), labels, rotation=30, ha="right")
+    ax.set_yticks(range(k), labels)
+    ax.set_title(f"{name}: P(row > column)")
 
 
 CSV_COLUMNS = [
@@ -378,6 +667,8 @@ CSV_COLUMNS = [
     "final_return_ci_low",
     "final_return_ci_high",
     "final_return_iqm",
+    "final_return_iqm_ci_low",
+    "final_return_iqm_ci_high",
     "threshold",
     "reached",
     "steps_to_threshold",
@@ -406,36 +697,68 @@ def _num(value: Any, fmt: str = ".1f") -> str:
     return format(value, fmt) if isinstance(value, (int, float)) else str(value)
 
 
+def _ci(low: Any, high: Any) -> str:
+    if isinstance(low, float) and math.isnan(low):
+        return ""
+    return f" [{_num(low)}, {_num(high)}]"
+
+
 def write_markdown(
-    groups: Sequence[Group], failures: Sequence[Run], path: Path, title: str
+    groups: Sequence[Group],
+    ranked: Sequence[Ranking],
+    failures: Sequence[Run],
+    path: Path,
+    title: str,
 ) -> None:
     lines = [
         f"# Comparison: {title}",
         "",
         "![comparison](comparison.png)",
         "",
-        f"Final return: mean over seeds of each run's final return (the mean of its last "
-        f"{FINAL_WINDOW} batches) with a {CONFIDENCE:.0%} bootstrap confidence interval, and "
-        "the interquartile mean (IQM). Steps and seconds to the threshold: median over seeds "
-        f"of the first batch where the running mean of {FINAL_WINDOW} batches reaches the env's "
-        "solved_return (– when fewer than half the seeds reached it).",
+        "## Verdicts",
         "",
-        "| env | group | seeds | final return (95% CI) | IQM | threshold | reached "
+        "P(improvement) of `a > b`: the probability that a random run of a ends with a higher "
+        "final return than a random run of b (ties count half), with its 95% stratified-"
+        "bootstrap confidence interval; `>` when the interval lies above 0.5, `~` when it holds "
+        "0.5 (no clear winner). Across envs on normalised scores: (return − random_return) / "
+        "(solved_return − random_return).",
+        "",
+    ]
+    if not ranked:
+        lines.append("(no env with two groups of finished runs)")
+    for ranking in ranked:
+        lines += ["```", *verdict_block(ranking), "```", ""]
+    lines += [
+        "## Groups",
+        "",
+        f"Final return: each run's mean return over its last {FINAL_WINDOW} batches; mean over "
+        f"seeds with a {CONFIDENCE:.0%} bootstrap CI, and the interquartile mean (IQM) with a "
+        f"{CONFIDENCE:.0%} bootstrap CI (none below {MIN_SEEDS} seeds). Steps and seconds to the "
+        "threshold: median over seeds of the first batch where the running mean of "
+        f"{FINAL_WINDOW} batches reaches the env's solved_return (– when fewer than half the "
+        "seeds reached it).",
+        "",
+        "| env | group | seeds | final return (95% CI) | IQM (95% CI) | threshold | reached "
         "| env steps to threshold | seconds to threshold | failed |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for g in groups:
         r = g.row
         final = (
-            f"{_num(r['final_return_mean'])} "
-            f"[{_num(r['final_return_ci_low'])}, {_num(r['final_return_ci_high'])}]"
+            _num(r["final_return_mean"]) + _ci(r["final_return_ci_low"], r["final_return_ci_high"])
+            if g.finished
+            else "–"
+        )
+        iqm_text = (
+            _num(r["final_return_iqm"])
+            + _ci(r["final_return_iqm_ci_low"], r["final_return_iqm_ci_high"])
             if g.finished
             else "–"
         )
         steps = r["steps_to_threshold"]
         lines.append(
             f"| {r['env']} | `{r['group']}` | {r['seeds']} | {final} "
-            f"| {_num(r['final_return_iqm'])} | {_num(r['threshold'], 'g')} "
+            f"| {iqm_text} | {_num(r['threshold'], 'g')} "
             f"| {r['reached'] or '–'} | {_num(steps, ',d')} "
             f"| {_num(r['seconds_to_threshold'], '.1f')} | {r['failed']} |"
         )
@@ -474,64 +797,71 @@ class _EventWriter:
 
         self._add(text_pb(tag, markdown), 0)
 
-    def margin_chart(self, category: str, title: str, value: str, lower: str, upper: str) -> None:
-        """A Custom Scalars chart: the `value` tag as a line, shaded between `lower` and `upper`."""
-        from tensorboard.compat.proto import summary_pb2
-        from tensorboard.plugins.custom_scalar import layout_pb2, metadata
-        from tensorboard.util import tensor_util
-
-        series = layout_pb2.MarginChartContent.Series(value=value, lower=lower, upper=upper)
-        chart = layout_pb2.Chart(title=title, margin=layout_pb2.MarginChartContent(series=[series]))
-        layout = layout_pb2.Layout(category=[layout_pb2.Category(title=category, chart=[chart])])
-        tensor = tensor_util.make_tensor_proto(layout.SerializeToString(), dtype=np.object_)
-        summary = summary_pb2.Summary()
-        summary.value.add(
-            tag=metadata.CONFIG_SUMMARY_TAG,
-            metadata=metadata.create_summary_metadata(),
-            tensor=tensor,
-        )
-        self._add(summary, 0)
+    def layout(self, category) -> None:
+        """A Custom Scalars layout of one category (a layout_pb2.Category)."""
+        self._add(layout_summary(category), 0)
 
     def close(self) -> None:
         self._writer.close()
 
 
+AGGREGATE_TAG = "aggregate/episodic_return"
+AGGREGATE_CATEGORY = f"pgrun: groups, mean and {CONFIDENCE:.0%} CI over seeds"
+
+
+def band_tag(label: str, kind: str) -> str:
+    """The tag of a group's mean, lower or upper curve, e.g. 'aggregate/variant=rtg/lower'."""
+    return f"{AGGREGATE_DIR}/{slug(label)}/{kind}"
+
+
 def write_aggregates(groups: Sequence[Group], root: Path) -> None:
-    """TensorBoard runs <root>/aggregate/<group>/{mean,lower,upper}, tag charts/episodic_return,
-    against the same env steps as the single seeds, at the seeds' mean elapsed time (so the
-    Relative time axis works too). The mean run also carries the band as
-    aggregate/episodic_return_{mean,lower,upper} for a Custom Scalars margin chart."""
+    """One TensorBoard run <root>/aggregate/<group> per group, against the same env steps as the
+    single seeds, at the seeds' mean elapsed time (so the Relative time axis works too):
+
+    - `aggregate/episodic_return`: the mean over seeds (one chart, a line per group), so that
+      `charts/episodic_return` holds the single runs alone;
+    - `aggregate/<group>/{mean,lower,upper}`: the mean and the 95% bootstrap band, drawn by a
+      Custom Scalars margin chart per group, titled by the group, after a chart of every
+      group's mean."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
     out = root / AGGREGATE_DIR
     shutil.rmtree(out, ignore_errors=True)  # written afresh on every comparison
-    layout_written = False
-    for g in groups:
-        if not g.finished:
-            continue
+    done = [g for g in groups if g.finished]
+    charts = [
+        layout_pb2.Chart(
+            title="every group's mean (the runs aggregate/<group>)",
+            multiline=layout_pb2.MultilineChartContent(tag=[f"^{AGGREGATE_TAG}$"]),
+        )
+    ]
+    for g in done:
+        series = layout_pb2.MarginChartContent.Series(
+            value=band_tag(g.label, "mean"),
+            lower=band_tag(g.label, "lower"),
+            upper=band_tag(g.label, "upper"),
+        )
+        seeds = len(g.finished)
+        title = f"{g.env_id} {g.short}: mean and {band_name(seeds)} of {seeds} seeds"
+        charts.append(
+            layout_pb2.Chart(title=title, margin=layout_pb2.MarginChartContent(series=[series]))
+        )
+    for i, g in enumerate(done):
         walls = min(r.start_time for r in g.finished) + g.seconds
+        writer = _EventWriter(out / slug(g.label))
         curves = {"mean": g.mean, "lower": g.lower, "upper": g.upper}
-        for kind, values in curves.items():
-            writer = _EventWriter(out / slug(g.label) / kind)
-            for step, value, wall in zip(g.steps, values, walls, strict=True):
-                writer.scalar(RETURN_TAG, float(value), int(step), float(wall))
-            if kind == "mean":
-                for name, band in curves.items():
-                    for step, value, wall in zip(g.steps, band, walls, strict=True):
-                        tag = f"aggregate/episodic_return_{name}"
-                        writer.scalar(tag, float(value), int(step), float(wall))
-                names = ", ".join(f"`{r.name}`" for r in g.finished)
-                writer.text(
-                    "aggregate",
-                    f"Mean of {len(g.finished)} seeds of `{g.label}` ({CONFIDENCE:.0%} bootstrap "
-                    f"band in the lower and upper runs): {names}",
-                )
-                if not layout_written:
-                    writer.margin_chart(
-                        "pgrun: seed aggregates",
-                        f"episodic return, mean and {CONFIDENCE:.0%} CI over seeds",
-                        *(f"aggregate/episodic_return_{name}" for name in curves),
-                    )
-                    layout_written = True
-            writer.close()
+        for j, (step, wall) in enumerate(zip(g.steps, walls, strict=True)):
+            writer.scalar(AGGREGATE_TAG, float(g.mean[j]), int(step), float(wall))
+            for kind, values in curves.items():
+                writer.scalar(band_tag(g.label, kind), float(values[j]), int(step), float(wall))
+        names = ", ".join(f"`{r.name}`" for r in g.finished)
+        writer.text(
+            "aggregate",
+            f"Mean of {len(g.finished)} seeds of `{g.label}` with their "
+            f"{band_name(len(g.finished))}: {names}",
+        )
+        if i == 0:
+            writer.layout(layout_pb2.Category(title=AGGREGATE_CATEGORY, chart=charts))
+        writer.close()
 
 
 @dataclass
@@ -539,15 +869,19 @@ class Report:
     root: Path
     groups: list[Group]
     runs: list[Run]
+    rankings: list[Ranking] = field(default_factory=list)
 
     @property
     def failures(self) -> list[Run]:
         return [r for r in self.runs if not r.ok]
 
 
-def compare(root: str | Path, points: int = GRID_POINTS, tensorboard: bool = True) -> Report:
+def compare(
+    root: str | Path, points: int = GRID_POINTS, tensorboard: bool = True, x: str = "steps"
+) -> Report:
     """Compare the runs under `root` and write the comparison files into it.
 
+    x: the figure's x-axis, "steps" (env steps) or "seconds" (wall-clock).
     Raises FileNotFoundError when `root` holds no run.
     """
     root = Path(root)
@@ -559,30 +893,53 @@ def compare(root: str | Path, points: int = GRID_POINTS, tensorboard: bool = Tru
     groups = group_runs(runs)
     for g in groups:
         aggregate(g, points)
-    groups.sort(key=lambda g: (g.env_id, -np.nan_to_num(g.row["final_return_mean"], nan=-np.inf)))
-    plot(groups, root / "comparison.png")
+    groups.sort(key=lambda g: (g.env_id, -np.nan_to_num(g.row["final_return_iqm"], nan=-np.inf)))
+    ranked = rankings(groups)
+    plot(groups, ranked, root / "comparison.png", x)
     write_csv(groups, root / "summary.csv")
-    write_markdown(groups, [r for r in runs if not r.ok], root / "summary.md", root.name)
+    write_markdown(groups, ranked, [r for r in runs if not r.ok], root / "summary.md", root.name)
     if tensorboard:
         write_aggregates(groups, root)
-    return Report(root, groups, runs)
+    return Report(root, groups, runs, ranked)
 
 
 def describe(report: Report) -> str:
-    """A few lines for the terminal: the ranking and where the files are."""
-    lines = [f"comparison of {len(report.runs)} runs in {report.root}:"]
+    """The closing block for the terminal: each group's final return, the ranked verdicts, and
+    where to look."""
+    lines = [f"comparison of {len(report.runs)} runs in {_display(report.root)}:"]
+    width = max(len(g.label) for g in report.groups)
     for g in report.groups:
         r = g.row
-        final = (
-            f"{r['final_return_mean']:.1f} [{r['final_return_ci_low']:.1f}, "
-            f"{r['final_return_ci_high']:.1f}]"
-            if g.finished
-            else "no finished run"
-        )
+        if g.finished:
+            final = f"final return {r['final_return_mean']:.1f}"
+            final += _ci(r["final_return_ci_low"], r["final_return_ci_high"])
+            final += f", IQM {r['final_return_iqm']:.1f}"
+        else:
+            final = "no finished run"
         failed = f", {r['failed']} failed" if r["failed"] else ""
-        lines.append(f"  {r['env']}  {g.label}: {final} (n={r['seeds']}{failed})")
-    lines.append(f"  -> {report.root / 'comparison.png'}, summary.csv, summary.md, aggregate/")
+        lines.append(f"  {r['env']}  {g.label:<{width}}  {final}  (n={r['seeds']}{failed})")
+    for ranking in report.rankings:
+        lines += ["", *verdict_block(ranking)]
+    where = _display(report.root)
+    lines += [
+        "",
+        f"files: {where}/comparison.png (curves, IQM, P(improvement)), summary.md, summary.csv",
+        f"view:  tensorboard --logdir {where}",
+        "       SCALARS: charts/episodic_return, one line per run; aggregate/episodic_return, "
+        "one per group (the runs aggregate/<group>)",
+        "       CUSTOM SCALARS: each group's mean and 95% band; HPARAMS: the swept keys and "
+        "each run's final return",
+    ]
     return "\n".join(lines)
+
+
+def _display(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it, else absolute."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(Path(path).resolve()) if rel.startswith("..") else rel
 
 
 # ---------------------------------------------------------------------------------------------
@@ -603,6 +960,8 @@ class CompareCallback(Callback):
         from pgrun import sweep
 
         sweep.current = Path(config.hydra.sweep.dir).resolve()
+        # Name the jobs by what varies (variant=rtg,seed=0): pgrun/views.py.
+        exclude_constant_overrides(config)
         # Made now so that a sweeper can keep its own files there from the start (Optuna's
         # sqlite storage under ${hydra.sweep.dir}); the launchers make it later otherwise.
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
@@ -631,9 +990,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """pgrun-compare DIR...: compare the runs under each DIR and write the files into it."""
     parser = argparse.ArgumentParser(
         prog="pgrun-compare",
-        description="Aggregate the seeds of a pgrun sweep: comparison.png, summary.csv, "
-        "summary.md and TensorBoard runs aggregate/<group>/{mean,lower,upper}, written into "
-        "each DIR. Runs are grouped by their overrides except seed.",
+        description="Compare the groups of a pgrun sweep (its runs grouped by their overrides "
+        "except seed): which is better, with P(improvement) and its 95% stratified-bootstrap "
+        "CI for every pair, IQMs and performance profiles. Writes comparison.png, summary.md, "
+        "summary.csv and the TensorBoard runs aggregate/<group> into each DIR.",
     )
     parser.add_argument(
         "dirs",
@@ -648,6 +1008,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=GRID_POINTS,
         help=f"steps of the shared grid the seeds are interpolated onto (default {GRID_POINTS})",
     )
+    parser.add_argument(
+        "--x",
+        choices=("steps", "seconds"),
+        default="steps",
+        help="x-axis of the figure's curves: env steps (default) or wall-clock seconds",
+    )
     args = parser.parse_args(argv)
     status = 0
     for root in args.dirs:
@@ -656,7 +1022,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = 2
             continue
         try:
-            report = compare(root, points=args.points)
+            report = compare(root, points=args.points, x=args.x)
         except FileNotFoundError as exc:
             print(f"pgrun-compare: error: {exc}", file=sys.stderr)
             status = 2

@@ -551,9 +551,17 @@ def hydra_subdir(resume: str | None, stamp: str, output_dir: str | None = None) 
     return f".hydra/resume-{stamp}" if resume or again else ".hydra"
 
 
-def job_subdir(override_dirname: str, num: int) -> str:
-    """A multirun job's directory: its overrides (e.g. 'seed=0,variant=rtg'), or 'job<num>'."""
-    return slug(override_dirname) if override_dirname else f"job{num}"
+def job_subdir(overrides: Any, exclude: Any, num: int) -> str:
+    """A multirun job's directory: its overrides that vary in the sweep, variant first and seed
+    last (e.g. 'variant=rtg,seed=0'; pgrun.views.job_name), or 'job<num>' when none is left.
+
+    Args:
+        overrides: the job's overrides (hydra.overrides.task); exclude: the keys left out
+            (hydra.job.config.override_dirname.exclude_keys: the sweep's constant ones)."""
+    from pgrun.views import job_name
+
+    name = job_name([str(o) for o in overrides], [str(k) for k in exclude])
+    return slug(name) if name else f"job{num}"
 
 
 def load_variant(name: str) -> VariantConfig:

@@ -20,9 +20,9 @@ TensorBoard layout (written by pgrun.trainer, x-axis = environment steps):
 
 - ``stats/grad_variance``, ``stats/grad_snr``: every ``diagnostics.every`` iterations, computed at
   the policy that collected the batch (the first inner step's gradient).
-- ``inner/<stat>/k<k>`` for k = 0..K-1 (K > 1 only): the ratios used by inner step k, so one
-  chart per statistic holds one curve per inner step, e.g. ``inner/ratio_max/k0`` ...
-  ``inner/ratio_max/k3``. Step 0's ratios are exactly 1 by construction.
+- ``inner/<stat>/k<k>`` for k = 0..K-1 (K > 1 only): the ratios used by inner step k; a Custom
+  Scalars chart per statistic holds one curve per inner step (pgrun.views.inner_step_layout).
+  Step 0's ratios on the whole batch are exactly 1 by construction and are not logged.
 """
 
 from __future__ import annotations
@@ -145,7 +145,10 @@ def inner_step_stats(
 
 
 def inner_step_tags(k: int, stats: dict[str, float]) -> dict[str, float]:
-    """{"ratio_mean": x, ...} of inner step k -> {"inner/ratio_mean/k<k>": x, ...}."""
+    """{"ratio_mean": x, ...} of inner step k -> {"inner/ratio_mean/k<k>": x, ...}; {} when
+    every ratio is exactly 1 (step 0 on the whole batch: a flat line at 1, KL 0, ESS 1)."""
+    if stats.get("ratio_min") == 1.0 and stats.get("ratio_max") == 1.0:
+        return {}
     return {f"inner/{name}/k{k}": value for name, value in stats.items()}
 
 

@@ -77,14 +77,26 @@ class TensorBoardLogger(Logger):
 
     def __init__(self, run_dir: str | Path, params: dict[str, Any], purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
-        from torch.utils.tensorboard.summary import hparams
+
+        from pgrun.views import (
+            choose_hparams,
+            group_choices,
+            hparams_summaries,
+            inner_step_layout,
+            swept_keys,
+        )
 
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+        # the swept keys first (pgrun/views.py), so the HPARAMS table shows what varies;
         # HPARAMS in the run's own directory (SummaryWriter.add_hparams would make a sub-run)
-        exp, ssi, self._session_end = hparams(params, {FINAL_METRIC: 0.0})
-        if purge_step is None:
+        shown, differs = choose_hparams(params, swept_keys(), group_choices())
+        exp, ssi, self._session_end = hparams_summaries(shown, differs, FINAL_METRIC)
+        if purge_step is None:  # a resumed run has them from its start
             for summary in (exp, ssi):
                 self.writer.file_writer.add_summary(summary)
+            layout = inner_step_layout(params)
+            if layout is not None:
+                self.writer.file_writer.add_summary(layout)
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         for tag, value in metrics.items():

@@ -160,3 +160,14 @@ def pgrun_exe() -> Path:
     if not PGRUN.exists():
         pytest.fail(f"the pgrun console script is not installed next to {sys.executable}")
     return PGRUN
+
+
+def custom_scalars_layout(run_dir: Path):
+    """The Custom Scalars layout (a layout_pb2.Layout) of the run's one event file."""
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    acc = load_events(run_dir)
+    (event,) = acc.Tensors(metadata.CONFIG_SUMMARY_TAG)
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(event.tensor_proto.string_val[0])
+    return layout
