@@ -2,22 +2,33 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 ARGS   ?=
+PIP    := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint format tensorboard sweep clean bench-variance
+.PHONY: help install install-all run test test-fast lint format tensorboard sweep clean bench-variance
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml constraints.txt
+# What CartPole needs (pgrun and its dependencies), then everything else on top of it.
+$(RUN_STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,sweep,box2d,mujoco,atari,video,envpool]'
+	@echo "installing pgrun and what CartPole needs into $(VENV) (make install-all adds the rest)"
+	$(PIP) --progress-bar on -e .
+	@touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP) pyproject.toml constraints.txt
+	@echo "installing the dev tools, sweep launchers, Box2D, MuJoCo, Atari, video and envpool extras"
+	$(PIP) --progress-bar on -e '.[dev,sweep,box2d,mujoco,atari,video,envpool]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv (if missing) and install pgrun with its dev tools, sweep launchers and every env family
 
-run: $(STAMP) ## train rtg_baseline on CartPole-v1 (extra overrides: make run ARGS="seed=3")
+install-all: install ## the same as make install
+
+run: $(RUN_STAMP) ## install only what CartPole needs, then train rtg_baseline on CartPole-v1 (make run ARGS="seed=3")
 	$(VENV)/bin/pgrun variant=rtg_baseline env=CartPole-v1 $(ARGS)
 
 test: $(STAMP) ## run the whole test suite, learning tests included (two workers)
@@ -38,7 +49,7 @@ format: $(STAMP) ## ruff: fix lint and format in place
 	$(VENV)/bin/ruff check --fix pgrun tests
 	$(VENV)/bin/ruff format pgrun tests
 
-sweep: $(STAMP) ## the four variants x seeds 0,1,2 on CartPole-v1 (a multirun)
+sweep: $(RUN_STAMP) ## the four variants x seeds 0,1,2 on CartPole-v1 (a multirun)
 	$(VENV)/bin/pgrun -m variant=vanilla,rtg,rtg_baseline,off_policy seed=0,1,2 $(ARGS)
 
 bench-variance: $(STAMP) ## gradient variance and SNR per estimator on CartPole-v1 (docs/estimators.md)
@@ -52,13 +63,18 @@ bench-envs: $(STAMP) ## env steps/s: pgrun training vs raw env stepping (CartPol
 bench-targets: $(STAMP) ## env steps and seconds to each learning target, median over 5 seeds (ARGS="--rows cartpole")
 	$(PY) benchmarks/targets.py $(ARGS)
 
-tensorboard: $(STAMP) ## serve the curves under outputs/ on 127.0.0.1:6006
-	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1 --port 6006
+tensorboard: $(RUN_STAMP) ## serve the curves under outputs/ on 127.0.0.1:6006 (ARGS="--logdir <sweep dir>")
+	@echo "TensorBoard runs without TensorFlow: its 'TensorFlow installation not found' line is expected"
+	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1 --port 6006 $(ARGS)
+
+.PHONY: bench-random
+bench-random: $(STAMP) ## a uniform-random policy's return on every env file (env.random_return)
+	$(PY) benchmarks/random_returns.py $(ARGS)
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[bench]'
+	$(PIP) --progress-bar on -e '.[bench]'
 	@touch $(BENCH_STAMP)
 
 .PHONY: bench

@@ -91,6 +91,9 @@ class EnvConfig:
     """Keyword arguments passed to gymnasium.make_vec for the env."""
     solved_return: Optional[float] = None
     """Mean episodic return that counts as solved (shown in the summary); null: none."""
+    random_return: Optional[float] = None
+    """Mean return of a uniform-random policy (benchmarks/random_returns.py): with
+    solved_return, the 0 and 1 of the comparison's normalised scores across envs; null: none."""
     normalize_obs: bool = False
     """Normalise observations with a running mean/std (updated after each batch's update),
     saved with the policy in policy.pt so a reloaded policy acts the same."""
