@@ -83,3 +83,7 @@ bench: $(BENCH_STAMP) ## pgrun vs Stable-Baselines3 and the raw env, one table (
 
 clean: ## remove outputs, caches and the virtual environment
 	rm -rf outputs/runs outputs/multirun .pytest_cache .ruff_cache $(VENV) *.egg-info
+
+.PHONY: tensorboard-shots
+tensorboard-shots: $(STAMP) ## a small sweep in TensorBoard, rendered by headless Chromium into docs/tensorboard/*.png (needs: apt-get install chromium)
+	$(PY) benchmarks/tensorboard_shots.py $(ARGS)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from pgrun import rundir, signals, sweep
 from pgrun.config import Diverged, Interrupted, UserError, unknown_keys, validate
+from pgrun.hints import env_id_argv, value_gamma_warning
 from pgrun.sweep import MULTIRUN_FILE, resume_sweep_argv
 
 log = logging.getLogger("pgrun")
@@ -108,7 +109,7 @@ def main() -> None:
         return
     signals.raise_on_signals()
     try:
-        sys.argv[1:] = prepare(sys.argv[1:])
+        sys.argv[1:] = prepare(env_id_argv(sys.argv[1:]))
     except UserError as exc:
         print(f"pgrun: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -436,7 +437,10 @@ def run(cfg: DictConfig) -> float | None:
         validate(cfg)
         from pgrun.envs import env_spec
 
-        env_spec(cfg.env.id)
+        spec = env_spec(cfg.env.id)
+        warning = value_gamma_warning(cfg, cfg.env.horizon or spec.max_episode_steps)
+        if warning:
+            log.warning(warning)
         if state == "interrupted":  # continues from its checkpoint (its own: checked below)
             resume = True
         elif multirun and not resume:
@@ -494,10 +498,15 @@ def run(cfg: DictConfig) -> float | None:
         if solved is None
         else (" (solved)" if result["final_return"] >= solved else f" (below {solved:g})")
     )
+    # a sweep's closing block names the TensorBoard command for the whole sweep
+    view = (
+        ""
+        if HydraConfig.get().mode == RunMode.MULTIRUN
+        else f" | view: tensorboard --logdir {where}"
+    )
     log.info(
-        f"done: return {result['final_return']:.1f}{verdict} over the last batches | "
-        f"{result['env_steps']:,} env steps | {result['wall_seconds']:.1f} s | {where} | "
-        f"view: tensorboard --logdir {where}"
+        f"done: return {result['final_return']:.1f}{verdict} over the last 5 batches | "
+        f"{result['env_steps']:,} env steps | {result['wall_seconds']:.1f} s | {where}{view}"
     )
     return result["final_return"]
 

@@ -14,7 +14,8 @@ sweep directory:
 - ``summary.md`` (the verdicts and a table) and ``summary.csv`` (the table): final return (mean
   and IQM with 95% CIs), env steps and seconds to the env's ``solved_return``, seeds, failures;
 - ``aggregate/<group>``: a TensorBoard run per group, tags ``aggregate/episodic_return`` (the
-  mean) and ``aggregate/<group>/{mean,lower,upper}`` with a Custom Scalars chart per group.
+  mean) and ``aggregate/episodic_return_band/<group>/{mean,lower,upper}``, with a Custom Scalars
+  chart per group.
 
 Runs after every multirun through :class:`CompareCallback` (``hydra.callbacks`` in
 configs/config.yaml) and as ``pgrun-compare DIR...``.
@@ -810,8 +811,9 @@ AGGREGATE_CATEGORY = f"pgrun: groups, mean and {CONFIDENCE:.0%} CI over seeds"
 
 
 def band_tag(label: str, kind: str) -> str:
-    """The tag of a group's mean, lower or upper curve, e.g. 'aggregate/variant=rtg/lower'."""
-    return f"{AGGREGATE_DIR}/{slug(label)}/{kind}"
+    """The tag of a group's mean, lower or upper curve for its margin chart, e.g.
+    'aggregate/episodic_return_band/variant=rtg/lower' (after the mean's tag by name)."""
+    return f"{AGGREGATE_TAG}_band/{slug(label)}/{kind}"
 
 
 def write_aggregates(groups: Sequence[Group], root: Path) -> None:
@@ -820,9 +822,10 @@ def write_aggregates(groups: Sequence[Group], root: Path) -> None:
 
     - `aggregate/episodic_return`: the mean over seeds (one chart, a line per group), so that
       `charts/episodic_return` holds the single runs alone;
-    - `aggregate/<group>/{mean,lower,upper}`: the mean and the 95% bootstrap band, drawn by a
-      Custom Scalars margin chart per group, titled by the group, after a chart of every
-      group's mean."""
+    - `aggregate/episodic_return_band/<group>/{mean,lower,upper}`: the mean again and the 95%
+      bootstrap band (the seeds' range below MIN_SEEDS seeds), drawn by a Custom Scalars margin
+      chart per group, titled by the group, after a chart of every group's mean. (Tags of the
+      group's own: a margin chart over tags that other runs have too flags those as missing.)"""
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     out = root / AGGREGATE_DIR
@@ -830,7 +833,7 @@ def write_aggregates(groups: Sequence[Group], root: Path) -> None:
     done = [g for g in groups if g.finished]
     charts = [
         layout_pb2.Chart(
-            title="every group's mean (the runs aggregate/<group>)",
+            title="every group's mean over seeds (the runs aggregate/<group>)",
             multiline=layout_pb2.MultilineChartContent(tag=[f"^{AGGREGATE_TAG}$"]),
         )
     ]
@@ -848,10 +851,9 @@ def write_aggregates(groups: Sequence[Group], root: Path) -> None:
     for i, g in enumerate(done):
         walls = min(r.start_time for r in g.finished) + g.seconds
         writer = _EventWriter(out / slug(g.label))
-        curves = {"mean": g.mean, "lower": g.lower, "upper": g.upper}
         for j, (step, wall) in enumerate(zip(g.steps, walls, strict=True)):
             writer.scalar(AGGREGATE_TAG, float(g.mean[j]), int(step), float(wall))
-            for kind, values in curves.items():
+            for kind, values in (("mean", g.mean), ("lower", g.lower), ("upper", g.upper)):
                 writer.scalar(band_tag(g.label, kind), float(values[j]), int(step), float(wall))
         names = ", ".join(f"`{r.name}`" for r in g.finished)
         writer.text(

@@ -84,13 +84,16 @@ class TensorBoardLogger(Logger):
             hparams_summaries,
             inner_step_layout,
             swept_keys,
+            trial_id,
         )
 
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
         # the swept keys first (pgrun/views.py), so the HPARAMS table shows what varies;
         # HPARAMS in the run's own directory (SummaryWriter.add_hparams would make a sub-run)
-        shown, differs = choose_hparams(params, swept_keys(), group_choices())
-        exp, ssi, self._session_end = hparams_summaries(shown, differs, FINAL_METRIC)
+        swept = swept_keys()
+        shown, differs = choose_hparams(params, swept, group_choices())
+        trial = trial_id(shown, swept)
+        exp, ssi, self._session_end = hparams_summaries(shown, differs, FINAL_METRIC, trial)
         if purge_step is None:  # a resumed run has them from its start
             for summary in (exp, ssi):
                 self.writer.file_writer.add_summary(summary)

@@ -119,9 +119,14 @@ def play(argv: list[str] | None = None) -> list[float]:
     for i, (ret, length) in enumerate(zip(returns, batch.lengths.tolist(), strict=True)):
         print(f"episode {i}: return {ret:.2f}, length {length}")
     how = "sampled" if args.sample else "deterministic"
+    where = (
+        f"the run's evaluation starts: seeds {seed}+i, derived from seed={cfg.seed}"
+        if args.seed is None
+        else f"starts seeded {seed}+i"
+    )
     print(
         f"{cfg.env.id}: mean return {np.mean(returns):.2f} +- {np.std(returns):.2f} over "
-        f"{len(returns)} episodes ({how} actions, seed {seed})"
+        f"{len(returns)} episodes ({how} actions, {where})"
     )
     if args.video is not None:
         renv = render_env(cfg)

@@ -213,9 +213,12 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, flo
                     logger, state.iteration, state.env_steps,
                     solved or state.env_steps >= cfg.total_steps,
                 )  # fmt: skip
-                bar.update(min(batch.num_steps, cfg.total_steps - bar.n))
+                # the real step count (the last batch overshoots the budget) and the closing
+                # line's return (the final return)
+                bar.total = max(bar.total, state.env_steps)
+                bar.update(batch.num_steps)
                 if state.recent:
-                    bar.set_postfix(ret=f"{state.recent[-1]:.1f}", refresh=False)
+                    bar.set_postfix(ret=f"{state.final_return():.1f}", refresh=False)
                 if stop.signum is not None:
                     checkpoint.save(run_dir, state.iteration, state.state_dict())
                     raise Interrupted(stop.signum, state.iteration, state.env_steps)

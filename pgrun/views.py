@@ -181,11 +181,24 @@ def group_choices() -> dict[str, Any] | None:
     return {str(k): v for k, v in HydraConfig.get().runtime.choices.items()}
 
 
-def hparams_summaries(hparams: Mapping[str, Any], differs: set[str], metric: str):
+def trial_id(hparams: Mapping[str, Any], swept: Sequence[str] | None) -> str:
+    """The HPARAMS trial id of a sweep's job: the values of its swept keys, the variant bare
+    ('off_policy,seed=0'), short enough for the table's first column; '' for a single run
+    (TensorBoard then shows the run's name)."""
+    parts = []
+    for key in swept or ():
+        name = GROUP_KEYS.get(key, key)
+        value = hparams.get(name, hparams.get(key))
+        parts.append(str(value) if key == "variant" else f"{key}={value}")
+    return ",".join(parts)
+
+
+def hparams_summaries(hparams: Mapping[str, Any], differs: set[str], metric: str, group: str = ""):
     """The HPARAMS records of one run: (experiment, session start, session end) summaries. The
     experiment lists the columns in the order of `hparams`, those in `differs` marked as
-    differing: TensorBoard lists those first and shows the first five columns. (Built from the
-    protos: tensorboard's own summary helpers need TensorFlow.)"""
+    differing: TensorBoard lists those first and shows the first five columns. `group`: the
+    trial id (trial_id). (Built from the protos: tensorboard's own summary helpers need
+    TensorFlow.)"""
     import time
 
     from google.protobuf import struct_pb2
@@ -210,7 +223,7 @@ def hparams_summaries(hparams: Mapping[str, Any], differs: set[str], metric: str
     ]
     metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=metric))]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
-    start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time(), group_name=group)
     for k, v in hparams.items():
         value = struct_pb2.Value()
         if isinstance(v, bool):

@@ -208,9 +208,8 @@ def test_aggregate_runs_are_the_mean_and_band_of_the_seeds(sweep: Path, variant:
     seeds = [read_scalars(job_dir(sweep, variant, s))[RETURN] for s in SEEDS]
     logged = read_scalars(sweep / "aggregate" / f"variant={variant}")
     assert RETURN not in logged  # charts/episodic_return holds the single runs alone
-    agg = {
-        kind: logged[f"aggregate/variant={variant}/{kind}"] for kind in ("mean", "lower", "upper")
-    }
+    band = f"aggregate/episodic_return_band/variant={variant}"
+    agg = {k: logged[f"{band}/{k}"] for k in ("mean", "lower", "upper")}
     assert logged["aggregate/episodic_return"] == agg["mean"]
     steps = np.array([step for step, _ in agg["mean"]])
     # The grid runs from the latest first batch to the earliest last batch of the seeds.
@@ -328,10 +327,11 @@ def test_tensorboard_serves_seeds_aggregates_and_hparams(sweep: Path):
             },
         )
         sessions = {g["name"]: g for g in groups["sessionGroups"]}
-        assert set(sessions) == seed_runs  # every seed run, and no aggregate
+        # every seed run, and no aggregate, by a short trial id: the swept values
+        assert set(sessions) == {f"{v},seed={s}" for v in VARIANTS for s in SEEDS}
         for variant in VARIANTS:
             for seed in SEEDS:
-                group = sessions[job_dir(sweep, variant, seed).name]
+                group = sessions[f"{variant},seed={seed}"]
                 assert group["hparams"]["variant.name"] == variant
                 assert group["hparams"]["seed"] == seed
                 final = read_scalars(job_dir(sweep, variant, seed))["hparams/final_return"]
@@ -346,8 +346,8 @@ def test_tensorboard_serves_seeds_aggregates_and_hparams(sweep: Path):
         ]
         series = [m["margin"]["series"][0] for m in margins]
         assert [s["lower"] for s in series] == [
-            "aggregate/variant=rtg/lower",
-            "aggregate/variant=vanilla/lower",
+            "aggregate/episodic_return_band/variant=rtg/lower",
+            "aggregate/episodic_return_band/variant=vanilla/lower",
         ]
     finally:
         os.killpg(server.pid, signal.SIGTERM)

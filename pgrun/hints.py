@@ -1,0 +1,69 @@
+"""Command-line conveniences and warnings that keep a first run from surprising: `env.id=<id>`
+takes that env's file when it has one, and a learned value bootstrapped with gamma = 1 at a time
+limit is named before it trains.
+
+Imports neither torch nor gymnasium.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from pgrun.config import UserError
+
+NO_FILE_KEYS = ("env.solved_return", "env.random_return")
+
+
+def env_file_exists(env_id: str) -> bool:
+    """Whether configs/env/<env_id>.yaml exists (ALE/Pong-v5 -> configs/env/ALE/Pong-v5.yaml)."""
+    path = resources.files("pgrun.configs") / "env"
+    for part in env_id.split("/"):
+        path = path / part
+    return (path.parent / f"{path.name}.yaml").is_file() if env_id else False
+
+
+def env_id_argv(args: list[str]) -> list[str]:
+    """`env.id=<id>` -> `env=<id>` when configs/env/<id>.yaml exists, so the run gets that env's
+    settings and threshold; for an id without a file, the default env file's other settings stay
+    and its solved_return and random_return are dropped (`env.solved_return=null`, unless given).
+    A comma list of ids is treated the same way when all or none have a file. Other arguments,
+    and `env.id` next to an `env=` choice, are returned unchanged."""
+    keys = [a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a]
+    if "env" in keys or "env.id" not in keys:
+        return args
+    out, extra = [], []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") != "env.id" or "(" in value or not value:
+            out.append(arg)
+            continue
+        ids = value.split(",")
+        with_file = [env_file_exists(i) for i in ids]
+        if all(with_file):
+            out.append(f"env={value}")
+        elif not any(with_file):
+            out.append(arg)
+            extra += [f"{k}=null" for k in NO_FILE_KEYS if k not in keys]
+        else:
+            named = ", ".join(i for i, f in zip(ids, with_file, strict=True) if f)
+            raise UserError(
+                f"{arg}: {named} has an env file and the others have none; sweep "
+                f"env=<ids with a file> and env.id=<the others> separately"
+            )
+    return out + extra
+
+
+def value_gamma_warning(cfg: Any, time_limit: int | None) -> str | None:
+    """One line when a learned V is bootstrapped at a time limit with gamma = 1: V(s) cannot see
+    the steps left, so its target (the return to go, continued with V itself) is ill-defined."""
+    if cfg.variant.baseline != "value" or cfg.gamma < 1.0 or time_limit is None:
+        return None
+    if str(getattr(cfg.env.truncation, "value", cfg.env.truncation)) != "bootstrap":
+        return None
+    return (
+        f"pgrun: warning: variant.baseline=value with gamma=1 bootstraps V at {cfg.env.id}'s "
+        f"time limit ({time_limit} steps), where a V that cannot see the time left is "
+        "ill-defined; set gamma<1 (e.g. gamma=0.99, as experiment=cartpole_value_baseline does) "
+        "or env.truncation=terminate"
+    )
