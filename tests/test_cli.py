@@ -312,10 +312,10 @@ def sweep_jobs(sweep: Launch) -> dict[str, Path]:
 def test_sweep_makes_one_named_job_dir_per_combination(sweep):
     jobs = sweep_jobs(sweep)
     assert set(jobs) == {
-        "seed=0,variant=vanilla",
-        "seed=1,variant=vanilla",
-        "seed=0,variant=rtg",
-        "seed=1,variant=rtg",
+        "variant=vanilla,seed=0",
+        "variant=vanilla,seed=1",
+        "variant=rtg,seed=0",
+        "variant=rtg,seed=1",
     }
     for name, job in jobs.items():
         assert len(event_files(job)) == 1, name
@@ -329,7 +329,7 @@ def test_sweep_makes_one_named_job_dir_per_combination(sweep):
 def test_same_seed_same_curve(sweep, launched, variant):
     # The sweep job and the single run share variant, seed and budget: identical series, though
     # they ran in different processes.
-    job = read_scalars(sweep_jobs(sweep)[f"seed=0,variant={variant}"])
+    job = read_scalars(sweep_jobs(sweep)[f"variant={variant},seed=0"])
     single = read_scalars(run_dir_of(launched[variant]))
     for tag in ("charts/episodic_return", "charts/episodic_length", "losses/policy"):
         assert job[tag] == single[tag], tag
@@ -337,8 +337,8 @@ def test_same_seed_same_curve(sweep, launched, variant):
 
 def test_another_seed_another_curve(sweep):
     jobs = sweep_jobs(sweep)
-    seed0 = read_scalars(jobs["seed=0,variant=vanilla"])["charts/episodic_return"]
-    seed1 = read_scalars(jobs["seed=1,variant=vanilla"])["charts/episodic_return"]
+    seed0 = read_scalars(jobs["variant=vanilla,seed=0"])["charts/episodic_return"]
+    seed1 = read_scalars(jobs["variant=vanilla,seed=1"])["charts/episodic_return"]
     assert seed0 != seed1
 
 
