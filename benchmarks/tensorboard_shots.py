@@ -135,11 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     print(closing.strip(), flush=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
+    server = subprocess.Popen(  # --logdir relative: the pictures show "sweep", not a path
         [
             str(BIN / "tensorboard"),
             "--logdir",
-            str(sweep),
+            "sweep",
             "--host",
             "127.0.0.1",
             "--port",
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        cwd=work,
         start_new_session=True,  # its data server stops with it
     )
     try:

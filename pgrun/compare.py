@@ -652,7 +652,9 @@ def _plot_matrix(ax, ranking: Ranking, name: str) -> None:
                 )
                 low, high = (v.low, v.high) if labels[i] == v.better else (1 - v.high, 1 - v.low)
                 ci = "" if math.isnan(low) else f"\n[{low:.2f}, {high:.2f}]"
-                ax.text(j, i, f"{p[i, j]:.2f}{ci}", ha="center", va="center", fontsize="small")
+                color = "white" if abs(p[i, j] - 0.5) > 0.3 else "black"  # on dark cells
+                ax.text(j, i, f"{p[i, j]:.2f}{ci}", ha="center", va="center", fontsize="small",
+                        color=color)  # fmt: skip
     ax.set_xticks(range(k), labels, rotation=30, ha="right")
     ax.set_yticks(range(k), labels)
     ax.set_title(f"{name}: P(row > column)")
