@@ -85,5 +85,5 @@ clean: ## remove outputs, caches and the virtual environment
 	rm -rf outputs/runs outputs/multirun .pytest_cache .ruff_cache $(VENV) *.egg-info
 
 .PHONY: tensorboard-shots
-tensorboard-shots: $(STAMP) ## a small sweep in TensorBoard, rendered by headless Chromium into docs/tensorboard/*.png (needs: apt-get install chromium)
+tensorboard-shots: $(STAMP) ## a small sweep in TensorBoard, rendered by headless Chromium into docs/tensorboard/*.png (installs Debian's chromium if missing)
 	$(PY) benchmarks/tensorboard_shots.py $(ARGS)

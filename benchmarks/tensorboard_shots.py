@@ -73,11 +73,21 @@ def free_port() -> int:
 
 
 def chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path
-    fail("no chromium on PATH: apt-get install -y chromium")
+    """Debian's chromium, installed from the distribution's packages when it is missing and
+    this runs as root with apt-get (as the cluster test installs SLURM)."""
+    for attempt in range(2):
+        for name in ("chromium", "chromium-browser"):
+            path = shutil.which(name)
+            if path:
+                return path
+        if attempt or os.geteuid() != 0 or not shutil.which("apt-get"):
+            break
+        print("installing chromium (apt-get install chromium)", flush=True)
+        quiet = {"stdout": subprocess.DEVNULL, "check": False}
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, **quiet)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, **quiet)
+    fail("no chromium on PATH: install it (apt-get install -y chromium) and run again")
     raise AssertionError
 
 

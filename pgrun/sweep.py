@@ -92,6 +92,8 @@ def expected_jobs(sweep_dir: Path) -> list[Job] | None:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from pgrun.views import exclude_keys_of
+
     file = Path(sweep_dir) / MULTIRUN_FILE
     if not file.is_file():
         return None
@@ -103,18 +105,22 @@ def expected_jobs(sweep_dir: Path) -> list[Job] | None:
     arguments += [str(o) for o in cfg.hydra.overrides.task]
     parser = OverridesParser.create()
     (batch,) = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)
-    naming = cfg.hydra.job.config.override_dirname
+    naming = OmegaConf.to_container(cfg.hydra.job.config.override_dirname)
+    naming["exclude_keys"] = exclude_keys_of(cfg)
     subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
     jobs = []
     for num, overrides in enumerate(batch):
         dirname = get_overrides_dirname(
             parser.parse_overrides(overrides),
-            exclude_keys=list(naming.exclude_keys),
-            item_sep=naming.item_sep,
-            kv_sep=naming.kv_sep,
+            exclude_keys=naming["exclude_keys"],
+            item_sep=naming["item_sep"],
+            kv_sep=naming["kv_sep"],
         )
+        # the keys hydra.sweep.subdir may refer to (configs/config.yaml; older sweeps named
+        # their jobs by hydra.job.override_dirname)
+        job = {"override_dirname": dirname, "num": num, "config": {"override_dirname": naming}}
         node = OmegaConf.create(
-            {"hydra": {"job": {"override_dirname": dirname, "num": num}, "subdir": subdir}}
+            {"hydra": {"job": job, "overrides": {"task": list(overrides)}, "subdir": subdir}}
         )
         jobs.append(Job(num, list(overrides), Path(sweep_dir) / str(node.hydra.subdir)))
     return jobs

@@ -71,6 +71,23 @@ def exclude_constant_overrides(config: Any) -> None:
         config.hydra.overrides.hydra.append(f"{EXCLUDE_KEYS}=[{quoted}]")
 
 
+def exclude_keys_of(config: Any) -> list[str]:
+    """The exclude keys a sweep's jobs are named with: the last
+    hydra.job.config.override_dirname.exclude_keys override among the sweep config's hydra
+    overrides (exclude_constant_overrides appends one), else the config's own value. For a
+    sweep's saved record (multirun.yaml), whose job names are computed again (pgrun.sweep)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    keys = [str(k) for k in OmegaConf.select(config, EXCLUDE_KEYS, default=[]) or []]
+    hydra_overrides = OmegaConf.select(config, "hydra.overrides.hydra", default=[]) or []
+    for line in map(str, hydra_overrides):
+        if override_key(line) == EXCLUDE_KEYS:
+            (override,) = OverridesParser.create().parse_overrides([line])
+            keys = [str(k) for k in override.value()]
+    return keys
+
+
 def order_overrides(overrides: Sequence[str]) -> list[str]:
     """Variant first, then env, the others as given, seed last."""
 

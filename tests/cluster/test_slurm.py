@@ -61,7 +61,7 @@ def summary(sweep: Path) -> dict[str, dict[str, str]]:
 
 
 def job(sweep: Path, seed: int) -> Path:
-    return sweep / f"seed={seed},{STEPS},variant=rtg"
+    return sweep / f"seed={seed}"  # what varies (variant and steps are the same for all)
 
 
 def writer_pid(run_dir: Path) -> int:
