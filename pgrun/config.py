@@ -150,8 +150,9 @@ class VariantConfig:
     """Stop the batch's inner steps before the first minibatch step whose approximate
     KL(pi_old || pi) exceeds this (> 0); logged as stats/stopped_early. null: never stop."""
     minibatches: int = 1
-    """M: each inner step splits the batch's episodes, shuffled, into M minibatches and takes
-    one gradient step on each (1 <= M <= batch_episodes)."""
+    """M: each inner step shuffles the batch into M minibatches and takes one gradient step on
+    each: of whole episodes with rollout=episodes (1 <= M <= batch_episodes), of single steps
+    with rollout=steps (1 <= M <= batch_episodes * rollout.steps), as PPO implementations do."""
     entropy_coef: float = 0.0
     """c >= 0: the loss subtracts c (1/N) sum_i sum_t m_{i,t} H[pi(.|s_{i,t})], an entropy bonus
     on the same per-episode scale as the policy loss."""
@@ -412,11 +413,15 @@ def validate(cfg: "DictConfig | Config") -> None:
         v.target_kl,
         "use a value > 0, or null to never stop early",
     )
+    if cfg.rollout.name == "steps":  # minibatches of single steps
+        most, of = cfg.batch_episodes * cfg.rollout.steps, "batch_episodes * rollout.steps"
+    else:  # of whole episodes
+        most, of = cfg.batch_episodes, "batch_episodes"
     need(
-        1 <= v.minibatches <= cfg.batch_episodes,
+        1 <= v.minibatches <= most,
         "variant.minibatches",
         v.minibatches,
-        f"use an integer in [1, batch_episodes={cfg.batch_episodes}]",
+        f"use an integer in [1, {of}={most}]",
     )
     need(
         0 <= v.entropy_coef < math.inf,

@@ -117,12 +117,20 @@ class GradientStep:
 
 
 class RatioEpochs:
-    """K epochs, each shuffling the rows (with `generator`) into M minibatches and stepping on
-    each, the loss of a minibatch divided by its own number of rows: the ratio loss
-    rho A with rho = exp(logp - logp_old) against the policy that collected the batch, or PPO's
-    clipped one with `clip`. `target_kl` stops the whole loop before the first minibatch step
-    whose approximate KL(pi_old || pi) on that minibatch exceeds it (stats/stopped_early,
-    stats/gradient_steps)."""
+    """K epochs, each shuffling the batch (with `generator`) into M minibatches and stepping on
+    each: the ratio loss rho A with rho = exp(logp - logp_old) against the policy that
+    collected the batch, or PPO's clipped one with `clip`. `target_kl` stops the whole loop
+    before the first minibatch step whose approximate KL(pi_old || pi) on that minibatch
+    exceeds it (stats/stopped_early, stats/gradient_steps).
+
+    `shuffle` says what a minibatch is made of:
+    - "rows": whole rows (episodes, for rollout=episodes), the loss of a minibatch divided by
+      its own number of rows, as pg_loss divides the batch's by N;
+    - "steps": single valid steps drawn from every row (rollout=steps, as PPO implementations
+      shuffle a rollout), a minibatch of B of the batch's S valid steps weighted S / B:
+      L_mb = -(1/N) (S/B) sum_{(i,t) in mb} rho A, an unbiased estimate of the whole batch's L
+      on the same scale (equal to it when M = 1).
+    """
 
     def __init__(
         self,
@@ -133,8 +141,11 @@ class RatioEpochs:
         target_kl: float | None = None,
         entropy_coef: float = 0.0,
         max_grad_norm: float | None = None,
+        shuffle: str = "rows",
     ):
-        self.epochs, self.minibatches = epochs, minibatches
+        if shuffle not in SHUFFLES:
+            raise ValueError(f"shuffle={shuffle!r}: use one of {', '.join(SHUFFLES)}")
+        self.epochs, self.minibatches, self.shuffle = epochs, minibatches, shuffle
         self.clip, self.target_kl = clip, target_kl
         self.entropy_coef, self.max_grad_norm = entropy_coef, max_grad_norm
 
@@ -153,35 +164,55 @@ class RatioEpochs:
             dist_old = policy(batch.obs)
             logp_old = dist_old.log_prob(batch.act)
         stats = _before(hooks, policy, batch, adv)
-        n, m = batch.num_episodes, self.minibatches
+        m = self.minibatches
+        by_steps = self.shuffle == "steps" and m > 1
+        valid = batch.mask.flatten().nonzero().squeeze(1) if by_steps else None
         taken, stopped, clip_fractions = 0, False, []
         for k in range(self.epochs):
-            if m > 1:
-                order = torch.randperm(n, generator=generator).to(adv.device)
-                groups: list[torch.Tensor | None] = list(order.chunk(m))
+            if not m > 1:
+                groups: list[torch.Tensor | None] = [None]
+            elif by_steps:  # flat indices into (N * T) of the valid steps
+                order = torch.randperm(len(valid), generator=generator).to(valid.device)
+                groups = list(valid[order].chunk(m))
             else:
-                groups = [None]
+                order = torch.randperm(batch.num_episodes, generator=generator)
+                groups = list(order.to(adv.device).chunk(m))
             epoch_logp = torch.empty_like(logp_old)  # the log-probs epoch k's losses used
             for idx in groups:
-                mb = batch if idx is None else batch.rows(idx)
-                mb_adv = adv if idx is None else adv[idx]
-                mb_old = logp_old if idx is None else logp_old[idx]
-                dist = policy(mb.obs)
-                logp = dist.log_prob(mb.act)
+                if idx is None:
+                    mb_obs, mb_act, mb_adv, mb_old, mb_mask = (
+                        batch.obs, batch.act, adv, logp_old, batch.mask
+                    )
+                elif by_steps:  # one row of B steps
+                    mb_obs, mb_act, mb_adv, mb_old, mb_mask = (
+                        _steps(x, idx) for x in (batch.obs, batch.act, adv, logp_old, batch.mask)
+                    )
+                else:
+                    mb = batch.rows(idx)
+                    mb_obs, mb_act, mb_adv, mb_old, mb_mask = (
+                        mb.obs, mb.act, adv[idx], logp_old[idx], mb.mask
+                    )
+                dist = policy(mb_obs)
+                logp = dist.log_prob(mb_act)
                 kl_check = self.target_kl is not None and taken > 0
-                if kl_check and ratio_stats(logp, mb_old, mb.mask)["approx_kl"] > self.target_kl:
+                if kl_check and ratio_stats(logp, mb_old, mb_mask)["approx_kl"] > self.target_kl:
                     stopped = True
                     break
                 if idx is None:
                     epoch_logp = logp.detach()
+                elif by_steps:
+                    epoch_logp.view(-1)[idx] = logp.detach().view(-1)
                 else:
                     epoch_logp[idx] = logp.detach()
                 entropy = _entropy(dist, self.entropy_coef)
                 terms = policy_loss(
-                    logp, entropy, mb_adv, mb.mask, self.entropy_coef, mb_old, self.clip
+                    logp, entropy, mb_adv, mb_mask, self.entropy_coef, mb_old, self.clip
                 )
+                if by_steps:  # (1/N)(S/B) sum over the minibatch: the batch's scale
+                    weight = len(valid) / (batch.num_episodes * len(idx))
+                    terms = {name: term * weight for name, term in terms.items()}
                 if self.clip is not None:
-                    clip_fractions.append(clip_fraction(logp, mb_old, mb.mask, self.clip))
+                    clip_fractions.append(clip_fraction(logp, mb_old, mb_mask, self.clip))
                 grad_norm = gradient_step(policy, optimizer, terms["loss"], self.max_grad_norm)
                 if taken == 0:  # the whole batch's entropy, at the collecting policy
                     whole = entropy.detach() if idx is None else dist_old.entropy()
@@ -204,6 +235,12 @@ class RatioEpochs:
         return stats
 
 
+def _steps(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The steps `idx` (B,) (flat indices into N * T) of an (N, T, ...) tensor, as (1, B, ...)."""
+    return x.flatten(0, 1)[idx].unsqueeze(0)
+
+
+SHUFFLES = ("rows", "steps")
 RULES = {"gradient": GradientStep, "ratio_epochs": RatioEpochs}
 
 
@@ -225,7 +262,15 @@ def rule_from_config(cfg: Any):
     if name == "gradient":
         return GradientStep(**common)
     if name == "ratio_epochs":
+        # rollout=steps: minibatches of single steps, as PPO implementations shuffle a
+        # rollout; rollout=episodes: of whole episodes, each row one of the notes' samples
+        shuffle = "steps" if cfg.rollout.name == "steps" else "rows"
         return RatioEpochs(
-            v.inner_steps, v.minibatches, clip=v.clip, target_kl=v.target_kl, **common
+            v.inner_steps,
+            v.minibatches,
+            clip=v.clip,
+            target_kl=v.target_kl,
+            shuffle=shuffle,
+            **common,
         )
     raise ValueError(f"variant.rule={name!r}: use one of auto, {', '.join(RULES)}")

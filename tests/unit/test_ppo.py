@@ -152,6 +152,50 @@ def test_minibatches_split_the_episodes_and_average_over_their_own():
     assert (full - start).abs().sum(dim=(1, 2)).min() > 0  # every episode's rows moved
 
 
+def test_minibatches_of_steps_take_every_valid_step_once_on_the_batch_scale():
+    """shuffle="steps" (rollout=steps): the S = 11 valid steps of the toy batch shuffled into
+    M = 2 minibatches of B = 6 and 5 steps, each loss weighted S / B. Every (episode, step) has
+    its own logits, so an SGD step moves only its minibatch's steps, each by S / B times what
+    the full-batch step moves it; the padded step never moves."""
+    batch, adv, policy = toy()
+    start = policy.logits.data.clone()
+    full, _ = params_after(FixedLogits(start), batch, adv, lr=1.0)
+    steps, stats = params_after(
+        FixedLogits(start), batch, adv, lr=1.0, minibatches=2, shuffle="steps",
+        generator=torch.Generator().manual_seed(3),
+    )  # fmt: skip
+    valid = batch.mask > 0
+    moved, moved_full = (steps - start)[..., 0], (full - start)[..., 0]
+    assert moved_full[valid].abs().min() > 0
+    ratio = moved[valid] / moved_full[valid]
+    for weight, count in ((11 / 6, 6), (11 / 5, 5)):
+        assert int(torch.isclose(ratio, torch.tensor(weight)).sum()) == count, ratio
+    assert (steps - start)[~valid].abs().max() == 0  # the padding
+    assert "stats/ratio_mean" in stats
+    with pytest.raises(ValueError, match="shuffle='frames'"):
+        RatioEpochs(1, 2, shuffle="frames")
+
+
+def test_rollout_steps_picks_minibatches_of_steps():
+    from omegaconf import OmegaConf
+
+    from pgrun.update_rules import rule_from_config
+
+    def rule(rollout: str):
+        cfg = OmegaConf.create(
+            {
+                "rollout": {"name": rollout},
+                "optim": {"max_grad_norm": None},
+                "variant": {"rule": "auto", "inner_steps": 10, "minibatches": 4, "clip": 0.2,
+                            "target_kl": None, "entropy_coef": 0.0},
+            }
+        )  # fmt: skip
+        return rule_from_config(cfg)
+
+    assert rule("steps").shuffle == "steps"
+    assert rule("episodes").shuffle == "rows"
+
+
 def test_target_kl_stops_the_inner_loop_early():
     batch, adv, policy = toy()
     # lr 50 moves the policy far after the first step: the second step's KL is large
