@@ -2,19 +2,20 @@
 
 For each case the real `pgrun` command must exit non-zero, print no traceback, print exactly one
 line on stderr (`pgrun: error: ...`) that names the offending key or value and what is accepted,
-and leave no new run directory behind. All cases are launched at once (four at a time) by a
-module fixture; each test then checks one of them.
+and leave no new run directory behind. A module fixture runs every case, each in a process of
+its own forked from a server that has pgrun's imports loaded (tests/forkserver.py: the command
+without its seconds of imports); each test then checks one of them.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_pgrun
+from conftest import pgrun_env
+from forkserver import ForkServer
 from omegaconf import OmegaConf
 
 BROKEN_MODULE = 'raise RuntimeError("this module is broken")\n'
@@ -181,14 +182,14 @@ if not torch.cuda.is_available():  # the cuda case only exists on a machine with
     CASES["cuda without cuda"] = Case(["device=cuda"], ["device='cuda'", "device=cpu"])
 
 
-def fabricate_run(path: Path, cwd: Path, kind: str) -> None:
+def fabricate_run(path: Path, cwd: Path, kind: str, server: ForkServer) -> None:
     """A run directory as pgrun leaves it (.hydra record and a checkpoint), made without
     training: its config is the default one, or one with a key this version does not have
     ("old"); "garbage_overrides", "no_config" and "other_policy" damage one part of it."""
     import pgrun
 
     (path / ".hydra").mkdir(parents=True)
-    config = run_pgrun(["--cfg", "job"], cwd=cwd).stdout
+    config = server.run(["--cfg", "job"], cwd=cwd, env=pgrun_env()).stdout
     if kind == "old":
         config += "legacy_key: 1\n"
     (path / ".hydra" / "config.yaml").write_text(config)
@@ -203,15 +204,16 @@ def fabricate_run(path: Path, cwd: Path, kind: str) -> None:
     torch.save(state, path / "checkpoint-00000001.pt")
 
 
-def launch(name: str, case: Case, base: Path, plugins: Path) -> tuple[str, object, Path]:
+def launch(name: str, case: Case, base: Path, plugins: Path, server: ForkServer):
     cwd = base / name.replace(" ", "_")
     cwd.mkdir()
     if case.needs_run:
         where = "old" if case.needs_run == "old" else "run"
-        fabricate_run(cwd / where, cwd, case.needs_run)
+        fabricate_run(cwd / where, cwd, case.needs_run, server)
     before = sorted(p.relative_to(cwd) for p in cwd.rglob("*"))
-    done = run_pgrun(["total_steps=200", *case.args], cwd=cwd, env={"PYTHONPATH": str(plugins)})
-    return name, (done, before), cwd
+    env = pgrun_env({"PYTHONPATH": str(plugins), **case.env})
+    done = server.run(["total_steps=200", *case.args], cwd=cwd, env=env)
+    return done, before, cwd
 
 
 @pytest.fixture(scope="module")
@@ -223,9 +225,8 @@ def outcomes(tmp_path_factory) -> dict:
     (plugins / "broken_module.py").write_text(BROKEN_MODULE)
     (plugins / "broken_ctor.py").write_text(BROKEN_CONSTRUCTOR)
     (plugins / "bad_env.py").write_text(BAD_OUTPUT)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = pool.map(lambda item: launch(*item, base, plugins), CASES.items())
-        return {name: (done, before, cwd) for name, (done, before), cwd in results}
+    with ForkServer(pgrun_env()) as server:
+        return {name: launch(name, case, base, plugins, server) for name, case in CASES.items()}
 
 
 def test_the_battery_has_at_least_25_cases():
