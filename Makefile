@@ -4,7 +4,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 ARGS   ?=
-PIP    := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
+# --no-compile: Python compiles what is imported, on first use, instead of every file of torch now
+PIP    := $(PY) -m pip install --disable-pip-version-check --no-compile -c constraints.txt
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-all run test test-fast lint format tensorboard sweep clean bench-variance
