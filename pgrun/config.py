@@ -29,6 +29,9 @@ class Weights(str, Enum):
     rtg = "rtg"  # the reward-to-go, sum_{t' >= t} r_t' (causality)
 
 
+WEIGHTS = tuple(w.value for w in Weights)
+
+
 class Baseline(str, Enum):
     """What is subtracted from the weights."""
 
@@ -131,8 +134,9 @@ class PolicyConfig:
 class VariantConfig:
     name: str = MISSING
     """Label of the preset (used in run names); the knobs below define the estimator."""
-    weights: Weights = Weights.rtg
-    """total | rtg: whole-episode return or reward-to-go."""
+    weights: str = "rtg"
+    """total | rtg | module:function: whole-episode return, reward-to-go, or your own weights
+    (a function (batch, gamma) -> (N, T) tensor, see pgrun/plugins.py)."""
     baseline: Baseline = Baseline.time
     """none | time | time_loo: subtracted from the weights."""
     inner_steps: int = 1
@@ -387,6 +391,19 @@ def validate(cfg: "DictConfig | Config") -> None:
     )
     v = cfg.variant
     baseline, weights = _plain(v.baseline), _plain(v.weights)
+    plugin = ":" in weights
+    need(
+        weights in WEIGHTS or plugin,
+        "variant.weights",
+        weights,
+        f"use one of {', '.join(WEIGHTS)}, or module:function for your own",
+    )
+    need(
+        not plugin or v.gae_lambda is None,
+        "variant.weights",
+        weights,
+        "GAE computes its own weights: set variant.gae_lambda=null to use these",
+    )
     need(v.clip is None or v.clip > 0, "variant.clip", v.clip, "use a value > 0, or null for none")
     lam = v.gae_lambda
     need(
@@ -402,7 +419,7 @@ def validate(cfg: "DictConfig | Config") -> None:
         "GAE needs a value network: set variant.baseline=value, or variant.gae_lambda=null",
     )
     need(
-        baseline != "value" or weights == "rtg",
+        baseline != "value" or weights != "total",
         "variant.weights",
         weights,
         "baseline=value needs weights=rtg (V(s_t) is no baseline for rewards before t)",

@@ -520,6 +520,7 @@ def advantages(
     gae_lambda: float | None = None,
     done: torch.Tensor | None = None,
     start: torch.Tensor | None = None,
+    given: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The detached weight A_{i,t} of log pi(a_{i,t}|s_{i,t}) for one variant.
 
@@ -539,6 +540,8 @@ def advantages(
         gae_lambda: lambda of GAE; None: no GAE.
         done: (N, T) bool episode ends; None: each row is one episode (the notes' batch).
         start: (N,) int64, each row's first step's time within its episode; None: 0.
+        given: (N, T) float32 weights computed elsewhere (a plug-in, pgrun.plugins), used in
+            place of `weights`; the baseline and the rest apply to them as to the built-ins.
     Returns:
         (N, T) float32, zero where mask is zero, no gradient.
     """
@@ -555,6 +558,7 @@ def advantages(
         gae_lambda=gae_lambda,
         done=done,
         start=start,
+        given=given,
     )[0]
 
 
@@ -572,11 +576,13 @@ def advantages_and_targets(
     gae_lambda: float | None = None,
     done: torch.Tensor | None = None,
     start: torch.Tensor | None = None,
+    given: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(A, target): the weights of `advantages` and, with baseline "value", what V is fitted
     to (value_targets: G_{i,t}, or the lambda-return A^GAE + V with `gae_lambda`), from one
     pass: GAE or the bootstrapped return is computed once for both. target is None without
-    a value baseline. Arguments as for `advantages`; both results (N, T), detached.
+    a value baseline. Arguments as for `advantages`; both results (N, T), detached. With
+    `given` weights and baseline "value", V is still fitted to the returns G_{i,t}.
     """
     _check_nt("rew", rew)
     _check_nt("mask", mask, rew)
@@ -590,6 +596,10 @@ def advantages_and_targets(
     if notes:  # the notes' layout: the formulas written for it, as is
         done, start = None, None
     target = None
+    if given is not None:
+        _check_nt("given", given, rew)
+        if gae_lambda is not None:
+            raise ValueError("gae_lambda computes its own weights: drop the given weights")
     if gae_lambda is not None:
         if baseline != "value":
             raise ValueError(f"gae_lambda={gae_lambda!r} needs baseline='value'")
@@ -597,7 +607,13 @@ def advantages_and_targets(
         w = gae(rew, values, mask, zero if boot is None else boot, gamma, gae_lambda, done)
         target = ((w + values) * mask).detach()
     else:
-        if weights == "total":
+        if given is not None:
+            w = given
+            if baseline == "value":  # V's target: the returns, as for weights "rtg"
+                zero = torch.zeros_like(rew)
+                g = bootstrapped_reward_to_go(rew, mask, zero if boot is None else boot, gamma, done)
+                target = g.detach()
+        elif weights == "total":
             w = episode_return(rew, mask, done, gamma)
         elif weights == "rtg":
             # the notes' reward-to-go, or G_{i,t} continued with boot where a value exists
@@ -618,9 +634,10 @@ def advantages_and_targets(
         elif baseline == "time_loo":
             w = w - loo_time_baseline(w, mask)
         elif baseline == "value":
-            if weights != "rtg":
+            if given is None and weights != "rtg":
                 raise ValueError("baseline='value' needs weights='rtg'")
-            target = w.detach()
+            if target is None:
+                target = w.detach()
             w = w - values
     if discount_from_start and gamma != 1.0:
         if notes:

@@ -227,10 +227,14 @@ def batch_advantages(
 
     `values` (N, T) and `boot` (N, T) are the value estimates a variant with baseline "value"
     needs (V(s_t), and the values after each episode's end from bootstrap_values); the batch's
-    per-step episode boundaries (batch.done, batch.start) say where each episode begins and ends."""
+    per-step episode boundaries (batch.done, batch.start) say where each episode begins and ends.
+    A variant whose `weights` is a plug-in, 'module:function' (pgrun.plugins), takes its
+    weights from that function, and its baseline and normalisation apply to them."""
     from pgrun.estimators import advantages
+    from pgrun.plugins import is_plugin, plugin_weights
 
     v = _variant_knobs(variant)
+    given = plugin_weights(v["weights"], batch, gamma) if is_plugin(v["weights"]) else None
     return advantages(
         batch.rew,
         batch.mask,
@@ -244,6 +248,7 @@ def batch_advantages(
         gae_lambda=v["gae_lambda"],
         done=batch.done,
         start=batch.start,
+        given=given,
     )
 
 

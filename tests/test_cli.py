@@ -80,12 +80,12 @@ OUT_OF_RANGE = {
     "optim.lr=0": "optim.lr",
     "total_steps=0": "total_steps",
     "env.id=NoSuchEnv-v0": "env.id",
+    "variant.weights=bogus": "variant.weights",
 }
 # Unknown keys and values of the wrong type: refused while Hydra composes the config, reported
 # in one line that names the key (or the missing preset).
 NOT_IN_SCHEMA = {
     "batch_episodes=abc": "batch_episodes",
-    "variant.weights=bogus": "variant.weights",
     "foo=1": "foo",
     "variant=bogus": "bogus",
     "gamma=[1]": "gamma",

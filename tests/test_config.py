@@ -176,7 +176,6 @@ def test_a_typo_fails_at_compose_time(override):
         "batch_episodes=abc",
         "variant.inner_steps=two",
         "gamma=high",
-        "variant.weights=bogus",
         "variant.baseline=mean",
         "optim.name=rmsprop",
         "discount_from_start=maybe",
@@ -294,6 +293,27 @@ def test_validate_rejects_options_that_need_a_value_network(overrides, says):
     ],
 )
 def test_validate_accepts_the_edges_of_the_new_ranges(overrides):
+    validate(composed(*overrides))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["variant.weights=bogus"], "total, rtg, or module:function"),
+        (["variant=gae", "variant.weights=mine:weights"], "variant.gae_lambda=null"),
+    ],
+)
+def test_validate_rejects_unknown_weights_and_a_plugin_with_gae(overrides, says):
+    with pytest.raises(ConfigError, match=r"^variant.weights=") as info:
+        validate(composed(*overrides))
+    assert says in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["variant.weights=mine:weights"], ["variant=value_baseline", "variant.weights=a.b:c"]],
+)
+def test_validate_accepts_a_weights_plugin(overrides):
     validate(composed(*overrides))
 
 

@@ -1,0 +1,340 @@
+"""`pgrun-check`: is an estimator unbiased? Its mean against the exact gradient of small MDPs.
+
+    pgrun-check my_estimators:weights              # your own weights (pgrun.plugins)
+    pgrun-check my_estimators.py:weights --episodes 8
+    pgrun-check variant=rtg_baseline               # a built-in preset (knobs may follow:
+    pgrun-check variant=gae variant.normalize_advantages=false)
+
+For each of several random MDPs of pgrun.exact (stochastic transitions, rewards of both signs
+plus noise, termination, a time limit) and a random linear softmax policy, it collects M
+independent batches of N episodes with pgrun.collect_episodes, computes the estimator's
+weights A on each batch and the batch's estimate
+
+    g_m = (1/N) sum_i sum_t m_{i,t} A_{i,t} grad log pi(a_{i,t}|s_{i,t})
+
+(-grad of pgrun.losses.pg_loss, here from the exact score table of the tabular policy), and
+compares the mean over the M batches with the exact grad J_gamma by dynamic programming:
+
+    z_j       = (mean_j - grad J_j) / (std_j / sqrt(M))      per coordinate j
+    cosine    = cos(mean g, grad J)
+    rel. bias = ||mean g - grad J|| / ||grad J||, with +- its noise floor sqrt(tr Cov / M) / ||grad J||
+    tr Cov    = sum_j Var g_j, the noise of one batch's estimate
+
+An unbiased estimator has every z_j ~ N(0, 1). The verdict is "biased" when some |z_j| exceeds
+the two-sided normal quantile at the family-wise false-alarm level alpha (default 1%),
+Bonferroni-corrected over every coordinate of every MDP: an unbiased estimator is called biased
+with probability at most alpha. Exit status 0: unbiased within that tolerance; 1: biased;
+2: bad input (a plug-in that does not load or returns unusable weights).
+
+A preset whose baseline is a value function gets the exact V_t(s) of the MDP as its values, so
+what is checked is the estimator with a perfect critic. The runs are seeded (--seed): the same
+command gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from statistics import NormalDist
+
+SIZES = {"quick": 10_000, "default": 40_000, "thorough": 160_000}  # episodes per MDP
+MDPS = ((0, 4, 3, 6), (1, 5, 2, 8), (2, 3, 4, 5), (3, 6, 3, 10))  # (seed, S, A, T)
+# the built-ins whose noise is shown beside the estimator's: name -> preset and knobs
+COMPARE = {
+    "vanilla": ("vanilla", []),
+    "rtg": ("rtg", []),
+    "rtg_baseline": ("rtg_baseline", []),
+    "time_loo": ("rtg", ["variant.baseline=time_loo"]),
+    "value_baseline": ("value_baseline", []),
+}
+COMPARE_BATCHES = 500  # batches for the built-ins' tr Cov (relative SE about 6-10%)
+
+
+def z_crit(tests: int, alpha: float) -> float:
+    """Two-sided normal quantile at level alpha / tests (Bonferroni)."""
+    return NormalDist().inv_cdf(1 - alpha / (2 * tests))
+
+
+@dataclass
+class Verdict:
+    """What pgrun-check found on one MDP."""
+
+    cosine: float
+    max_z: float
+    worst: int  # the coordinate with the largest |z|
+    rel_bias: float
+    rel_noise: float  # sqrt(tr Cov / M) / ||grad J||, the noise floor of rel_bias
+    tr_cov: float
+
+
+def judge(est, target) -> Verdict:
+    """est: (M, D) float64 batch estimates; target: (D,) the exact gradient."""
+    import torch
+
+    M = est.shape[0]
+    mean, std = est.mean(0), est.std(0)
+    se = std / math.sqrt(M)
+    diff = mean - target
+    # a coordinate that never varies is exactly right or infinitely wrong
+    z = torch.where(
+        se > 0, diff / se.clamp(min=1e-300), torch.where(diff.abs() > 1e-12, math.inf, 0.0)
+    )
+    tr_cov = float(std.pow(2).sum())
+    norm = float(target.norm())
+    return Verdict(
+        cosine=float(torch.nn.functional.cosine_similarity(mean, target, dim=0)),
+        max_z=float(z.abs().max()),
+        worst=int(z.abs().argmax()),
+        rel_bias=float(diff.norm()) / norm,
+        rel_noise=math.sqrt(tr_cov / M) / norm,
+        tr_cov=tr_cov,
+    )
+
+
+def estimator(what: str, overrides: list[str]):
+    """(label, weights(batch, gamma, values) -> (N, T)) for a plug-in or a preset."""
+    from pgrun.plugins import PluginError, is_plugin, load, plugin_weights
+
+    if what.startswith("variant="):
+        from omegaconf import OmegaConf
+
+        from pgrun.config import VariantConfig, load_variant
+        from pgrun.losses import batch_advantages
+
+        name = what.split("=", 1)[1]
+        variant = load_variant(name)
+        if overrides:
+            dotlist = [o.removeprefix("variant.") for o in overrides]
+            try:
+                node = OmegaConf.merge(
+                    OmegaConf.structured(VariantConfig),
+                    OmegaConf.structured(variant),
+                    OmegaConf.from_dotlist(dotlist),
+                )
+                variant = OmegaConf.to_object(node)
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise PluginError(f"{' '.join(overrides)}: {first}") from None
+        if is_plugin(variant.weights):
+            load(variant.weights)
+        label = " ".join([what, *overrides])
+
+        def weights(batch, gamma, values):
+            import torch
+
+            boot = torch.zeros_like(batch.rew[:, 0])  # the time limit ends every episode
+            uses_v = str(getattr(variant.baseline, "value", variant.baseline)) == "value"
+            return batch_advantages(
+                batch,
+                variant,
+                gamma,
+                discount_from_start=gamma != 1.0,
+                values=values if uses_v else None,
+                boot=boot if uses_v else None,
+            )
+
+        return label, weights
+    if overrides:
+        raise PluginError(f"{' '.join(overrides)}: knobs go with variant=<preset>, not a plug-in")
+    if not is_plugin(what):
+        raise PluginError(
+            f"{what!r}: give module:function (your weights) or variant=<preset> (a built-in)"
+        )
+    load(what, "pgrun-check")
+    return what, lambda batch, gamma, values: plugin_weights(what, batch, gamma, "pgrun-check")
+
+
+@dataclass
+class Case:
+    """One MDP with its policy, exact quantities, episode pool and score table."""
+
+    label: str
+    dims: int
+    pool: object  # Batch of M * N episodes
+    exact: object  # pgrun.exact.Exact
+    values: object  # (M * N, T) V_t(s_{i,t}) float32
+    step_scores: object  # (M * N, T, D) float64 grad log pi(a_{i,t}|s_{i,t})
+
+
+def make_case(seed: int, states: int, actions: int, horizon: int, episodes: int, gamma: float):
+    import torch
+
+    import pgrun
+    from pgrun.exact import exact_gradient, make_tabular_env, random_mdp, tabular_policy
+
+    mdp = random_mdp(seed, states, actions, horizon)
+    policy = tabular_policy(mdp, seed)
+    exact = exact_gradient(policy, mdp, gamma)
+    env = make_tabular_env(mdp, episodes, seed=10_000 + seed)
+    torch.manual_seed(10_000 + seed)
+    pool = pgrun.collect_episodes(env, policy, seed=10_000 + seed)
+    env.close()
+    s = pool.obs.argmax(-1)  # (E, T) state index (0 on padding, masked)
+    t = torch.arange(pool.rew.shape[1]).expand_as(s)
+    values = exact.V[t, s].float() * pool.mask
+    return Case(
+        label=f"S={states} A={actions} T={horizon}",
+        dims=exact.grad_J.numel(),
+        pool=pool,
+        exact=exact,
+        values=values,
+        step_scores=exact.scores[s, pool.act] * pool.mask[..., None].double(),
+    )
+
+
+def batch_estimates(case: Case, weights, n: int, gamma: float, batches: int | None = None):
+    """(M, D) float64: the estimate of each of M disjoint batches of n episodes.
+
+    Each batch is the pool's episodes lo..lo+n-1, cut to its own longest episode, as
+    pgrun.collect_episodes returns a batch."""
+    import torch
+
+    from pgrun.rollout import Batch
+
+    pool = case.pool
+    M = pool.num_episodes // n if batches is None else min(batches, pool.num_episodes // n)
+    T = pool.rew.shape[1]
+    lengths = pool.lengths[: M * n].reshape(M, n).max(1).values.tolist()
+    # every field as (M, n, ...): batch m is a view; the per-step fields are cut to its length
+    stepwise = {"obs", "act", "rew", "mask"}
+    grouped = {
+        f: getattr(pool, f)[: M * n].reshape(M, n, *getattr(pool, f).shape[1:])
+        for f in Batch.__dataclass_fields__
+    }
+    values = case.values[: M * n].reshape(M, n, T)
+    w_all = torch.zeros(M, n, T, dtype=torch.float64)
+    with torch.no_grad():
+        for m, L in enumerate(lengths):
+            cut = {f: x[m, :, :L] if f in stepwise else x[m] for f, x in grouped.items()}
+            w_all[m, :, :L] = weights(Batch(**cut), gamma, values[m, :, :L])
+    w_all = w_all.reshape(M * n, T)
+    g = (w_all[..., None] * case.step_scores[: M * n]).sum(1)  # (M n, D) per episode
+    return g.reshape(M, n, -1).mean(1)
+
+
+def run(what: str, overrides: list[str], n: int, episodes: int, alpha: float, gamma: float,
+        seed: int, out=None) -> bool:  # fmt: skip
+    """Print the report (to `out`, default stdout); True when the estimator is judged unbiased."""
+    import torch
+
+    out = out or sys.stdout
+    label, weights = estimator(what, overrides)
+    torch.set_num_threads(1)  # tiny tensors
+    builtins = {name: estimator(f"variant={p}", knobs)[1] for name, (p, knobs) in COMPARE.items()}
+    start = time.perf_counter()
+    mdps = [(seed + s, S, A, T) for s, S, A, T in MDPS]
+    cases = [make_case(*m, episodes=episodes, gamma=gamma) for m in mdps]
+    tests = sum(c.dims for c in cases)
+    zc = z_crit(tests, alpha)
+    M = episodes // n
+    print(
+        f"pgrun-check {label}: the mean of its estimates against the exact grad J "
+        f"(gamma={gamma:g}) of {len(cases)} random MDPs (stochastic transitions, "
+        f"rewards of both signs, termination, a time limit) with a random linear softmax "
+        f"policy; batches of N={n} episodes, {M:,} batches ({M * n:,} episodes) per MDP, "
+        f"{len(cases) * M * n:,} episodes in all",
+        file=out,
+    )
+    print(file=out)
+    names = list(COMPARE)
+    print(f"{'':<53}| tr Cov of the built-ins at N={n}", file=out)
+    print(
+        f"{'MDP':<14} {'cosine':>7} {'max|z|':>7} {'rel. bias':>12} {'tr Cov':>8} | "
+        + "  ".join(names),
+        file=out,
+    )
+    results = []
+    for c in cases:
+        v = judge(batch_estimates(c, weights, n, gamma), c.exact.grad_J)
+        results.append(v)
+        others = [
+            judge(batch_estimates(c, fn, n, gamma, COMPARE_BATCHES), c.exact.grad_J).tr_cov
+            for fn in builtins.values()
+        ]
+        flag = "  <- biased" if v.max_z > zc else ""
+        bias = f"{100 * v.rel_bias:.1f}+-{100 * v.rel_noise:.1f}%"
+        print(
+            f"{c.label:<14} {v.cosine:>7.4f} {v.max_z:>7.2f} {bias:>12} {v.tr_cov:>8.4g} | "
+            + "  ".join(f"{x:>{len(name)}.4g}" for x, name in zip(others, names, strict=True))
+            + flag,
+            file=out,
+        )
+    print(file=out)
+    level = alpha / tests
+    print(
+        f"Each |z| is judged against {zc:.2f}: the two-sided level {level:.2g} per coordinate, "
+        f"Bonferroni over the {tests} coordinates of the {len(cases)} MDPs, so an unbiased "
+        f"estimator is called biased with probability at most {alpha:g}. "
+        f"{time.perf_counter() - start:.1f} s.",
+        file=out,
+    )
+    biased = [(c, v) for c, v in zip(cases, results, strict=True) if v.max_z > zc]
+    if not biased:
+        print(f"verdict: unbiased (every |z| <= {zc:.2f})", file=out)
+        return True
+    c, v = max(biased, key=lambda cv: cv[1].max_z)
+    print(
+        f"verdict: BIASED on {len(biased)} of {len(cases)} MDPs; the worst, {c.label}, has "
+        f"coordinate {v.worst} off by z = {v.max_z:.1f} and a relative bias of "
+        f"{100 * v.rel_bias:.1f}% (noise floor {100 * v.rel_noise:.1f}%)",
+        file=out,
+    )
+    return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="pgrun-check",
+        description="Check an estimator against the exact gradient of small random MDPs: "
+        "exit 0 unbiased, 1 biased, 2 bad input.",
+    )
+    parser.add_argument(
+        "estimator", help="module:function (your weights) or variant=<preset> (a built-in)"
+    )
+    parser.add_argument(
+        "knobs",
+        nargs="*",
+        help="variant.<knob>=<value> overrides of a preset (e.g. variant.baseline=time_loo)",
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help=f"{SIZES['quick']:,} episodes per MDP")
+    size.add_argument(
+        "--thorough", action="store_true", help=f"{SIZES['thorough']:,} episodes per MDP"
+    )
+    size.add_argument("--samples", type=int, help="episodes per MDP (default 40,000)")
+    parser.add_argument("--episodes", "-N", type=int, default=2, help="N, episodes per batch")
+    parser.add_argument("--alpha", type=float, default=0.01, help="family-wise false-alarm level")
+    parser.add_argument("--gamma", type=float, default=1.0, help="discount of J_gamma")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the MDPs and the episodes")
+    args = parser.parse_args(argv)
+    episodes = (
+        args.samples or SIZES["quick" if args.quick else "thorough" if args.thorough else "default"]
+    )
+    problems = [
+        (args.episodes >= 1, f"--episodes {args.episodes}: use N >= 1"),
+        (episodes >= 2 * args.episodes, f"--samples {episodes}: use at least 2 N"),
+        (0 < args.alpha < 1, f"--alpha {args.alpha}: use a level in (0, 1)"),
+        (0 < args.gamma <= 1, f"--gamma {args.gamma}: use a value in (0, 1]"),
+        (args.seed >= 0, f"--seed {args.seed}: use an integer >= 0"),
+    ]
+    for ok, message in problems:
+        if not ok:
+            print(f"pgrun-check: error: {message}", file=sys.stderr)
+            sys.exit(2)
+    from pgrun.config import UserError
+
+    try:
+        unbiased = run(
+            args.estimator, args.knobs, args.episodes, episodes, args.alpha, args.gamma, args.seed
+        )
+    except UserError as exc:
+        print(f"pgrun-check: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    sys.exit(0 if unbiased else 1)
+
+
+if __name__ == "__main__":
+    main()

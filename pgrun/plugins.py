@@ -1,0 +1,126 @@
+"""Your own estimator: weights given by import path, `variant.weights=module:function`.
+
+A weights plug-in is a function
+
+    weights(batch: pgrun.Batch, gamma: float) -> torch.Tensor   # (N, T) float32
+
+that returns the weight A_{i,t} of log pi(a_{i,t}|s_{i,t}) for every step of the batch's N
+episodes (T = batch.rew.shape[1]). pgrun detaches it and multiplies it by the mask (steps after
+an episode's end get 0), then applies variant.normalize_advantages and discount_from_start as
+for the built-in weights. The Batch fields it may use are those of pgrun.rollout.Batch:
+
+    obs (N, T, obs_dim), act (N, T[, act_dim]), rew (N, T) float32 (0 after the end),
+    mask (N, T) float32 (1 while the episode runs), terminated (N,) bool, truncated (N,) bool,
+    final_obs (N, obs_dim), and batch.lengths (N,), batch.returns (N,).
+
+`module` is an importable module (the current directory is searched first, as `python -m`
+does) or a path to a .py file, e.g. `variant.weights=my_estimators.py:loo_baseline`.
+
+A plug-in that cannot be imported, or returns something else than finite (N, T) float32
+weights without gradient, stops the run with one line naming it and the problem (exit 2).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from pgrun.config import UserError
+
+
+class PluginError(UserError):
+    """A plug-in that cannot be loaded or returned something unusable (exit 2)."""
+
+
+def is_plugin(value: object) -> bool:
+    """A `module:function` import path (the built-in names contain no colon)."""
+    return isinstance(value, str) and ":" in value
+
+
+@cache
+def load(spec: str, key: str = "variant.weights") -> Callable:
+    """The function named by `spec` ('module:function' or 'path/file.py:function').
+
+    Raises PluginError naming `key`, the spec and what failed."""
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise PluginError(f"{key}={spec}: use module:function, e.g. my_estimators:weights")
+    try:
+        if where.endswith(".py"):
+            path = Path(where).expanduser()
+            if not path.is_file():
+                raise PluginError(f"{key}={spec}: no file {where}")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            cwd = os.getcwd()
+            if cwd not in sys.path:
+                sys.path.insert(0, cwd)
+            module = importlib.import_module(where)
+    except PluginError:
+        raise
+    except Exception as exc:  # the user's module failed to import: say why, in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise PluginError(
+            f"{key}={spec}: cannot import {where} ({type(exc).__name__}: {first})"
+        ) from None
+    fn = getattr(module, name, None)
+    if fn is None:
+        raise PluginError(f"{key}={spec}: {where} has no attribute {name!r}")
+    if not callable(fn):
+        raise PluginError(f"{key}={spec}: {name} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def plugin_weights(spec: str, batch, gamma: float, key: str = "variant.weights") -> torch.Tensor:
+    """Call the weights plug-in `spec` on `batch` and check what it returns.
+
+    Returns:
+        (N, T) float32, detached, zero where batch.mask is zero.
+    Raises:
+        PluginError: the plug-in raised, or returned anything but a finite (N, T) tensor of
+            batch.rew's dtype that does not require grad.
+    """
+    fn = load(spec, key)
+    try:
+        w = fn(batch, gamma)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise PluginError(f"{key}={spec} raised {type(exc).__name__}: {first}") from None
+    shape = tuple(batch.rew.shape)
+    if not isinstance(w, torch.Tensor):
+        raise PluginError(
+            f"{key}={spec} returned a {type(w).__name__}; return a torch.Tensor of shape "
+            f"(N, T) = {shape}"
+        )
+    if tuple(w.shape) != shape:
+        raise PluginError(
+            f"{key}={spec} returned shape {tuple(w.shape)}; the batch is (N, T) = {shape}"
+        )
+    if w.dtype != batch.rew.dtype:
+        raise PluginError(
+            f"{key}={spec} returned {str(w.dtype).removeprefix('torch.')} weights; return "
+            f"{str(batch.rew.dtype).removeprefix('torch.')}, the dtype of batch.rew"
+        )
+    if w.requires_grad:
+        raise PluginError(
+            f"{key}={spec} returned a tensor that requires grad; weights are constants: "
+            "compute them under torch.no_grad() or .detach() them"
+        )
+    valid = batch.mask > 0
+    bad = ~torch.isfinite(w) & valid
+    if bad.any():
+        i, t = (int(x) for x in bad.nonzero()[0])
+        raise PluginError(
+            f"{key}={spec} returned {w[i, t].item()} at episode {i}, step {t} "
+            f"({int(bad.sum())} non-finite weights on valid steps)"
+        )
+    return torch.where(valid, w.detach(), torch.zeros_like(w))

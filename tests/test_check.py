@@ -1,0 +1,200 @@
+"""pgrun-check and the weights plug-ins: the verdicts on estimators known to be unbiased or
+biased, the fast estimate against autograd, and the one-line errors of a bad plug-in.
+
+The verdicts run pgrun-check's own test (seeded, --quick sample size): an unbiased estimator
+is called biased with probability at most alpha = 1% (Bonferroni over every coordinate), and
+the biased ones here are off by many standard errors (|z| > 10 on some MDP at this size), so
+the outcomes are far from the threshold as well as reproducible.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import pgrun
+from pgrun import check
+from pgrun.config import UserError
+from pgrun.plugins import PluginError, plugin_weights
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples" / "my_estimators.py"
+QUICK = check.SIZES["quick"]
+
+
+def verdict(what: str, *knobs: str, n: int = 2) -> tuple[bool, str]:
+    out = io.StringIO()
+    unbiased = check.run(what, list(knobs), n, QUICK, 0.01, 1.0, 0, out=out)
+    return unbiased, out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("what", "knobs", "unbiased"),
+    [
+        (f"{EXAMPLES}:rtg_loo", [], True),
+        (f"{EXAMPLES}:rtg_mean", [], False),  # the plain time baseline: O(1/N), large at N = 2
+        (f"{EXAMPLES}:rtg_same_action", [], False),  # a baseline that uses the action taken
+        ("variant=rtg_baseline", [], False),
+        ("variant=rtg_baseline", ["variant.baseline=time_loo"], True),
+        ("variant=value_baseline", [], True),  # with the exact V_t(s)
+    ],
+    ids=["loo", "time", "same_action", "preset_time", "preset_loo", "preset_value"],
+)
+def test_pgrun_check_tells_biased_from_unbiased(what, knobs, unbiased):
+    found, report = verdict(what, *knobs)
+    assert found is unbiased, report
+    assert "5,000 batches (10,000 episodes) per MDP, 40,000 episodes in all" in report
+    assert ("verdict: unbiased" in report) is unbiased
+    assert ("BIASED" in report) is not unbiased
+
+
+def test_fast_estimates_are_minus_the_gradient_of_the_loss():
+    """pgrun-check's estimate from the score table equals -grad pg_loss by autograd."""
+    case = check.make_case(0, 4, 3, 6, episodes=12, gamma=1.0)
+    label, weights = check.estimator("variant=rtg_baseline", [])
+    fast = check.batch_estimates(case, weights, 3, 1.0)
+    from pgrun.exact import random_mdp, tabular_policy
+    from pgrun.losses import batch_advantages, pg_loss
+    from pgrun.rollout import Batch
+
+    policy = tabular_policy(random_mdp(0, 4, 3, 6), 0)
+    for m in range(4):
+        b = Batch(*(getattr(case.pool, f)[3 * m : 3 * m + 3] for f in Batch.__dataclass_fields__))
+        policy.zero_grad()
+        adv = batch_advantages(b, "rtg_baseline")
+        pg_loss(policy(b.obs).log_prob(b.act), adv, b.mask).backward()
+        slow = -torch.cat([p.grad.reshape(-1) for p in policy.parameters()])
+        torch.testing.assert_close(fast[m].float(), slow, rtol=1e-4, atol=1e-5)
+
+
+def test_exit_status_follows_the_verdict(capsys):
+    """A small sample (1,000 batches per MDP) keeps the false-alarm level at 1% and still
+    shows the plain time baseline's bias at N = 2 (about 60%) by |z| > 10."""
+    for name, code in (("rtg_loo", 0), ("rtg_mean", 1)):
+        with pytest.raises(SystemExit) as info:
+            check.main([f"{EXAMPLES}:{name}", "--samples", "2000"])
+        assert info.value.code == code
+        assert "1,000 batches (2,000 episodes) per MDP" in capsys.readouterr().out
+
+
+def test_a_bad_plugin_is_one_line_and_exit_2(tmp_path):
+    exe = Path(sys.executable).parent / "pgrun-check"
+    done = subprocess.run(
+        [str(exe), "no_such_module:weights"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "pgrun-check: error: pgrun-check=no_such_module:weights: cannot import no_such_module "
+        "(ModuleNotFoundError: No module named 'no_such_module')"
+    ]
+
+
+# ----------------------------------------------------------------------- the plug-in contract
+
+
+def small_batch():
+    env = pgrun.make_env("CartPole-v1", num_envs=3, seed=0)
+    policy = pgrun.make_policy(env, hidden_sizes=[8])
+    torch.manual_seed(0)
+    return pgrun.collect_episodes(env, policy, horizon=20, seed=0)
+
+
+PLUGIN = """
+import torch
+from pgrun.estimators import reward_to_go
+
+def good(batch, gamma):
+    return reward_to_go(batch.rew, gamma) + 1.0  # nonzero on padding: pgrun masks it
+
+def wrong_shape(batch, gamma):
+    return batch.rew[:, :-1]
+
+def wrong_dtype(batch, gamma):
+    return batch.rew.double()
+
+def needs_grad(batch, gamma):
+    return batch.rew.clone().requires_grad_()
+
+def nan(batch, gamma):
+    w = batch.rew.clone()
+    w[1, 2] = float("nan")
+    return w
+
+def numpy(batch, gamma):
+    return batch.rew.numpy()
+
+def raises(batch, gamma):
+    raise KeyError("rtg")
+
+not_callable = 3
+"""
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    (tmp_path / "student_estimators.py").write_text(PLUGIN)
+    (tmp_path / "broken_estimators.py").write_text("import torch\nraise RuntimeError('oops')\n")
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    for name in ("student_estimators", "broken_estimators"):
+        sys.modules.pop(name, None)
+
+
+def test_a_plugin_from_the_current_directory_is_detached_and_masked(plugin_dir):
+    batch = small_batch()
+    w = plugin_weights("student_estimators:good", batch, 1.0)
+    expected = (pgrun.reward_to_go(batch.rew) + 1.0) * batch.mask
+    torch.testing.assert_close(w, expected)
+    assert not w.requires_grad
+    by_path = plugin_weights(f"{plugin_dir / 'student_estimators.py'}:good", batch, 1.0)
+    torch.testing.assert_close(by_path, expected)
+
+
+def test_a_plugin_as_weights_of_a_variant_takes_its_baseline(plugin_dir):
+    """weights=plug-in with baseline=time is the plug-in's weights minus their time baseline;
+    a plug-in returning the reward-to-go reproduces rtg_baseline exactly."""
+    from pgrun.losses import batch_advantages
+
+    batch = small_batch()
+    mine = {"weights": "student_estimators:good", "baseline": "time"}
+    plus_one = batch_advantages(batch, mine)
+    torch.testing.assert_close(plus_one, batch_advantages(batch, "rtg_baseline"), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("wrong_shape", "returned shape (3, 19); the batch is (N, T) = (3, 20)"),
+        ("wrong_dtype", "returned float64 weights; return float32, the dtype of batch.rew"),
+        ("needs_grad", "returned a tensor that requires grad"),
+        ("nan", "returned nan at episode 1, step 2 (1 non-finite weights on valid steps)"),
+        ("numpy", "returned a ndarray; return a torch.Tensor"),
+        ("raises", "raised KeyError: 'rtg'"),
+        ("not_callable", "not_callable is a int, not a function"),
+        ("missing", "student_estimators has no attribute 'missing'"),
+    ],
+)
+def test_a_bad_plugin_names_itself_and_the_problem(plugin_dir, name, says):
+    batch = small_batch()
+    assert int(batch.lengths.min()) > 2  # step 2 of episode 1 is valid
+    with pytest.raises(PluginError) as info:
+        plugin_weights(f"student_estimators:{name}", batch, 1.0)
+    message = str(info.value)
+    assert message.startswith(f"variant.weights=student_estimators:{name}")
+    assert says in message and "\n" not in message
+    assert isinstance(info.value, UserError) and info.value.exit_code == 2
+
+
+def test_a_plugin_that_fails_to_import_says_why(plugin_dir):
+    with pytest.raises(
+        PluginError, match=r"cannot import broken_estimators \(RuntimeError: oops\)"
+    ):
+        plugin_weights("broken_estimators:weights", small_batch(), 1.0)
+    with pytest.raises(PluginError, match="use module:function"):
+        plugin_weights("student_estimators:", small_batch(), 1.0)
+    with pytest.raises(PluginError, match="no file nowhere.py"):
+        plugin_weights("nowhere.py:weights", small_batch(), 1.0)
