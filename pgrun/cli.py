@@ -441,10 +441,10 @@ def run(cfg: DictConfig) -> float | None:
         warning = value_gamma_warning(cfg, cfg.env.horizon or spec.max_episode_steps)
         if warning:
             log.warning(warning)
-        if ":" in str(cfg.variant.weights):  # an own estimator: import it before anything runs
-            from pgrun.plugins import load
+        if ":" in str(cfg.variant.weights):  # an own estimator: try it before anything runs
+            from pgrun.plugins import try_on_env
 
-            load(str(cfg.variant.weights))
+            try_on_env(str(cfg.variant.weights), cfg)
         if state == "interrupted":  # continues from its checkpoint (its own: checked below)
             resume = True
         elif multirun and not resume:

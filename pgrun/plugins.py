@@ -124,3 +124,20 @@ def plugin_weights(spec: str, batch, gamma: float, key: str = "variant.weights")
             f"({int(bad.sum())} non-finite weights on valid steps)"
         )
     return torch.where(valid, w.detach(), torch.zeros_like(w))
+
+
+def try_on_env(spec: str, cfg, key: str = "variant.weights") -> None:
+    """Call the plug-in once on a short batch of the run's env and policy (at most 8 steps),
+    so that a plug-in returning unusable weights is refused before the run starts."""
+    from pgrun.envs import env_from_config
+    from pgrun.policies import policy_from_config
+    from pgrun.rollout import collect_episodes
+
+    env = env_from_config(cfg, num_envs=cfg.batch_episodes, seed=cfg.seed)
+    try:
+        policy = policy_from_config(env, cfg)
+        horizon = min(cfg.env.horizon or 8, 8)
+        batch = collect_episodes(env, policy, horizon, seed=cfg.seed)
+    finally:
+        env.close()
+    plugin_weights(spec, batch, cfg.gamma, key)

@@ -30,6 +30,7 @@ class Broken(gym.Env):
 
 gym.register(id="Broken-v0", entry_point=Broken, max_episode_steps=10)
 """
+BAD_WEIGHTS = "def one_column(batch, gamma):\n    return batch.rew[:, :1]\n"
 # An importable package named Box2D that fails like a missing install.
 NO_BOX2D = 'raise ImportError("No module named Box2D")\n'
 # An env that returns, as `mode` says, something its spaces or the gymnasium API do not allow.
@@ -131,6 +132,15 @@ CASES: dict[str, Case] = {
     "unsupported space": Case(["env.id=Blackjack-v1"], ["Blackjack-v1", "Tuple", "not supported"]),
     "import path missing": Case(["env.id=no_such_module:Env-v0"], ["no_such_module", "PYTHONPATH"]),
     "import path raises": Case(["env.id=broken_module:Env-v0"], ["broken_module", "RuntimeError"]),
+    "weights plug-in missing": Case(
+        ["variant.weights=no_such_module:weights"], ["variant.weights=", "cannot import"]
+    ),
+    "weights plug-in raises": Case(
+        ["variant.weights=broken_module:weights"], ["broken_module", "RuntimeError"]
+    ),
+    "weights plug-in shape": Case(
+        ["variant.weights=bad_weights:one_column"], ["bad_weights:one_column", "shape"]
+    ),
     "constructor raises": Case(["env.id=broken_ctor:Broken-v0"], ["Broken-v0", "ValueError"]),
     "missing extra": Case(["env=LunarLander-v3"], ["LunarLander-v3", ".[box2d]"]),
     "cnn on vectors": Case(["env=Pendulum-v1", "policy=cnn"], ["policy=cnn", "policy=mlp"]),
@@ -225,6 +235,7 @@ def outcomes(tmp_path_factory) -> dict:
     (plugins / "broken_module.py").write_text(BROKEN_MODULE)
     (plugins / "broken_ctor.py").write_text(BROKEN_CONSTRUCTOR)
     (plugins / "bad_env.py").write_text(BAD_OUTPUT)
+    (plugins / "bad_weights.py").write_text(BAD_WEIGHTS)
     with ForkServer(pgrun_env()) as server:
         return {name: launch(name, case, base, plugins, server) for name, case in CASES.items()}
 

@@ -198,3 +198,15 @@ def test_a_plugin_that_fails_to_import_says_why(plugin_dir):
         plugin_weights("student_estimators:", small_batch(), 1.0)
     with pytest.raises(PluginError, match="no file nowhere.py"):
         plugin_weights("nowhere.py:weights", small_batch(), 1.0)
+
+
+def test_pgrun_trains_with_a_plugin(tmp_path):
+    """A short run whose weights come from the example plug-in, by file path."""
+    from conftest import only_run_dir, read_scalars, run_pgrun
+
+    done = run_pgrun(
+        [f"variant.weights={EXAMPLES}:rtg_loo", "variant=rtg", "total_steps=600"], tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    scalars = read_scalars(only_run_dir(tmp_path))
+    assert len(scalars["charts/episodic_return"]) >= 2
