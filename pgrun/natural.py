@@ -255,3 +255,93 @@ def natural_step(
     s = kl_scaled_step(x, Fx, max_kl)
     scale = float(s.norm() / x.norm()) if x.norm() > 0 else 0.0
     return NaturalStep(x, s, float(g.norm()), 0.5 * scale**2 * float(x @ Fx))
+
+
+class NaturalGradient:
+    """The update rule of variant=npg (line_search False) and variant=trpo (True).
+
+    On the batch's weights A (from the learner: GAE, a value baseline, any estimator), at the
+    collecting policy pi_old: g = grad L, x = (F + damping I)^-1 g by `cg_iters` conjugate
+    gradient steps, s = sqrt(2 max_kl / x^T F x) x. NPG takes s; TRPO takes the first of
+    s, shrink s, shrink^2 s, ... (at most `max_tries`) whose mean KL(pi_old || pi) is at most
+    max_kl and whose surrogate improves, and no step when none does. The policy optimizer's
+    learning rate plays no part: the step's size is the KL radius.
+    """
+
+    def __init__(
+        self,
+        max_kl: float = 0.01,
+        *,
+        line_search: bool = False,
+        damping: float = 0.1,
+        cg_iters: int = 10,
+        shrink: float = 0.8,
+        max_tries: int = 10,
+        entropy_coef: float = 0.0,
+    ):
+        if not max_kl > 0:
+            raise ValueError(f"max_kl={max_kl!r}: use a value > 0")
+        self.max_kl, self.line_search = max_kl, line_search
+        self.damping, self.cg_iters = damping, cg_iters
+        self.shrink, self.max_tries = shrink, max_tries
+        self.entropy_coef = entropy_coef
+
+    def _loss(self, dist, batch, adv, logp_old) -> torch.Tensor:
+        """-L(theta): the ratio surrogate (its gradient at pi_old is the on-policy estimate),
+        minus the entropy bonus."""
+        from pgrun.losses import entropy_bonus, pg_loss
+
+        loss = pg_loss(dist.log_prob(batch.act), adv, batch.mask, logp_old)
+        if self.entropy_coef:
+            loss = loss - self.entropy_coef * entropy_bonus(dist.entropy(), batch.mask)
+        return loss
+
+    def step(self, policy, optimizer, batch, adv, *, generator=None, hooks=()) -> dict[str, float]:
+        """One natural-gradient (or TRPO) step on `batch` with the weights `adv` (N, T)."""
+        stats: dict[str, float] = {}
+        for hook in hooks:
+            stats.update(hook.before_update(policy, batch, adv))
+        params = [p for p in policy.parameters() if p.requires_grad]
+        with torch.no_grad():
+            dist_old = policy(batch.obs)
+            logp_old = dist_old.log_prob(batch.act)
+        dist = policy(batch.obs)
+        loss = self._loss(dist, batch, adv, logp_old)
+        kl = mean_kl(dist_old, dist, batch.mask)
+        nat = natural_step(
+            loss, kl, params, self.max_kl, damping=self.damping, cg_iters=self.cg_iters
+        )
+        if not (torch.isfinite(loss) and torch.isfinite(nat.step).all()):
+            raise FloatingPointError("loss" if not torch.isfinite(loss) else "gradient")
+        with torch.no_grad():
+            entropy = (dist_old.entropy() * batch.mask).sum() / batch.mask.sum()
+
+        def surrogate() -> float:
+            with torch.no_grad():
+                return -self._loss(policy(batch.obs), batch, adv, logp_old).item()
+
+        def kl_now() -> float:
+            with torch.no_grad():
+                return mean_kl(dist_old, policy(batch.obs), batch.mask).item()
+
+        if self.line_search:
+            found = line_search(
+                params, nat.step, surrogate, kl_now, self.max_kl,
+                shrink=self.shrink, max_tries=self.max_tries,
+            )  # fmt: skip
+            stats["stats/step_fraction"] = found.fraction
+            stats["stats/line_search_tries"] = float(found.tries)
+        else:
+            set_flat(params, flat(params) + nat.step)
+        if not all(torch.isfinite(p).all() for p in params):
+            raise FloatingPointError("parameters")
+        stats.update(
+            {
+                "losses/policy": loss.item(),
+                "stats/entropy": entropy.item(),
+                "stats/grad_norm": nat.grad_norm,
+                "stats/kl": kl_now(),
+                "stats/quadratic_kl": nat.quadratic_kl,
+            }
+        )
+        return stats

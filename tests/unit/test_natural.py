@@ -242,3 +242,31 @@ def test_line_search_rejects_every_step_outside_the_radius():
     result = line_search(params, step.step, surrogate, kl, max_kl=1e-4, max_tries=3)
     assert not result.accepted
     assert torch.equal(flat(params), theta_old)
+
+
+@pytest.mark.parametrize("line_search", [False, True], ids=["npg", "trpo"])
+def test_the_update_rule_steps_to_the_kl_radius(line_search):
+    """NaturalGradient.step on a CartPole batch: the surrogate improves; TRPO's KL is within
+    the radius (the line search guarantees it), NPG's is the radius up to the quadratic
+    model's error (within 50% at max_kl = 0.01 with damping 0.1, which shrinks the step)."""
+    from pgrun.losses import batch_advantages
+    from pgrun.natural import NaturalGradient
+
+    env = pgrun.make_env("CartPole-v1", num_envs=8, seed=0)
+    torch.manual_seed(0)
+    policy = pgrun.make_policy(env, hidden_sizes=[16])
+    batch = pgrun.collect_episodes(env, policy, horizon=100, seed=0)
+    adv = batch_advantages(batch, "rtg_baseline")
+    with torch.no_grad():
+        old = policy(batch.obs)
+        logp_old = old.log_prob(batch.act)
+    rule = NaturalGradient(max_kl=0.01, line_search=line_search)
+    stats = rule.step(policy, None, batch, adv)
+    surrogate, kl = objectives(policy, batch.obs, batch.act, batch.mask, adv, old, logp_old)
+    assert kl() == pytest.approx(stats["stats/kl"])
+    assert -pgrun.pg_loss(logp_old, adv, batch.mask, logp_old).item() < surrogate()
+    if line_search:
+        assert kl() <= 0.01 and stats["stats/step_fraction"] > 0
+    else:
+        assert 0.005 < kl() < 0.015
+    assert stats["stats/quadratic_kl"] == pytest.approx(0.01, rel=1e-4)
