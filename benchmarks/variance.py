@@ -2,7 +2,8 @@
 
     python benchmarks/variance.py            # or: make bench-variance
 
-For the initial policy of `pgrun seed=0` and for the same run trained briefly (pgrun.train,
+The computation is pgrun-variance's (pgrun/variance.py), which does the same for any run's
+policy and env. For the initial policy of `pgrun seed=0` and for the same run trained briefly (pgrun.train,
 default config, a few thousand environment steps), it collects a pool of independent episodes
 with pgrun.collect_episodes, splits it into B = pool / N disjoint batches of N episodes, and
 computes every batch's estimate g = (1/N) sum_i g_i from per-episode gradients
@@ -19,7 +20,6 @@ The same batches serve every variant, so the columns compare estimators on ident
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 import time
@@ -29,17 +29,9 @@ import torch
 from hydra import compose, initialize_config_module
 
 import pgrun
-from pgrun.diagnostics import per_episode_grads
-from pgrun.losses import batch_advantages
-from pgrun.rollout import Batch
+from pgrun.variance import ESTIMATORS as VARIANTS
+from pgrun.variance import SIZES, batch_estimates, fmt_snr, fmt_var, measure
 
-VARIANTS = {
-    "vanilla": {"weights": "total", "baseline": "none"},
-    "rtg": {"weights": "rtg", "baseline": "none"},
-    "rtg_baseline": {"weights": "rtg", "baseline": "time"},
-    "time_loo": {"weights": "rtg", "baseline": "time_loo"},
-}
-SIZES = (1, 8, 32)
 ENV = "CartPole-v1"
 # The briefly trained policy of the README's table: the default config with Adam lr 0.03 (the
 # env file's learning rate when the table was measured; it is 0.05 now).
@@ -62,44 +54,6 @@ def trained_policy(seed: int, steps: int, overrides: list[str]):
     trained = pgrun.make_policy(env, **kwargs)
     trained.load_state_dict(state)
     return cfg, initial, trained, summary
-
-
-def batch_estimates(policy, pool: Batch, variant: dict, n: int) -> torch.Tensor:
-    """(B, D) float64: the estimates of B = pool // n disjoint batches of n episodes."""
-    b = pool.num_episodes // n
-    adv = torch.cat(
-        [
-            batch_advantages(
-                pool.rows(slice(i * n, (i + 1) * n)),
-                variant,
-            )
-            for i in range(b)
-        ]
-    )
-    used = pool.rows(slice(0, b * n))
-    g = per_episode_grads(policy, used, adv).double()
-    return g.reshape(b, n, -1).mean(1)
-
-
-def measure(est: torch.Tensor) -> dict[str, float]:
-    b = est.shape[0]
-    mean = est.mean(0)
-    sq = (est - mean).pow(2).sum(1)  # ||g_b - mean||^2
-    var = sq.sum().item() / (b - 1)
-    var_se = sq.std().item() / math.sqrt(b)
-    signal = mean.pow(2).sum().item() - var / b
-    snr = signal / var if var > 0 else float("nan")
-    return {"var": var, "var_se": var_se, "snr": snr, "batches": b}
-
-
-def fmt_var(m: dict[str, float]) -> str:
-    if m["var"] == 0:
-        return "0 (g = 0)"
-    return f"{m['var']:.3g} +- {m['var_se'] / m['var'] * 100:.0f}%"
-
-
-def fmt_snr(m: dict[str, float]) -> str:
-    return "undefined" if math.isnan(m["snr"]) else f"{m['snr']:.3g}"
 
 
 def main(argv: list[str] | None = None) -> None:

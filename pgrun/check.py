@@ -199,7 +199,7 @@ def batch_estimates(case: Case, weights, n: int, gamma: float, batches: int | No
     T = pool.rew.shape[1]
     lengths = pool.lengths[: M * n].reshape(M, n).max(1).values.tolist()
     # every field as (M, n, ...): batch m is a view; the per-step fields are cut to its length
-    stepwise = {"obs", "act", "rew", "mask"}
+    stepwise = {"obs", "act", "rew", "mask", "terminated", "truncated"}
     grouped = {
         f: getattr(pool, f)[: M * n].reshape(M, n, *getattr(pool, f).shape[1:])
         for f in Batch.__dataclass_fields__

@@ -445,6 +445,10 @@ def run(cfg: DictConfig) -> float | None:
             from pgrun.plugins import try_on_env
 
             try_on_env(str(cfg.variant.weights), cfg)
+        if ":" in str(cfg.variant.rule):  # an own update rule
+            from pgrun.plugins import load_rule
+
+            load_rule(str(cfg.variant.rule), cfg)
         if state == "interrupted":  # continues from its checkpoint (its own: checked below)
             resume = True
         elif multirun and not resume:

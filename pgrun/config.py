@@ -163,8 +163,21 @@ class VariantConfig:
     rule: str = "auto"
     """The update rule (pgrun/update_rules.py): gradient (one on-policy gradient step) |
     ratio_epochs (inner_steps epochs of minibatches of the ratio or clipped loss, with the KL
-    stop) | auto (ratio_epochs when inner_steps > 1, minibatches > 1 or clip is set, else
-    gradient)."""
+    stop) | npg (the natural gradient F^-1 g, scaled to the KL radius max_kl) | trpo (npg's
+    step with a backtracking line search under the KL constraint, pgrun/natural.py) |
+    auto (ratio_epochs when inner_steps > 1, minibatches > 1 or clip is set, else gradient) |
+    module:function, your own: function(cfg) returns an object with the rules' `step`."""
+    max_kl: float = 0.01
+    """delta > 0 of npg and trpo: the step's mean KL(pi_old || pi) over the batch's steps (npg:
+    of its quadratic model; trpo: at most, as measured)."""
+    cg_iters: int = 10
+    """npg and trpo: conjugate gradient steps solving F x = g (>= 1)."""
+    cg_damping: float = 0.1
+    """npg and trpo: lambda >= 0 added to the Fisher's diagonal, (F + lambda I) x = g."""
+    line_search_steps: int = 10
+    """trpo: steps s, beta s, beta^2 s, ... tried before giving up the batch's step (>= 1)."""
+    line_search_shrink: float = 0.8
+    """trpo: beta in (0, 1), the backtracking factor."""
 
 
 @dataclass
@@ -319,7 +332,13 @@ class Interrupted(Exception):
         self.signum, self.iteration, self.env_steps = signum, iteration, env_steps
 
 
-UPDATE_RULES = ("auto", "gradient", "ratio_epochs")  # pgrun.update_rules.RULES, and auto
+UPDATE_RULES = (
+    "auto",
+    "gradient",
+    "ratio_epochs",
+    "npg",
+    "trpo",
+)  # pgrun.update_rules.RULES, and auto
 _ROLLOUTS = ("episodes", "steps")
 _LOGGERS = ("tensorboard", "csv")  # pgrun.logger.LOGGERS
 _ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu", "leaky_relu")
@@ -446,7 +465,40 @@ def validate(cfg: "DictConfig | Config") -> None:
         v.entropy_coef,
         "use a finite value >= 0",
     )
-    need(v.rule in UPDATE_RULES, "variant.rule", v.rule, "use one of " + ", ".join(UPDATE_RULES))
+    need(
+        v.rule in UPDATE_RULES or ":" in v.rule,
+        "variant.rule",
+        v.rule,
+        "use one of " + ", ".join(UPDATE_RULES) + ", or module:function for your own",
+    )
+    need(
+        v.rule not in ("npg", "trpo")
+        or (v.inner_steps == 1 and v.minibatches == 1 and v.clip is None and v.target_kl is None),
+        "variant.rule",
+        v.rule,
+        f"{v.rule} takes one step on the whole batch: set inner_steps=1, minibatches=1, "
+        "clip=null, target_kl=null (its KL radius is variant.max_kl)",
+    )
+    need(0 < v.max_kl < math.inf, "variant.max_kl", v.max_kl, "use a finite value > 0")
+    need(v.cg_iters >= 1, "variant.cg_iters", v.cg_iters, "use an integer >= 1")
+    need(
+        0 <= v.cg_damping < math.inf,
+        "variant.cg_damping",
+        v.cg_damping,
+        "use a finite value >= 0",
+    )
+    need(
+        v.line_search_steps >= 1,
+        "variant.line_search_steps",
+        v.line_search_steps,
+        "use an integer >= 1",
+    )
+    need(
+        0 < v.line_search_shrink < 1,
+        "variant.line_search_shrink",
+        v.line_search_shrink,
+        "use a value in (0, 1)",
+    )
     need(
         v.rule != "gradient" or (v.inner_steps == 1 and v.minibatches == 1 and v.clip is None),
         "variant.rule",

@@ -611,7 +611,9 @@ def advantages_and_targets(
             w = given
             if baseline == "value":  # V's target: the returns, as for weights "rtg"
                 zero = torch.zeros_like(rew)
-                g = bootstrapped_reward_to_go(rew, mask, zero if boot is None else boot, gamma, done)
+                g = bootstrapped_reward_to_go(
+                    rew, mask, zero if boot is None else boot, gamma, done
+                )
                 target = g.detach()
         elif weights == "total":
             w = episode_return(rew, mask, done, gamma)

@@ -19,6 +19,7 @@ from pgrun.estimators import advantages_and_targets, bootstrap_values, explained
 from pgrun.losses import value_loss
 from pgrun.normalization import RewardScaler
 from pgrun.optim import Adam, Optimizer
+from pgrun.plugins import is_plugin, plugin_weights
 from pgrun.rollout import Batch
 from pgrun.value import ValueNetwork, fit_value, value_from_config
 
@@ -117,6 +118,9 @@ class Learner:
             with torch.no_grad():
                 values = self.value(batch.obs) * batch.mask
             boot = self.boot(batch)
+        given = None  # own weights, variant.weights=module:function (pgrun.plugins)
+        if is_plugin(self.weights):
+            given = plugin_weights(self.weights, weighted, self.gamma)
         adv, target = advantages_and_targets(
             weighted.rew,
             batch.mask,
@@ -130,6 +134,7 @@ class Learner:
             gae_lambda=self.gae_lambda,
             done=batch.done,
             start=batch.start,
+            given=given,
         )
         return Targets(adv, target, values)
 

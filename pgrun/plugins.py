@@ -141,3 +141,21 @@ def try_on_env(spec: str, cfg, key: str = "variant.weights") -> None:
     finally:
         env.close()
     plugin_weights(spec, batch, cfg.gamma, key)
+
+
+def load_rule(spec: str, cfg):
+    """The update rule `variant.rule=module:function`: function(cfg) is called once and
+    returns an object whose step(policy, optimizer, batch, adv, *, generator, hooks) returns
+    the tags to log, as pgrun.update_rules' rules do."""
+    factory = load(spec, "variant.rule")
+    try:
+        rule = factory(cfg)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise PluginError(f"variant.rule={spec} raised {type(exc).__name__}: {first}") from None
+    if not callable(getattr(rule, "step", None)):
+        raise PluginError(
+            f"variant.rule={spec} returned a {type(rule).__name__} without a step method; "
+            "return an object with step(policy, optimizer, batch, adv, *, generator, hooks)"
+        )
+    return rule

@@ -7,11 +7,15 @@
 - :class:`RatioEpochs`: K epochs of M minibatches of the ratio loss exp(logp - logp_old) A (the
   notes' off-policy loop) or PPO's clipped loss, stopped early once the approximate KL to the
   collecting policy exceeds `target_kl`.
+- npg and trpo (pgrun.natural.NaturalGradient): the natural gradient F^-1 g by conjugate
+  gradient, scaled to the KL radius `max_kl`; trpo with a backtracking line search on the
+  surrogate under the KL constraint.
+- `variant.rule=module:function`: your own, function(cfg) returning an object with `step`.
 
 A rule reads the advantages as given (pgrun.learner computes them, once per batch) and never
 touches V. Diagnostics observe a rule through hooks (pgrun.diagnostics.Diagnostics): a hook
-receives detached tensors, returns tags to log, and changes nothing. A new rule (a natural
-gradient or TRPO step) is one class with this `step` and one entry in RULES.
+receives detached tensors, returns tags to log, and changes nothing. A new rule is one class
+with this `step` and one entry in RULES.
 """
 
 from __future__ import annotations
@@ -240,8 +244,19 @@ def _steps(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.flatten(0, 1)[idx].unsqueeze(0)
 
 
+def _natural_gradient(**kwargs):
+    from pgrun.natural import NaturalGradient  # imported where a run uses it
+
+    return NaturalGradient(**kwargs)
+
+
 SHUFFLES = ("rows", "steps")
-RULES = {"gradient": GradientStep, "ratio_epochs": RatioEpochs}
+RULES = {
+    "gradient": GradientStep,
+    "ratio_epochs": RatioEpochs,
+    "npg": _natural_gradient,
+    "trpo": _natural_gradient,
+}
 
 
 def rule_name(variant: Any) -> str:
@@ -273,4 +288,18 @@ def rule_from_config(cfg: Any):
             shuffle=shuffle,
             **common,
         )
+    if name in ("npg", "trpo"):
+        return _natural_gradient(
+            max_kl=v.max_kl,
+            line_search=name == "trpo",
+            damping=v.cg_damping,
+            cg_iters=v.cg_iters,
+            shrink=v.line_search_shrink,
+            max_tries=v.line_search_steps,
+            entropy_coef=float(v.entropy_coef),
+        )
+    if ":" in name:  # your own: module:function, function(cfg) -> a rule
+        from pgrun.plugins import load_rule
+
+        return load_rule(name, cfg)
     raise ValueError(f"variant.rule={name!r}: use one of auto, {', '.join(RULES)}")

@@ -36,10 +36,8 @@ SIZES = (1, 8, 32)
 
 
 def rows(batch, lo: int, hi: int):
-    """Episodes lo..hi-1 of `batch` (every field indexed on its first dimension)."""
-    from pgrun.rollout import Batch
-
-    return Batch(*(getattr(batch, f)[lo:hi] for f in Batch.__dataclass_fields__))
+    """Episodes lo..hi-1 of `batch`."""
+    return batch.rows(slice(lo, hi))
 
 
 def batch_estimates(policy, pool, variant, n: int, gamma: float = 1.0, discount: bool = False):

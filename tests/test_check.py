@@ -59,11 +59,10 @@ def test_fast_estimates_are_minus_the_gradient_of_the_loss():
     fast = check.batch_estimates(case, weights, 3, 1.0)
     from pgrun.exact import random_mdp, tabular_policy
     from pgrun.losses import batch_advantages, pg_loss
-    from pgrun.rollout import Batch
 
     policy = tabular_policy(random_mdp(0, 4, 3, 6), 0)
     for m in range(4):
-        b = Batch(*(getattr(case.pool, f)[3 * m : 3 * m + 3] for f in Batch.__dataclass_fields__))
+        b = case.pool.rows(slice(3 * m, 3 * m + 3))
         policy.zero_grad()
         adv = batch_advantages(b, "rtg_baseline")
         pg_loss(policy(b.obs).log_prob(b.act), adv, b.mask).backward()

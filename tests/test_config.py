@@ -32,6 +32,8 @@ VALUE_PRESETS = {
     "value_baseline": (False, False, False),
     "gae": (True, False, False),
     "ppo": (True, True, True),
+    "npg": (True, False, False),
+    "trpo": (True, False, False),
 }
 
 
@@ -315,6 +317,30 @@ def test_validate_rejects_unknown_weights_and_a_plugin_with_gae(overrides, says)
 )
 def test_validate_accepts_a_weights_plugin(overrides):
     validate(composed(*overrides))
+
+
+@pytest.mark.parametrize("preset", ["npg", "trpo"])
+def test_the_natural_gradient_presets_validate(preset):
+    cfg = composed(f"variant={preset}")
+    validate(cfg)
+    assert cfg.variant.rule == preset and cfg.variant.baseline == "value"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["variant=npg", "variant.inner_steps=3"], "variant.rule='npg'"),
+        (["variant=trpo", "variant.target_kl=0.01"], "variant.max_kl"),
+        (["variant=npg", "variant.max_kl=0"], "variant.max_kl=0"),
+        (["variant=trpo", "variant.line_search_shrink=1"], "variant.line_search_shrink=1"),
+        (["variant=trpo", "variant.cg_iters=0"], "variant.cg_iters=0"),
+        (["variant.rule=newton"], "module:function for your own"),
+    ],
+)
+def test_validate_rejects_bad_natural_gradient_knobs(overrides, says):
+    with pytest.raises(ConfigError) as info:
+        validate(composed(*overrides))
+    assert says in str(info.value)
 
 
 def test_config_error_is_a_value_error():

@@ -48,7 +48,7 @@ def test_notes_presets_reach_the_target_with_their_experiment(tmp_path, pgrun_ex
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["value_baseline", "gae", "ppo"])
+@pytest.mark.parametrize("preset", ["value_baseline", "gae", "ppo", "npg", "trpo"])
 def test_value_presets_solve_cartpole(tmp_path, pgrun_exe, preset):
     _, scalars = train_to_target([f"experiment=cartpole_{preset}", "seed=0"], tmp_path)
     # V was fitted: while the returns still vary it explains a good part of their variance (a V
