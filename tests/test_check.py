@@ -83,7 +83,11 @@ def test_exit_status_follows_the_verdict(capsys):
 def test_a_bad_plugin_is_one_line_and_exit_2(tmp_path):
     exe = Path(sys.executable).parent / "pgrun-check"
     done = subprocess.run(
-        [str(exe), "no_such_module:weights"], cwd=tmp_path, capture_output=True, text=True
+        [str(exe), "no_such_module:weights"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
@@ -204,7 +208,9 @@ def test_pgrun_trains_with_a_plugin(tmp_path):
     from conftest import only_run_dir, read_scalars, run_pgrun
 
     done = run_pgrun(
-        [f"variant.weights={EXAMPLES}:rtg_loo", "variant=rtg", "total_steps=600"], tmp_path
+        [f"variant.weights={EXAMPLES}:rtg_loo", "variant=rtg", "total_steps=600"],
+        tmp_path,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     scalars = read_scalars(only_run_dir(tmp_path))

@@ -9,7 +9,7 @@ SHORT = ["total_steps=1500", "batch_episodes=8", "gamma=0.99"]
 
 
 def test_trpo_keeps_every_step_within_the_kl_radius(tmp_path):
-    done = run_pgrun(["variant=trpo", "variant.max_kl=0.005", *SHORT], tmp_path)
+    done = run_pgrun(["variant=trpo", "variant.max_kl=0.005", *SHORT], tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr
     s = read_scalars(only_run_dir(tmp_path))
     kl = [v for _, v in s["stats/kl"]]
@@ -19,7 +19,7 @@ def test_trpo_keeps_every_step_within_the_kl_radius(tmp_path):
 
 
 def test_npg_steps_to_its_quadratic_kl_radius(tmp_path):
-    done = run_pgrun(["variant=npg", *SHORT], tmp_path)
+    done = run_pgrun(["variant=npg", *SHORT], tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr
     s = read_scalars(only_run_dir(tmp_path))
     assert all(abs(v - 0.01) < 1e-4 for _, v in s["stats/quadratic_kl"])
@@ -54,14 +54,16 @@ def make(cfg):
 
 def test_an_update_rule_by_import_path(tmp_path):
     (tmp_path / "my_rules.py").write_text(RULE)
-    done = run_pgrun(["variant.rule=my_rules:make", "optim.lr=0.001", *SHORT], tmp_path)
+    done = run_pgrun(
+        ["variant.rule=my_rules:make", "optim.lr=0.001", *SHORT], tmp_path, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     s = read_scalars(only_run_dir(tmp_path))
     assert [v for _, v in s["stats/sign_lr"]][0] == pytest.approx(0.001)
 
 
 def test_a_missing_update_rule_is_one_line(tmp_path):
-    done = run_pgrun(["variant.rule=no_rules:make", *SHORT], tmp_path)
+    done = run_pgrun(["variant.rule=no_rules:make", *SHORT], tmp_path, timeout=600)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert lines == [

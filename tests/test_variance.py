@@ -15,14 +15,16 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples" / "my_estim
 
 def variance(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(EXE), *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+        [str(EXE), *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False
     )
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("variance")
-    done = run_pgrun(["total_steps=300", "batch_episodes=4", "hydra.run.dir=run"], root)
+    done = run_pgrun(
+        ["total_steps=300", "batch_episodes=4", "hydra.run.dir=run"], root, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     return root / "run"
 
