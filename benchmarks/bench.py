@@ -17,9 +17,11 @@ is met. The rows:
      at that batch, i.e. seconds since the trainer's clock started (after the env, the policy
      and the logger are built), collection and updates included. `whole budget` is the
      trainer's own env steps/s over its full budget (its last charts/SPS), at N = 16.
-   - SB3 PPO and A2C run the RL-Zoo CartPole-v1 hyper-parameters (below). A callback keeps the
-     returns of the last 20 finished episodes and stops training the first time their mean is
-     >= 475; its clock starts when learn() starts training (after the model is built).
+   - pgrun trpo runs `experiment=cartpole_trpo` (GAE with a learned V, one TRPO step a batch).
+   - SB3 PPO and A2C, and sb3-contrib's TRPO, run the RL-Zoo CartPole-v1 hyper-parameters
+     (below). A callback keeps the returns of the last 20 finished episodes and stops training
+     the first time their mean is >= 475; its clock starts when learn() starts training (after
+     the model is built).
    - pgrun rtg_baseline again with env.backend=envpool (where the envpool extra is installed);
      the speed-up row gives SB3 PPO's median time over each pgrun backend's.
    The seeds are interleaved (seed 0 of every method, then seed 1, ...) so that load from
@@ -99,6 +101,20 @@ A2C_ZOO = {
     "n_timesteps": 500_000,
     "policy": "MlpPolicy",
     "ent_coef": 0.0,
+}
+
+# RL-Zoo (hyperparams/trpo.yml, entry CartPole-v1, marked "Tuned") for sb3-contrib's TRPO.
+TRPO_ZOO = {
+    "n_envs": 2,
+    "n_timesteps": 100_000,
+    "policy": "MlpPolicy",
+    "n_steps": 512,
+    "batch_size": 512,
+    "cg_damping": 1e-3,
+    "gae_lambda": 0.98,
+    "gamma": 0.99,
+    "learning_rate": 1e-3,
+    "n_critic_updates": 20,
 }
 
 # Targets of the benchmark issue (medians on the reference 2-core machine).
@@ -226,7 +242,7 @@ def machine() -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     versions = [f"Python {platform.python_version()}"]
-    for name in ("torch", "gymnasium", "numpy", "stable_baselines3", "mujoco"):
+    for name in ("torch", "gymnasium", "numpy", "stable_baselines3", "sb3_contrib", "mujoco"):
         if have(name):
             module = __import__(name)
             versions.append(f"{name} {getattr(module, '__version__', '?')}")
@@ -250,11 +266,13 @@ class Solve:
 
 
 def solve_pgrun(variant: str, seed: int, settings: Settings, backend: str = "gymnasium") -> Solve:
+    """`variant` is a preset (with CartPole-v1's defaults) or `experiment=<name>`."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from pgrun.trainer import train
 
-    overrides = [f"variant={variant}", "env=CartPole-v1", f"seed={seed}", "progress=false"]
+    what = [variant] if variant.startswith("experiment=") else [f"variant={variant}"]
+    overrides = [*what, "env=CartPole-v1", f"seed={seed}", "progress=false"]
     overrides.append(f"env.backend={backend}")
     if settings.budget is not None:
         overrides.append(f"total_steps={settings.budget}")
@@ -308,9 +326,25 @@ def solve_sb3(algo: str, seed: int, settings: Settings) -> Solve:
             return True
 
     torch.set_num_threads(1)
-    hp = PPO_ZOO if algo == "ppo" else A2C_ZOO
+    hp = {"ppo": PPO_ZOO, "a2c": A2C_ZOO, "trpo": TRPO_ZOO}[algo]
     env = make_vec_env("CartPole-v1", n_envs=hp["n_envs"], seed=seed)
-    if algo == "ppo":
+    if algo == "trpo":
+        from sb3_contrib import TRPO
+
+        model = TRPO(
+            hp["policy"],
+            env,
+            n_steps=hp["n_steps"],
+            batch_size=hp["batch_size"],
+            cg_damping=hp["cg_damping"],
+            gae_lambda=hp["gae_lambda"],
+            gamma=hp["gamma"],
+            learning_rate=hp["learning_rate"],
+            n_critic_updates=hp["n_critic_updates"],
+            seed=seed,
+            device="cpu",
+        )
+    elif algo == "ppo":
         model = PPO(
             hp["policy"],
             env,
@@ -340,11 +374,19 @@ def solve_rows(settings: Settings) -> list[Row]:
     methods: dict[str, Callable[[int], Solve]] = {
         "pgrun rtg_baseline": lambda s: solve_pgrun("rtg_baseline", s, settings),
         "pgrun off_policy": lambda s: solve_pgrun("off_policy", s, settings),
+        "pgrun trpo": lambda s: solve_pgrun("experiment=cartpole_trpo", s, settings),
     }
     if "envpool" in backends():
         methods["pgrun rtg_baseline, envpool"] = lambda s: solve_pgrun(
             "rtg_baseline", s, settings, "envpool"
         )
+    trpo_note = None
+    if not settings.sb3:
+        trpo_note = "skipped (--no-sb3)"
+    elif not have("sb3_contrib"):
+        trpo_note = "skipped: sb3-contrib is not installed (`make bench` installs it)"
+    else:
+        methods["SB3-contrib TRPO (RL-Zoo)"] = lambda s: solve_sb3("trpo", s, settings)
     sb3_note = None
     if not settings.sb3:
         sb3_note = "skipped (--no-sb3)"
@@ -392,6 +434,22 @@ def solve_rows(settings: Settings) -> list[Row]:
     if "pgrun rtg_baseline, envpool" in results:
         text, fastest["envpool"], _ = describe("pgrun rtg_baseline, envpool")
         rows.append(Row("1. CartPole-v1 solved: pgrun rtg_baseline, env.backend=envpool", text))
+    text, pg_trpo, _ = describe("pgrun trpo")
+    rows.append(Row("1. CartPole-v1 solved: pgrun trpo (experiment=cartpole_trpo)", text))
+    if trpo_note is not None:
+        rows.append(Row("1. CartPole-v1 solved: SB3-contrib TRPO", trpo_note))
+    else:
+        text, sb3_trpo, _ = describe("SB3-contrib TRPO (RL-Zoo)")
+        rows.append(Row("1. CartPole-v1 solved: SB3-contrib TRPO (RL-Zoo)", text, "reference"))
+        if pg_trpo and sb3_trpo:
+            ratio = statistics.median(sb3_trpo) / statistics.median(pg_trpo)
+            rows.append(
+                Row("1. speed-up: SB3-contrib TRPO / pgrun trpo (median times)", f"{ratio:.1f}x")
+            )
+        else:
+            rows.append(
+                Row("1. speed-up: SB3-contrib TRPO / pgrun trpo", "n/a (a method never solved)")
+            )
     if sb3_note is not None:
         rows.append(Row("1. CartPole-v1 solved: SB3 PPO / A2C", sb3_note))
         return rows

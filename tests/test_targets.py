@@ -25,6 +25,8 @@ def test_the_issue_rows_are_all_there(targets):
     presets = ("vanilla", "rtg", "rtg_baseline", "off_policy", "value_baseline", "gae", "ppo")
     assert all(rows[("CartPole-v1", p)] == 475 for p in presets)
     assert rows[("InvertedPendulum-v5", "gae")] == 1000
+    assert rows[("InvertedPendulum-v5", "trpo")] == 1000
+    assert rows[("CartPole-v1", "npg")] == rows[("CartPole-v1", "trpo")] == 475
     assert rows[("LunarLander-v3", "gae")] == 180
     assert rows[("HalfCheetah-v5", "value_baseline")] == 300
     assert rows[("Humanoid-v5", "ppo")] == 600
