@@ -108,8 +108,10 @@ def figure(cells: dict[str, list[dict]], path: Path, title: str, sizes=SIZES) ->
 
     fig, (ax_var, ax_snr) = plt.subplots(1, 2, figsize=(10, 4))
     for name, ms in cells.items():
-        var = [m["var"] for m in ms]
-        err = [m["var_se"] for m in ms]
+        # a zero estimate (rtg_baseline at N = 1) has no place on a log scale: left out
+        var = [m["var"] if m["var"] > 0 else math.nan for m in ms]
+        low = [min(m["var_se"], 0.9 * v) if v > 0 else 0.0 for m, v in zip(ms, var, strict=True)]
+        err = [low, [m["var_se"] for m in ms]]
         ax_var.errorbar(sizes, var, yerr=err, marker="o", capsize=3, label=name)
         ax_snr.plot(sizes, [m["snr"] for m in ms], marker="o", label=name)
     ax_var.set(xscale="log", yscale="log", xlabel="N (episodes per batch)", ylabel="tr Cov g")
