@@ -332,13 +332,8 @@ class Interrupted(Exception):
         self.signum, self.iteration, self.env_steps = signum, iteration, env_steps
 
 
-UPDATE_RULES = (
-    "auto",
-    "gradient",
-    "ratio_epochs",
-    "npg",
-    "trpo",
-)  # pgrun.update_rules.RULES, and auto
+# pgrun.update_rules.RULES, and auto
+UPDATE_RULES = ("auto", "gradient", "ratio_epochs", "npg", "trpo")
 _ROLLOUTS = ("episodes", "steps")
 _LOGGERS = ("tensorboard", "csv")  # pgrun.logger.LOGGERS
 _ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu", "leaky_relu")
