@@ -20,15 +20,26 @@ compares the mean over the M batches with the exact grad J_gamma by dynamic prog
     rel. bias = ||mean g - grad J|| / ||grad J||, with +- its noise floor sqrt(tr Cov / M) / ||grad J||
     tr Cov    = sum_j Var g_j, the noise of one batch's estimate
 
-An unbiased estimator has every z_j ~ N(0, 1). The verdict is "biased" when some |z_j| exceeds
-the two-sided normal quantile at the family-wise false-alarm level alpha (default 1%),
-Bonferroni-corrected over every coordinate of every MDP: an unbiased estimator is called biased
-with probability at most alpha. Exit status 0: unbiased within that tolerance; 1: biased;
+An unbiased estimator has every z_j ~ N(0, 1). The verdict takes two independent samples:
+
+    screen:  every MDP on its first sample; a coordinate is flagged when |z_j| exceeds the
+             two-sided normal quantile at level a = sqrt(alpha), Bonferroni over the D
+             coordinates of all MDPs (threshold z_1 = Phi^-1(1 - a / 2D))
+    confirm: each MDP with a flag, strongest first, on a fresh sample of the same size (new
+             seeds for the episodes and the actions); a flagged coordinate is confirmed when
+             its z has the same sign again and |z| > z_2 = Phi^-1(1 - a / K), one-sided,
+             Bonferroni over the K flagged coordinates
+
+The estimator is called biased only when some flag is confirmed. The two samples are
+independent, so an unbiased estimator is called biased with probability at most
+a * a = alpha (--alpha, default 1%), while one unlucky sample alone (a 1-in-100 event that a
+fixed seed can hit) is not enough. Exit status 0: unbiased within that tolerance; 1: biased;
 2: bad input (a plug-in that does not load or returns unusable weights).
 
 A preset whose baseline is a value function gets the exact V_t(s) of the MDP as its values, so
-what is checked is the estimator with a perfect critic. The runs are seeded (--seed): the same
-command gives the same numbers.
+what is checked is the estimator with a perfect critic. A preset's normalize_advantages (a
+per-batch rescaling of the step, which no longer estimates grad J) is turned off unless given
+on the command line. The runs are seeded (--seed): the same command gives the same numbers.
 """
 
 from __future__ import annotations
@@ -53,21 +64,28 @@ COMPARE = {
 COMPARE_BATCHES = 500  # batches for the built-ins' tr Cov (relative SE about 6-10%)
 
 
-def z_crit(tests: int, alpha: float) -> float:
-    """Two-sided normal quantile at level alpha / tests (Bonferroni)."""
-    return NormalDist().inv_cdf(1 - alpha / (2 * tests))
+def z_crit(tests: int, alpha: float, sides: int = 2) -> float:
+    """The normal quantile at level alpha / tests (Bonferroni), two-sided or one-sided."""
+    return NormalDist().inv_cdf(1 - alpha / (sides * tests))
 
 
 @dataclass
 class Verdict:
-    """What pgrun-check found on one MDP."""
+    """What pgrun-check found on one MDP's sample."""
 
+    z: object  # (D,) float64 per-coordinate z
     cosine: float
-    max_z: float
-    worst: int  # the coordinate with the largest |z|
     rel_bias: float
     rel_noise: float  # sqrt(tr Cov / M) / ||grad J||, the noise floor of rel_bias
     tr_cov: float
+
+    @property
+    def max_z(self) -> float:
+        return float(self.z.abs().max())
+
+    @property
+    def worst(self) -> int:  # the coordinate with the largest |z|
+        return int(self.z.abs().argmax())
 
 
 def judge(est, target) -> Verdict:
@@ -79,15 +97,13 @@ def judge(est, target) -> Verdict:
     se = std / math.sqrt(M)
     diff = mean - target
     # a coordinate that never varies is exactly right or infinitely wrong
-    z = torch.where(
-        se > 0, diff / se.clamp(min=1e-300), torch.where(diff.abs() > 1e-12, math.inf, 0.0)
-    )
+    inf = torch.where(diff.abs() > 1e-12, diff.sign() * math.inf, 0.0)
+    z = torch.where(se > 0, diff / se.clamp(min=1e-300), inf)
     tr_cov = float(std.pow(2).sum())
     norm = float(target.norm())
     return Verdict(
+        z=z,
         cosine=float(torch.nn.functional.cosine_similarity(mean, target, dim=0)),
-        max_z=float(z.abs().max()),
-        worst=int(z.abs().argmax()),
         rel_bias=float(diff.norm()) / norm,
         rel_noise=math.sqrt(tr_cov / M) / norm,
         tr_cov=tr_cov,
@@ -95,7 +111,7 @@ def judge(est, target) -> Verdict:
 
 
 def estimator(what: str, overrides: list[str]):
-    """(label, weights(batch, gamma, values) -> (N, T)) for a plug-in or a preset."""
+    """(label, weights(batch, gamma, values) -> (N, T), notes) for a plug-in or a preset."""
     from pgrun.plugins import PluginError, is_plugin, load, plugin_weights
 
     if what.startswith("variant="):
@@ -106,8 +122,16 @@ def estimator(what: str, overrides: list[str]):
 
         name = what.split("=", 1)[1]
         variant = load_variant(name)
-        if overrides:
-            dotlist = [o.removeprefix("variant.") for o in overrides]
+        notes = []
+        given = {o.split("=", 1)[0].removeprefix("variant.") for o in overrides}
+        dotlist = [o.removeprefix("variant.") for o in overrides]
+        if variant.normalize_advantages and "normalize_advantages" not in given:
+            dotlist.append("normalize_advantages=false")
+            notes.append(
+                f"{name}'s normalize_advantages is off here: a per-batch rescaling of the step, "
+                "not an estimate of grad J (give variant.normalize_advantages=true to check it)"
+            )
+        if dotlist:
             try:
                 node = OmegaConf.merge(
                     OmegaConf.structured(VariantConfig),
@@ -122,11 +146,13 @@ def estimator(what: str, overrides: list[str]):
             load(variant.weights)
         label = " ".join([what, *overrides])
 
+        baseline = str(getattr(variant.baseline, "value", variant.baseline))
+        uses_v = baseline == "value"
+
         def weights(batch, gamma, values):
             import torch
 
             boot = torch.zeros_like(batch.rew[:, 0])  # the time limit ends every episode
-            uses_v = str(getattr(variant.baseline, "value", variant.baseline)) == "value"
             return batch_advantages(
                 batch,
                 variant,
@@ -136,7 +162,13 @@ def estimator(what: str, overrides: list[str]):
                 boot=boot if uses_v else None,
             )
 
-        return label, weights
+        # each episode's weights from that episode alone: computed on all batches in one call
+        weights.rowwise = (
+            baseline in ("none", "value")
+            and not variant.normalize_advantages
+            and variant.weights in ("rtg", "total")
+        )
+        return label, weights, notes
     if overrides:
         raise PluginError(f"{' '.join(overrides)}: knobs go with variant=<preset>, not a plug-in")
     if not is_plugin(what):
@@ -144,7 +176,7 @@ def estimator(what: str, overrides: list[str]):
             f"{what!r}: give module:function (your weights) or variant=<preset> (a built-in)"
         )
     load(what, "pgrun-check")
-    return what, lambda batch, gamma, values: plugin_weights(what, batch, gamma, "pgrun-check")
+    return what, lambda batch, gamma, values: plugin_weights(what, batch, gamma, "pgrun-check"), []
 
 
 @dataclass
@@ -157,9 +189,16 @@ class Case:
     exact: object  # pgrun.exact.Exact
     values: object  # (M * N, T) V_t(s_{i,t}) float32
     step_scores: object  # (M * N, T, D) float64 grad log pi(a_{i,t}|s_{i,t})
+    seed: int  # of the episodes (env and actions)
 
 
-def make_case(seed: int, states: int, actions: int, horizon: int, episodes: int, gamma: float):
+def pool_seed(seed: int, sample: int) -> int:
+    """The seed of the episodes of MDP `seed`'s sample 0 (screen) or 1 (confirm)."""
+    return 10_000 * (sample + 1) + seed
+
+
+def make_case(seed: int, states: int, actions: int, horizon: int, episodes: int, gamma: float,
+              sample: int = 0) -> Case:  # fmt: skip
     import torch
 
     import pgrun
@@ -168,9 +207,10 @@ def make_case(seed: int, states: int, actions: int, horizon: int, episodes: int,
     mdp = random_mdp(seed, states, actions, horizon)
     policy = tabular_policy(mdp, seed)
     exact = exact_gradient(policy, mdp, gamma)
-    env = make_tabular_env(mdp, episodes, seed=10_000 + seed)
-    torch.manual_seed(10_000 + seed)
-    pool = pgrun.collect_episodes(env, policy, seed=10_000 + seed)
+    at = pool_seed(seed, sample)
+    env = make_tabular_env(mdp, episodes, seed=at)
+    torch.manual_seed(at)  # the actions' draws
+    pool = pgrun.collect_episodes(env, policy, seed=at)
     env.close()
     s = pool.obs.argmax(-1)  # (E, T) state index (0 on padding, masked)
     t = torch.arange(pool.rew.shape[1]).expand_as(s)
@@ -182,6 +222,7 @@ def make_case(seed: int, states: int, actions: int, horizon: int, episodes: int,
         exact=exact,
         values=values,
         step_scores=exact.scores[s, pool.act] * pool.mask[..., None].double(),
+        seed=at,
     )
 
 
@@ -189,7 +230,8 @@ def batch_estimates(case: Case, weights, n: int, gamma: float, batches: int | No
     """(M, D) float64: the estimate of each of M disjoint batches of n episodes.
 
     Each batch is the pool's episodes lo..lo+n-1, cut to its own longest episode, as
-    pgrun.collect_episodes returns a batch."""
+    pgrun.collect_episodes returns a batch. Weights marked `rowwise` (a preset whose weights
+    of an episode depend on that episode only) are computed on all M batches at once."""
     import torch
 
     from pgrun.rollout import Batch
@@ -197,6 +239,12 @@ def batch_estimates(case: Case, weights, n: int, gamma: float, batches: int | No
     pool = case.pool
     M = pool.num_episodes // n if batches is None else min(batches, pool.num_episodes // n)
     T = pool.rew.shape[1]
+    if getattr(weights, "rowwise", False):  # the same weights as batch by batch, in one call
+        with torch.no_grad():
+            some = pool if M * n == pool.num_episodes else pool.rows(slice(0, M * n))
+            w = weights(some, gamma, case.values[: M * n]).double()
+        g = (w[..., None] * case.step_scores[: M * n]).sum(1)
+        return g.reshape(M, n, -1).mean(1)
     lengths = pool.lengths[: M * n].reshape(M, n).max(1).values.tolist()
     # every field as (M, n, ...): batch m is a view; the per-step fields are cut to its length
     stepwise = {"obs", "act", "rew", "mask", "terminated", "truncated"}
@@ -215,37 +263,64 @@ def batch_estimates(case: Case, weights, n: int, gamma: float, batches: int | No
     return g.reshape(M, n, -1).mean(1)
 
 
+@dataclass
+class Confirmation:
+    """The retest of one flagged MDP on a fresh sample."""
+
+    case: Case
+    coordinate: int  # the flagged coordinate that came closest to (or past) confirmation
+    first: float  # its z on the first sample
+    again: float  # its z on the fresh sample
+    confirmed: bool
+
+
+def confirm(case: Case, first: Verdict, flagged, weights, n, gamma, episodes, z2, mdp):
+    """Retest MDP `mdp` = (seed, S, A, T) on a fresh sample: flagged (D,) bool."""
+    fresh = make_case(*mdp, episodes=episodes, gamma=gamma, sample=1)
+    again = judge(batch_estimates(fresh, weights, n, gamma), fresh.exact.grad_J)
+    same_sign = again.z * first.z.sign()  # > 0 where it is off the same way again
+    j = int(same_sign.masked_fill(~flagged, -math.inf).argmax())
+    return Confirmation(fresh, j, float(first.z[j]), float(again.z[j]), bool(same_sign[j] > z2))
+
+
 def run(what: str, overrides: list[str], n: int, episodes: int, alpha: float, gamma: float,
-        seed: int, out=None) -> bool:  # fmt: skip
-    """Print the report (to `out`, default stdout); True when the estimator is judged unbiased."""
+        seed: int, out=None, compare: bool = True) -> bool:  # fmt: skip
+    """Print the report (to `out`, default stdout); True when the estimator is judged unbiased.
+    compare=False leaves out the built-ins' tr Cov columns."""
     import torch
 
     out = out or sys.stdout
-    label, weights = estimator(what, overrides)
+    label, weights, notes = estimator(what, overrides)
     torch.set_num_threads(1)  # tiny tensors
-    builtins = {name: estimator(f"variant={p}", knobs)[1] for name, (p, knobs) in COMPARE.items()}
+    builtins = (
+        {name: estimator(f"variant={p}", knobs)[1] for name, (p, knobs) in COMPARE.items()}
+        if compare
+        else {}
+    )
     start = time.perf_counter()
     mdps = [(seed + s, S, A, T) for s, S, A, T in MDPS]
     cases = [make_case(*m, episodes=episodes, gamma=gamma) for m in mdps]
     tests = sum(c.dims for c in cases)
-    zc = z_crit(tests, alpha)
+    a = math.sqrt(alpha)  # the level of each of the two samples
+    z1 = z_crit(tests, a)
     M = episodes // n
     print(
         f"pgrun-check {label}: the mean of its estimates against the exact grad J "
         f"(gamma={gamma:g}) of {len(cases)} random MDPs (stochastic transitions, "
         f"rewards of both signs, termination, a time limit) with a random linear softmax "
         f"policy; batches of N={n} episodes, {M:,} batches ({M * n:,} episodes) per MDP, "
-        f"{len(cases) * M * n:,} episodes in all",
+        f"{len(cases) * M * n:,} episodes in all, and as many again for each MDP retested",
         file=out,
     )
+    for note in notes:
+        print(f"note: {note}", file=out)
     print(file=out)
-    names = list(COMPARE)
-    print(f"{'':<53}| tr Cov of the built-ins at N={n}", file=out)
-    print(
-        f"{'MDP':<14} {'cosine':>7} {'max|z|':>7} {'rel. bias':>12} {'tr Cov':>8} | "
-        + "  ".join(names),
-        file=out,
-    )
+    names = list(builtins)
+    head = f"{'MDP':<14} {'cosine':>7} {'max|z|':>7} {'rel. bias':>12} {'tr Cov':>8}"
+    if names:
+        print(f"{'':<53}| tr Cov of the built-ins at N={n}", file=out)
+        head += " | " + "  ".join(names)
+    print(head, file=out)
     results = []
     for c in cases:
         v = judge(batch_estimates(c, weights, n, gamma), c.exact.grad_J)
@@ -254,32 +329,61 @@ def run(what: str, overrides: list[str], n: int, episodes: int, alpha: float, ga
             judge(batch_estimates(c, fn, n, gamma, COMPARE_BATCHES), c.exact.grad_J).tr_cov
             for fn in builtins.values()
         ]
-        flag = "  <- biased" if v.max_z > zc else ""
+        flag = "  <- flagged" if v.max_z > z1 else ""
         bias = f"{100 * v.rel_bias:.1f}+-{100 * v.rel_noise:.1f}%"
-        print(
-            f"{c.label:<14} {v.cosine:>7.4f} {v.max_z:>7.2f} {bias:>12} {v.tr_cov:>8.4g} | "
-            + "  ".join(f"{x:>{len(name)}.4g}" for x, name in zip(others, names, strict=True))
-            + flag,
-            file=out,
-        )
+        line = f"{c.label:<14} {v.cosine:>7.4f} {v.max_z:>7.2f} {bias:>12} {v.tr_cov:>8.4g}"
+        if names:
+            line += " | " + "  ".join(
+                f"{x:>{len(name)}.4g}" for x, name in zip(others, names, strict=True)
+            )
+        print(line + flag, file=out)
     print(file=out)
-    level = alpha / tests
+    flags = [v.z.abs() > z1 for v in results]
+    K = int(sum(int(f.sum()) for f in flags))
+    z2 = z_crit(max(K, 1), a, sides=1)
     print(
-        f"Each |z| is judged against {zc:.2f}: the two-sided level {level:.2g} per coordinate, "
-        f"Bonferroni over the {tests} coordinates of the {len(cases)} MDPs, so an unbiased "
-        f"estimator is called biased with probability at most {alpha:g}. "
-        f"{time.perf_counter() - start:.1f} s.",
+        f"Screen: each |z| against {z1:.2f}, the two-sided level {a / tests:.2g} per "
+        f"coordinate (Bonferroni over the {tests} coordinates of the {len(cases)} MDPs, "
+        f"level {a:.2g} in all).",
         file=out,
     )
-    biased = [(c, v) for c, v in zip(cases, results, strict=True) if v.max_z > zc]
-    if not biased:
-        print(f"verdict: unbiased (every |z| <= {zc:.2f})", file=out)
-        return True
-    c, v = max(biased, key=lambda cv: cv[1].max_z)
+    confirmed = None
+    if K:
+        print(
+            f"Confirm: each flagged MDP, strongest first, on {M * n:,} fresh episodes (new "
+            f"seeds); a flagged coordinate is confirmed when it is off the same way again with "
+            f"|z| > {z2:.2f} (one-sided level {a / K:.2g}, Bonferroni over the {K} flagged).",
+            file=out,
+        )
+        order = sorted((i for i, f in enumerate(flags) if f.any()), key=lambda i: -results[i].max_z)
+        for i in order:
+            c = confirm(cases[i], results[i], flags[i], weights, n, gamma, episodes, z2, mdps[i])
+            print(
+                f"  {cases[i].label}: coordinate {c.coordinate}, z = {c.first:.2f} on the first "
+                f"sample, {c.again:.2f} on the fresh one (episode seed {c.case.seed}): "
+                + ("confirmed" if c.confirmed else "not confirmed"),
+                file=out,
+            )
+            if c.confirmed:
+                confirmed = (i, c)
+                break  # one confirmed flag decides the verdict
     print(
-        f"verdict: BIASED on {len(biased)} of {len(cases)} MDPs; the worst, {c.label}, has "
-        f"coordinate {v.worst} off by z = {v.max_z:.1f} and a relative bias of "
-        f"{100 * v.rel_bias:.1f}% (noise floor {100 * v.rel_noise:.1f}%)",
+        f"An unbiased estimator is called biased with probability at most {a:.2g} x {a:.2g} "
+        f"= {alpha:g} (two independent samples). {time.perf_counter() - start:.1f} s.",
+        file=out,
+    )
+    if confirmed is None:
+        why = f"every |z| <= {z1:.2f}" if not K else "no flag confirmed on a fresh sample"
+        print(f"verdict: unbiased ({why})", file=out)
+        return True
+    i, c = confirmed
+    v = results[i]
+    flagged = sum(1 for f in flags if f.any())
+    print(
+        f"verdict: BIASED, flagged on {flagged} of {len(cases)} MDPs and confirmed on "
+        f"{cases[i].label}: coordinate {c.coordinate} off by z = {c.first:.1f}, then "
+        f"{c.again:.1f} on fresh episodes; relative bias {100 * v.rel_bias:.1f}% (noise floor "
+        f"{100 * v.rel_noise:.1f}%)",
         file=out,
     )
     return False

@@ -526,6 +526,12 @@ def validate(cfg: "DictConfig | Config") -> None:
         "use one of " + ", ".join(_ROLLOUTS),
     )
     need(cfg.rollout.steps >= 1, "rollout.steps", cfg.rollout.steps, "use an integer >= 1")
+    need(
+        not plugin or cfg.rollout.name == "episodes",
+        "variant.weights",
+        weights,
+        "a weights plug-in takes the notes' batch, one episode per row: use rollout=episodes",
+    )
     loggers = list(cfg.logger)
     need(
         all(name in _LOGGERS for name in loggers) and len(set(loggers)) == len(loggers),

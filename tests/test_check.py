@@ -1,10 +1,11 @@
 """pgrun-check and the weights plug-ins: the verdicts on estimators known to be unbiased or
 biased, the fast estimate against autograd, and the one-line errors of a bad plug-in.
 
-The verdicts run pgrun-check's own test (seeded, --quick sample size): an unbiased estimator
-is called biased with probability at most alpha = 1% (Bonferroni over every coordinate), and
-the biased ones here are off by many standard errors (|z| > 10 on some MDP at this size), so
-the outcomes are far from the threshold as well as reproducible.
+The verdicts run pgrun-check's own test, seeded: an unbiased estimator is called biased with
+probability at most alpha = 1% (a screen at level 0.1 and a confirmation on fresh episodes at
+level 0.1, each Bonferroni-corrected), and the biased ones here are off by many standard errors
+(|z| > 8 on some MDP at 2,000 episodes per MDP, |z| grows as the square root of the sample), so
+the outcomes are far from the thresholds as well as reproducible.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from pgrun.config import UserError
 from pgrun.plugins import PluginError, plugin_weights
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples" / "my_estimators.py"
-QUICK = check.SIZES["quick"]
+PRESETS = sorted(p.stem for p in (EXAMPLES.parents[2] / "configs" / "variant").glob("*.yaml"))
+SMALL = 2_000  # episodes per MDP: 1,000 batches of N = 2
 
 
-def verdict(what: str, *knobs: str, n: int = 2) -> tuple[bool, str]:
+def verdict(what: str, *knobs: str, samples: int = SMALL, n: int = 2) -> tuple[bool, str]:
     out = io.StringIO()
-    unbiased = check.run(what, list(knobs), n, QUICK, 0.01, 1.0, 0, out=out)
+    unbiased = check.run(what, list(knobs), n, samples, 0.01, 1.0, 0, out=out, compare=False)
     return unbiased, out.getvalue()
 
 
@@ -38,24 +40,56 @@ def verdict(what: str, *knobs: str, n: int = 2) -> tuple[bool, str]:
         (f"{EXAMPLES}:rtg_loo", [], True),
         (f"{EXAMPLES}:rtg_mean", [], False),  # the plain time baseline: O(1/N), large at N = 2
         (f"{EXAMPLES}:rtg_same_action", [], False),  # a baseline that uses the action taken
-        ("variant=rtg_baseline", [], False),
         ("variant=rtg_baseline", ["variant.baseline=time_loo"], True),
-        ("variant=value_baseline", [], True),  # with the exact V_t(s)
     ],
-    ids=["loo", "time", "same_action", "preset_time", "preset_loo", "preset_value"],
+    ids=["loo", "time", "same_action", "preset_loo"],
 )
 def test_pgrun_check_tells_biased_from_unbiased(what, knobs, unbiased):
     found, report = verdict(what, *knobs)
     assert found is unbiased, report
-    assert "5,000 batches (10,000 episodes) per MDP, 40,000 episodes in all" in report
+    assert "1,000 batches (2,000 episodes) per MDP, 8,000 episodes in all" in report
     assert ("verdict: unbiased" in report) is unbiased
-    assert ("BIASED" in report) is not unbiased
+    assert ("verdict: BIASED" in report) is not unbiased
+    if not unbiased:
+        assert "confirmed on" in report
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_is_unbiased_but_the_plain_time_baseline_at_n_2(preset):
+    """rtg_baseline and off_policy subtract the plain time baseline (its bias is O(1/N)); the
+    others, with the exact V_t(s) where they use a value, are unbiased."""
+    found, report = verdict(f"variant={preset}")
+    assert found is (preset not in ("rtg_baseline", "off_policy")), report
+    normalized = preset in ("gae", "ppo", "npg", "trpo")
+    assert ("normalize_advantages is off here" in report) is normalized
+
+
+def test_one_unlucky_sample_is_not_a_verdict():
+    """At seed 0 and 10,000 episodes per MDP, value_baseline's first sample of one MDP is off
+    by |z| = 3.83 (beyond the single-sample threshold 3.78 at alpha = 1%); the fresh sample of
+    that MDP is not off the same way, so the verdict stays unbiased. With 160,000 episodes the
+    same MDP shows |z| < 2: a false alarm of that seed, not a bias."""
+    found, report = verdict("variant=value_baseline", samples=check.SIZES["quick"])
+    assert found, report
+    assert "z = 3.83 on the first sample" in report and "not confirmed" in report
+
+
+def test_the_preset_path_is_the_batch_by_batch_one():
+    """A preset whose weights are per episode is computed on all batches at once: the same."""
+    case = check.make_case(0, 4, 3, 6, episodes=64, gamma=1.0)
+    for preset in ("value_baseline", "gae", "vanilla"):
+        _, weights, _ = check.estimator(f"variant={preset}", [])
+        assert weights.rowwise
+        fast = check.batch_estimates(case, weights, 2, 1.0)
+        slow = check.batch_estimates(case, lambda b, g, v, w=weights: w(b, g, v), 2, 1.0)
+        torch.testing.assert_close(fast, slow, rtol=0, atol=1e-6)
+    assert not check.estimator("variant=rtg_baseline", [])[1].rowwise
 
 
 def test_fast_estimates_are_minus_the_gradient_of_the_loss():
     """pgrun-check's estimate from the score table equals -grad pg_loss by autograd."""
     case = check.make_case(0, 4, 3, 6, episodes=12, gamma=1.0)
-    label, weights = check.estimator("variant=rtg_baseline", [])
+    label, weights, _ = check.estimator("variant=rtg_baseline", [])
     fast = check.batch_estimates(case, weights, 3, 1.0)
     from pgrun.exact import random_mdp, tabular_policy
     from pgrun.losses import batch_advantages, pg_loss

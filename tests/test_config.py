@@ -303,9 +303,12 @@ def test_validate_accepts_the_edges_of_the_new_ranges(overrides):
     [
         (["variant.weights=bogus"], "total, rtg, or module:function"),
         (["variant=gae", "variant.weights=mine:weights"], "variant.gae_lambda=null"),
+        (["variant.weights=mine:weights", "rollout=steps"], "use rollout=episodes"),
     ],
 )
-def test_validate_rejects_unknown_weights_and_a_plugin_with_gae(overrides, says):
+def test_validate_rejects_unknown_weights_and_a_plugin_with_gae_or_fixed_length_rollouts(
+    overrides, says
+):
     with pytest.raises(ConfigError, match=r"^variant.weights=") as info:
         validate(composed(*overrides))
     assert says in str(info.value)
