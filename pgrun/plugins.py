@@ -10,8 +10,11 @@ an episode's end get 0), then applies variant.normalize_advantages and discount_
 for the built-in weights. The Batch fields it may use are those of pgrun.rollout.Batch:
 
     obs (N, T, obs_dim), act (N, T[, act_dim]), rew (N, T) float32 (0 after the end),
-    mask (N, T) float32 (1 while the episode runs), terminated (N,) bool, truncated (N,) bool,
-    final_obs (N, obs_dim), and batch.lengths (N,), batch.returns (N,).
+    mask (N, T) float32 (1 while the episode runs), terminated and truncated (N, T) bool
+    (step t ended the episode), final_obs (N, obs_dim), start (N,) (zeros), and batch.done
+    (N, T), batch.lengths (N,), batch.returns (N,).
+
+The batch is the notes' one, an episode from reset per row: a plug-in needs rollout=episodes.
 
 `module` is an importable module (the current directory is searched first, as `python -m`
 does) or a path to a .py file, e.g. `variant.weights=my_estimators.py:loo_baseline`.
