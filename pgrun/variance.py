@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -40,7 +41,24 @@ def rows(batch, lo: int, hi: int):
     return batch.rows(slice(lo, hi))
 
 
-def batch_estimates(policy, pool, variant, n: int, gamma: float = 1.0, discount: bool = False):
+def batch_weights(pool, variant, n: int, gamma: float = 1.0, discount: bool = False):
+    """(B n, T) float32: the weights of B = pool // n disjoint batches of n episodes, each
+    computed inside its batch as training would (pgrun.losses.batch_advantages)."""
+    import torch
+
+    from pgrun.losses import batch_advantages
+
+    b = pool.num_episodes // n
+    return torch.cat(
+        [
+            batch_advantages(rows(pool, i * n, (i + 1) * n), variant, gamma, discount)
+            for i in range(b)
+        ]
+    )
+
+
+def batch_estimates(policy, pool, variant, n: int, gamma: float = 1.0, discount: bool = False,
+                    grads=None):  # fmt: skip
     """(B, D) float64: the estimates of B = pool // n disjoint batches of n episodes.
 
     Args:
@@ -48,20 +66,21 @@ def batch_estimates(policy, pool, variant, n: int, gamma: float = 1.0, discount:
         pool: a Batch of independent episodes.
         variant: preset knobs (a mapping), as pgrun.losses.batch_advantages takes them.
         gamma, discount: the run's gamma and discount_from_start.
+        grads: a cache of per-episode gradients by weights (a list), shared between calls:
+            weights equal to earlier ones (rtg at every N, a plug-in equal to a built-in)
+            reuse their gradients instead of one more backward pass per episode.
     """
     import torch
 
     from pgrun.diagnostics import per_episode_grads
-    from pgrun.losses import batch_advantages
 
     b = pool.num_episodes // n
-    adv = torch.cat(
-        [
-            batch_advantages(rows(pool, i * n, (i + 1) * n), variant, gamma, discount)
-            for i in range(b)
-        ]
-    )
-    g = per_episode_grads(policy, rows(pool, 0, b * n), adv).double()
+    adv = batch_weights(pool, variant, n, gamma, discount)
+    cache = [] if grads is None else grads
+    g = next((g for w, g in cache if w.shape == adv.shape and torch.equal(w, adv)), None)
+    if g is None:
+        g = per_episode_grads(policy, rows(pool, 0, b * n), adv).double()
+        cache.append((adv, g))
     return g.reshape(b, n, -1).mean(1)
 
 
@@ -112,15 +131,16 @@ def figure(cells: dict[str, list[dict]], path: Path, title: str, sizes=SIZES) ->
         var = [m["var"] if m["var"] > 0 else math.nan for m in ms]
         low = [min(m["var_se"], 0.9 * v) if v > 0 else 0.0 for m, v in zip(ms, var, strict=True)]
         err = [low, [m["var_se"] for m in ms]]
-        ax_var.errorbar(sizes, var, yerr=err, marker="o", capsize=3, label=name)
-        ax_snr.plot(sizes, [m["snr"] for m in ms], marker="o", label=name)
+        label = name.rsplit("/", 1)[-1]  # a plug-in by path: its file and function
+        ax_var.errorbar(sizes, var, yerr=err, marker="o", capsize=3, label=label)
+        ax_snr.plot(sizes, [m["snr"] for m in ms], marker="o", label=label)
     ax_var.set(xscale="log", yscale="log", xlabel="N (episodes per batch)", ylabel="tr Cov g")
     ax_snr.set(xscale="log", xlabel="N (episodes per batch)", ylabel="SNR = ||E g||^2 / tr Cov g")
     for ax in (ax_var, ax_snr):
         ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.grid(alpha=0.3)
     ax_snr.legend(fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle("\n".join(textwrap.wrap(title, 120)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -157,7 +177,9 @@ def main(argv: list[str] | None = None) -> None:
         "--sizes", default=",".join(map(str, SIZES)), help="batch sizes N (default 1,8,32)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the pool's episodes")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1: the tensors are small)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="the figure (default: RUN_DIR)")
     args = parser.parse_args(argv)
     try:
@@ -207,8 +229,11 @@ def report(args, cfg, policy, sizes) -> None:
         **{spec: {"weights": spec, "baseline": "none"} for spec in args.weights},
     }
     gamma, discount = float(cfg.gamma), bool(cfg.discount_from_start)
+    grads = []  # per-episode gradients, computed once per distinct weights
     cells = {
-        name: [measure(batch_estimates(policy, pool, knobs, n, gamma, discount)) for n in sizes]
+        name: [
+            measure(batch_estimates(policy, pool, knobs, n, gamma, discount, grads)) for n in sizes
+        ]
         for name, knobs in estimators.items()
     }
     run = args.run_dir
