@@ -105,13 +105,15 @@ def test_fast_estimates_are_minus_the_gradient_of_the_loss():
 
 
 def test_exit_status_follows_the_verdict(capsys):
-    """A small sample (1,000 batches per MDP) keeps the false-alarm level at 1% and still
+    """A small sample (200 batches per MDP) keeps the false-alarm level at 1% and still
     shows the plain time baseline's bias at N = 2 (about 60%) by |z| > 10."""
     for name, code in (("rtg_loo", 0), ("rtg_mean", 1)):
         with pytest.raises(SystemExit) as info:
-            check.main([f"{EXAMPLES}:{name}", "--samples", "2000"])
+            check.main([f"{EXAMPLES}:{name}", "--samples", "400"])
         assert info.value.code == code
-        assert "1,000 batches (2,000 episodes) per MDP" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "200 batches (400 episodes) per MDP" in out
+        assert "tr Cov of the built-ins at N=2" in out
 
 
 def test_a_bad_plugin_is_one_line_and_exit_2(tmp_path):
