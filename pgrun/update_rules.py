@@ -185,7 +185,11 @@ class RatioEpochs:
             for idx in groups:
                 if idx is None:
                     mb_obs, mb_act, mb_adv, mb_old, mb_mask = (
-                        batch.obs, batch.act, adv, logp_old, batch.mask
+                        batch.obs,
+                        batch.act,
+                        adv,
+                        logp_old,
+                        batch.mask,
                     )
                 elif by_steps:  # one row of B steps
                     mb_obs, mb_act, mb_adv, mb_old, mb_mask = (
@@ -194,7 +198,11 @@ class RatioEpochs:
                 else:
                     mb = batch.rows(idx)
                     mb_obs, mb_act, mb_adv, mb_old, mb_mask = (
-                        mb.obs, mb.act, adv[idx], logp_old[idx], mb.mask
+                        mb.obs,
+                        mb.act,
+                        adv[idx],
+                        logp_old[idx],
+                        mb.mask,
                     )
                 dist = policy(mb_obs)
                 logp = dist.log_prob(mb_act)
