@@ -176,7 +176,12 @@ def estimator(what: str, overrides: list[str]):
             f"{what!r}: give module:function (your weights) or variant=<preset> (a built-in)"
         )
     load(what, "pgrun-check")
-    return what, lambda batch, gamma, values: plugin_weights(what, batch, gamma, "pgrun-check"), []
+
+    def weights(batch, gamma, values):  # masked and checked finite in batch_estimates
+        return plugin_weights(what, batch, gamma, "pgrun-check", finite=False)
+
+    weights.label = what
+    return what, weights, []
 
 
 @dataclass
@@ -258,7 +263,18 @@ def batch_estimates(case: Case, weights, n: int, gamma: float, batches: int | No
         for m, L in enumerate(lengths):
             cut = {f: x[m, :, :L] if f in stepwise else x[m] for f, x in grouped.items()}
             w_all[m, :, :L] = weights(Batch(**cut), gamma, values[m, :, :L])
-    w_all = w_all.reshape(M * n, T)
+    valid = grouped["mask"] > 0
+    bad = ~torch.isfinite(w_all) & valid
+    if bad.any():
+        from pgrun.plugins import PluginError
+
+        m, i, t = (int(x) for x in bad.nonzero()[0])
+        raise PluginError(
+            f"pgrun-check={getattr(weights, 'label', 'the estimator')} returned "
+            f"{w_all[m, i, t].item()} in batch {m} at episode {i}, step {t} "
+            f"({int(bad.sum())} non-finite weights on valid steps)"
+        )
+    w_all = torch.where(valid, w_all, 0.0).reshape(M * n, T)
     g = (w_all[..., None] * case.step_scores[: M * n]).sum(1)  # (M n, D) per episode
     return g.reshape(M, n, -1).mean(1)
 

@@ -83,11 +83,14 @@ def load(spec: str, key: str = "variant.weights") -> Callable:
     return fn
 
 
-def plugin_weights(spec: str, batch, gamma: float, key: str = "variant.weights") -> torch.Tensor:
+def plugin_weights(spec: str, batch, gamma: float, key: str = "variant.weights",
+                   finite: bool = True) -> torch.Tensor:  # fmt: skip
     """Call the weights plug-in `spec` on `batch` and check what it returns.
 
     Returns:
-        (N, T) float32, detached, zero where batch.mask is zero.
+        (N, T) float32, detached, zero where batch.mask is zero. finite=False returns the
+        weights as they are, unmasked and not checked for non-finite values (pgrun-check
+        checks many batches' weights at once).
     Raises:
         PluginError: the plug-in raised, or returned anything but a finite (N, T) tensor of
             batch.rew's dtype that does not require grad.
@@ -118,6 +121,8 @@ def plugin_weights(spec: str, batch, gamma: float, key: str = "variant.weights")
             f"{key}={spec} returned a tensor that requires grad; weights are constants: "
             "compute them under torch.no_grad() or .detach() them"
         )
+    if not finite:
+        return w.detach()
     valid = batch.mask > 0
     bad = ~torch.isfinite(w) & valid
     if bad.any():

@@ -163,6 +163,12 @@ def nan(batch, gamma):
     w[1, 2] = float("nan")
     return w
 
+def all_nan(batch, gamma):
+    return torch.full_like(batch.rew, float("nan"))
+
+def nan_on_padding(batch, gamma):
+    return torch.where(batch.mask > 0, batch.rew, float("nan"))
+
 def numpy(batch, gamma):
     return batch.rew.numpy()
 
@@ -226,6 +232,21 @@ def test_a_bad_plugin_names_itself_and_the_problem(plugin_dir, name, says):
     assert message.startswith(f"variant.weights=student_estimators:{name}")
     assert says in message and "\n" not in message
     assert isinstance(info.value, UserError) and info.value.exit_code == 2
+
+
+def test_pgrun_check_refuses_non_finite_weights_on_valid_steps_only(plugin_dir, capsys):
+    with pytest.raises(SystemExit) as info:
+        check.main(["student_estimators:all_nan", "--samples", "8"])
+    assert info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        "pgrun-check: error: pgrun-check=student_estimators:all_nan returned nan in batch 0 "
+        "at episode 0, step 0 ("
+    )
+    assert line.endswith(" non-finite weights on valid steps)")
+    out = io.StringIO()  # NaN on padding is masked: the check runs
+    check.run("student_estimators:nan_on_padding", [], 2, 8, 0.01, 1.0, 0, out=out, compare=False)
+    assert "verdict: " in out.getvalue()
 
 
 def test_a_plugin_that_fails_to_import_says_why(plugin_dir):
