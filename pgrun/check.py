@@ -290,8 +290,11 @@ class Confirmation:
     confirmed: bool
 
 
-def confirm(case: Case, first: Verdict, flagged, weights, n, gamma, episodes, z2, mdp):
-    """Retest MDP `mdp` = (seed, S, A, T) on a fresh sample: flagged (D,) bool."""
+def confirm(mdp, first: Verdict, flagged, weights, n: int, gamma: float, episodes: int,
+            z2: float) -> Confirmation:  # fmt: skip
+    """Retest MDP `mdp` = (seed, S, A, T) on a fresh sample of `episodes` episodes: is one of
+    the coordinates `flagged` ((D,) bool) on the first sample off the same way again, by a
+    one-sided z > z2?"""
     fresh = make_case(*mdp, episodes=episodes, gamma=gamma, sample=1)
     again = judge(batch_estimates(fresh, weights, n, gamma), fresh.exact.grad_J)
     same_sign = again.z * first.z.sign()  # > 0 where it is off the same way again
@@ -373,7 +376,7 @@ def run(what: str, overrides: list[str], n: int, episodes: int, alpha: float, ga
         )
         order = sorted((i for i, f in enumerate(flags) if f.any()), key=lambda i: -results[i].max_z)
         for i in order:
-            c = confirm(cases[i], results[i], flags[i], weights, n, gamma, episodes, z2, mdps[i])
+            c = confirm(mdps[i], results[i], flags[i], weights, n, gamma, episodes, z2)
             print(
                 f"  {cases[i].label}: coordinate {c.coordinate}, z = {c.first:.2f} on the first "
                 f"sample, {c.again:.2f} on the fresh one (episode seed {c.case.seed}): "
