@@ -65,6 +65,25 @@ class EpisodeCollector:
         pass
 
 
+@dataclass
+class _StepRun:
+    """The time-first buffers of one fixed-length batch while it is collected: obs (T + 1, N,
+    *obs), act (T, N, ...), rew (T, N) float32, term / trunc / valid (T, N) bool; start (N,)
+    the copies' times within their episodes at the batch's first step; the returns and
+    lengths of the episodes that ended."""
+
+    obs: np.ndarray
+    act: np.ndarray | None
+    rew: np.ndarray
+    term: np.ndarray
+    trunc: np.ndarray
+    valid: np.ndarray
+    start: np.ndarray
+    returns: list
+    lengths: list
+    env_id: str
+
+
 class StepCollector:
     """T steps of each of the N copies per batch, with auto-reset.
 
@@ -107,66 +126,85 @@ class StepCollector:
         self.ep_length[:] = 0
 
     def collect(self, policy: nn.Module, iteration: int) -> tuple[Batch, Episodes]:
+        device = next(policy.parameters()).device
+        sample = step_draw(policy)
+        run = self.begin(iteration)
+        with torch.inference_mode():
+            try:  # checked once the batch is in, or on a failure (pgrun.guards)
+                for t in range(self.steps):
+                    act = sample(torch.from_numpy(run.obs[t]).to(device)).cpu().numpy()
+                    self.advance(run, t, act)
+            except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
+                raise guards.step_failure(exc, run.obs[: t + 2], run.env_id) from None
+        return self.finish(run, device)
+
+    def begin(self, iteration: int) -> _StepRun:
+        """The buffers of one batch, the copies restarted where there is nothing to continue."""
         if self.obs is None:
             self._restart(iteration)
         T, N = self.steps, self.env.num_envs
-        device = next(policy.parameters()).device
-        sample = step_draw(policy)
-        start = self.elapsed.copy()
         obs_buf = np.zeros((T + 1, *self.obs.shape), dtype=self.obs.dtype)
         obs_buf[0] = self.obs
-        act_buf = None
-        rew_buf = np.zeros((T, N), dtype=np.float32)
-        term_buf = np.zeros((T, N), dtype=bool)
-        trunc_buf = np.zeros((T, N), dtype=bool)
-        valid = np.zeros((T, N), dtype=bool)
-        returns, lengths = [], []
         env_id = self.env.spec.id if self.env.spec is not None else type(self.env).__name__
-        with torch.inference_mode():
-            try:  # checked once the batch is in, or on a failure (pgrun.guards)
-                for t in range(T):
-                    act = sample(torch.from_numpy(obs_buf[t]).to(device)).cpu().numpy()
-                    if act_buf is None:
-                        act_buf = np.zeros((T, *act.shape), dtype=act.dtype)
-                    act_buf[t] = act
-                    obs, rew, term, trunc, _ = self.env.step(self.to_env(act))
-                    obs_buf[t + 1] = self.to_batch(obs)
-                    live = ~self.pending  # a copy that resets on this call takes no step
-                    valid[t] = live
-                    rew_buf[t] = np.where(live, rew, 0.0)
-                    term_buf[t], trunc_buf[t] = term & live, trunc & live
-                    ended = (term | trunc) & live
-                    self.ep_return += rew_buf[t]
-                    self.ep_length += live
-                    self.elapsed += live
-                    if ended.any():
-                        returns.extend(self.ep_return[ended].tolist())
-                        lengths.extend(self.ep_length[ended].tolist())
-                        self.ep_return[ended], self.ep_length[ended], self.elapsed[ended] = 0, 0, 0
-                    self.pending = ended
-            except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
-                raise guards.step_failure(exc, obs_buf[: t + 2], env_id) from None
-        guards.check_finite(obs_buf, rew_buf, env_id)
-        self.obs = obs_buf[T].copy()
-        mask = valid.astype(np.float32)
+        return _StepRun(
+            obs=obs_buf,
+            act=None,
+            rew=np.zeros((T, N), dtype=np.float32),
+            term=np.zeros((T, N), dtype=bool),
+            trunc=np.zeros((T, N), dtype=bool),
+            valid=np.zeros((T, N), dtype=bool),
+            start=self.elapsed.copy(),
+            returns=[],
+            lengths=[],
+            env_id=env_id,
+        )
+
+    def advance(self, run: _StepRun, t: int, act: np.ndarray) -> None:
+        """Step t: the copies take the actions `act` (N, ...) drawn at run.obs[t]."""
+        if run.act is None:
+            run.act = np.zeros((self.steps, *act.shape), dtype=act.dtype)
+        run.act[t] = act
+        obs, rew, term, trunc, _ = self.env.step(self.to_env(act))
+        run.obs[t + 1] = self.to_batch(obs)
+        live = ~self.pending  # a copy that resets on this call takes no step
+        run.valid[t] = live
+        run.rew[t] = np.where(live, rew, 0.0)
+        run.term[t], run.trunc[t] = term & live, trunc & live
+        ended = (term | trunc) & live
+        self.ep_return += run.rew[t]
+        self.ep_length += live
+        self.elapsed += live
+        if ended.any():
+            run.returns.extend(self.ep_return[ended].tolist())
+            run.lengths.extend(self.ep_length[ended].tolist())
+            self.ep_return[ended], self.ep_length[ended], self.elapsed[ended] = 0, 0, 0
+        self.pending = ended
+
+    def finish(self, run: _StepRun, device: torch.device) -> tuple[Batch, Episodes]:
+        """The batch of the T steps taken, and the episodes that ended in it."""
+        T = self.steps
+        guards.check_finite(run.obs, run.rew, run.env_id)
+        self.obs = run.obs[T].copy()
+        mask = run.valid.astype(np.float32)
 
         def batch_first(x: np.ndarray) -> torch.Tensor:  # (T, N, ...) -> (N, T, ...)
             return torch.from_numpy(np.ascontiguousarray(x.swapaxes(0, 1)))
 
         batch = Batch(
-            obs=batch_first(obs_buf[:T]),
-            act=batch_first(act_buf),
-            rew=batch_first(rew_buf),
+            obs=batch_first(run.obs[:T]),
+            act=batch_first(run.act),
+            rew=batch_first(run.rew),
             mask=batch_first(mask),
-            terminated=batch_first(term_buf),
-            truncated=batch_first(trunc_buf),
+            terminated=batch_first(run.term),
+            truncated=batch_first(run.trunc),
             final_obs=torch.zeros(0),
-            start=torch.from_numpy(start),
+            start=torch.from_numpy(run.start),
         )
-        next_obs = batch_first(obs_buf[1:])  # the observation each step led to
+        next_obs = batch_first(run.obs[1:])  # the observation each step led to
         batch.final_obs = next_obs[batch.done]  # row by row, in time order
         episodes = Episodes(
-            torch.tensor(returns, dtype=torch.float32), torch.tensor(lengths, dtype=torch.int64)
+            torch.tensor(run.returns, dtype=torch.float32),
+            torch.tensor(run.lengths, dtype=torch.int64),
         )
         return batch.to(device), episodes
 

@@ -234,10 +234,33 @@ def collect_episodes(
                     break
         except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
             raise guards.step_failure(exc, obs_buf[: t + 2], env_id) from None
-    T_b = t + 1
-    guards.check_finite(obs_buf[: T_b + 1], rew_buf[:T_b], env_id)
+    return episodes_batch(
+        obs_buf, act_buf, rew_buf, term_buf, done_buf, ended, t + 1, env_id
+    ).to(device)
 
-    # Episode i is steps 0..end_i of copy i: up to its first end, else the horizon (a truncation).
+
+def episodes_batch(
+    obs_buf: np.ndarray,
+    act_buf: np.ndarray,
+    rew_buf: np.ndarray,
+    term_buf: np.ndarray,
+    done_buf: np.ndarray,
+    ended: np.ndarray,
+    T_b: int,
+    env_id: str,
+) -> Batch:
+    """The notes' batch from the buffers of N copies stepped T_b times from reset (the end of
+    collect_episodes; pgrun.batched builds each seed's batch with it): episode i is copy i's
+    steps up to its first end, else up to the horizon (a truncation). The buffers are
+    time-first and are masked in place.
+
+    Args:
+        obs_buf: (T + 1, N, *obs), obs_buf[t + 1] the observation step t led to.
+        act_buf: (T, N, ...); rew_buf: (T, N) float32; term_buf, done_buf: (T, N) bool.
+        ended: (N,) bool, copy i's first episode ended within the T_b steps.
+    """
+    guards.check_finite(obs_buf[: T_b + 1], rew_buf[:T_b], env_id)
+    N = ended.shape[0]
     end = np.where(ended, done_buf[:T_b].argmax(0), T_b - 1)
     copies = np.arange(N)
     at_end = np.zeros((T_b, N), dtype=bool)
@@ -270,4 +293,4 @@ def collect_episodes(
         truncated=batch_first(truncated),
         final_obs=torch.from_numpy(final_obs),
         start=torch.zeros(N, dtype=torch.int64),
-    ).to(device)
+    )

@@ -1,0 +1,946 @@
+"""Many seeds in one process: K runs that differ only in `seed`, trained as one computation.
+
+`hydra/launcher=batched` (pgrun.batched_launcher) hands a group of such runs to `train_group`.
+Each seed keeps its own run: its TrainState built by pgrun.trainer.build (the same initial
+weights, envs, collector, learner, RNG streams and files as when it runs alone), its loggers,
+checkpoints and policy.pt. What is shared is the arithmetic:
+
+- the K policies (and V) as stacked weights, a Linear layer's (out, in) weight of seed k
+  held as W[k] = weight.T in W (K, in, out), its bias as b (K, 1, out), and one forward
+  torch.baddbmm(b, x, W) on x (K, B, in) for all seeds;
+- one draw per env step for all K x N copies (each seed's noise from its own generator,
+  seeded as its single run seeds torch's), the K vector envs stepped together;
+- one backward and one Adam step over the stacked tensors (`StackedAdam`: Adam is
+  element-wise, so it is K independent Adams; each seed has its own step count and learning
+  rate, and a seed that takes no step keeps its parameters and moments as they are);
+- what is not element-wise is per seed: the gradient-norm clipping (the norm of each seed's
+  slice), the KL stop of the ratio epochs, stop_return and total_steps.
+
+The estimators run per seed on the seed's own batch (pgrun.learner, bit for bit the single
+run's), and each seed's loss is its own mean: the loss minimised is the sum over seeds, so
+each seed's gradient is its own. The diagnostics and the evaluation read each seed's own
+policy module, which holds the seed's slice of the stacked weights after every update.
+
+A stacked matmul does not always add in the order of the single one (the sums of a small
+layer can differ in the last bit), so a seed in a group follows its single run to float
+rounding, not bit for bit (docs/batched.md, tests/test_batched.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+from pgrun import checkpoint, guards, signals
+from pgrun.collectors import EpisodeCollector, Episodes, StepCollector
+from pgrun.config import Interrupted
+from pgrun.diagnostics import Diagnostics
+from pgrun.learner import plain
+from pgrun.logger import FINAL_METRIC, make_loggers
+from pgrun.losses import clip_fraction, policy_loss, ratio_stats, value_loss
+from pgrun.optim import Adam
+from pgrun.policies import CategoricalPolicy, GaussianPolicy
+from pgrun.rollout import Batch, _running_copies_step, episodes_batch
+from pgrun.seeding import ACTIONS, MINIBATCHES, RESETS, VALUE_MINIBATCHES, derive_seed
+from pgrun.state import TrainState
+from pgrun.update_rules import rule_name
+
+log = logging.getLogger(__name__)
+
+
+def blocker(cfg: DictConfig) -> str | None:
+    """Why the runs of `cfg` cannot be trained as a group (one line), or None when they can.
+
+    A group takes MLP policies on vector observations (a 1-D float Box) with Discrete or 1-D
+    Box actions (unsquashed), the gymnasium backend, Adam, the gradient and ratio-epochs
+    rules, on the CPU, without observation normalisation."""
+    if plain(cfg.policy.name) != "mlp":
+        return f"policy={cfg.policy.name} (a group stacks MLP policies only)"
+    if plain(cfg.env.backend) != "gymnasium":
+        return f"env.backend={plain(cfg.env.backend)} (a group steps gymnasium envs)"
+    if cfg.env.get("module"):
+        return "an env module of your own"
+    if cfg.env.normalize_obs:
+        return "env.normalize_obs=true"
+    if cfg.env.atari_preprocessing or cfg.env.frame_stack != 1:
+        return "Atari frames"
+    if cfg.policy.squash:
+        return "policy.squash=true"
+    if plain(cfg.optim.name) != "adam":
+        return f"optim.name={plain(cfg.optim.name)}"
+    if plain(cfg.device) not in ("cpu", "auto") or (
+        plain(cfg.device) == "auto" and torch.cuda.is_available()
+    ):
+        return f"device={plain(cfg.device)}"
+    if rule_name(cfg.variant) not in ("gradient", "ratio_epochs"):
+        return f"variant.rule={rule_name(cfg.variant)}"
+    return None
+
+
+def space_blocker(env: gym.vector.VectorEnv) -> str | None:
+    """Why the spaces of `env` cannot be stacked (None when they can)."""
+    obs, act = env.single_observation_space, env.single_action_space
+    if not (
+        isinstance(obs, gym.spaces.Box)
+        and len(obs.shape) == 1
+        and np.issubdtype(obs.dtype, np.floating)
+    ):
+        return f"observations {obs} (a group takes a 1-D float Box)"
+    if isinstance(act, gym.spaces.Discrete):
+        return None
+    if isinstance(act, gym.spaces.Box) and len(act.shape) == 1:
+        return None
+    return f"actions {act} (a group takes Discrete or 1-D Box actions)"
+
+
+# ------------------------------------------------------------------------- stacked weights
+
+
+def _to_stacked(p: torch.Tensor) -> torch.Tensor:
+    """One seed's parameter in the stacked layout: a Linear weight (out, in) -> (in, out), a
+    vector (n,) -> (1, n)."""
+    return p.detach().T if p.dim() == 2 else p.detach()[None]
+
+
+class Stacked:
+    """The parameters of K modules of one architecture (their `parameters()` order), as K-leading
+    leaf tensors: params[j] (K, ...) stacks _to_stacked of parameter j of each module."""
+
+    def __init__(self, modules: Sequence[nn.Module]):
+        self.modules = list(modules)
+        self.K = len(self.modules)
+        self.names = [n for n, _ in self.modules[0].named_parameters()]
+        self.dims = [p.dim() for p in self.modules[0].parameters()]
+        self.params = [
+            torch.stack([_to_stacked(p) for p in ps]).contiguous().requires_grad_()
+            for ps in zip(*(m.parameters() for m in self.modules), strict=True)
+        ]
+        self.by_name = dict(zip(self.names, self.params, strict=True))
+
+    def single(self, j: int, k: int) -> torch.Tensor:
+        """Parameter j of seed k in its module's layout (a view)."""
+        x = self.params[j][k]
+        return x.T if self.dims[j] == 2 else x[0]
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy each seed's slice into its own module (what policy.pt and checkpoints save)."""
+        for k, module in enumerate(self.modules):
+            for j, p in enumerate(module.parameters()):
+                p.copy_(self.single(j, k))
+
+    def mlp(self, net: nn.Sequential, prefix: str, x: torch.Tensor) -> torch.Tensor:
+        """The stacked forward of `net` (each seed's copy) on x (K, B, in) -> (K, B, out)."""
+        for i, layer in enumerate(net):
+            if isinstance(layer, nn.Linear):
+                w, b = self.by_name[f"{prefix}{i}.weight"], self.by_name[f"{prefix}{i}.bias"]
+                x = torch.baddbmm(b, x, w)
+            else:
+                x = layer(x)
+        return x
+
+
+class StackedPolicy(Stacked):
+    """K Categorical or Gaussian MLP policies (pgrun.policies) as one: obs (K, *lead, obs_dim)
+    -> a Distribution with batch shape (K, *lead)."""
+
+    def __init__(self, policies: Sequence[nn.Module]):
+        super().__init__(policies)
+        first = self.modules[0]
+        self.gaussian = isinstance(first, GaussianPolicy)
+        if not (self.gaussian or isinstance(first, CategoricalPolicy)):
+            raise TypeError(f"cannot stack {type(first).__name__}")
+        self.net = first.net
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        """obs (K, *lead, d) -> (K, *lead, out)."""
+        lead = obs.shape[1:-1]
+        x = obs.reshape(self.K, -1, obs.shape[-1])
+        x = x if x.is_floating_point() else x.to(torch.float32)
+        out = self.mlp(self.net, "net.", x)
+        return out.reshape(self.K, *lead, out.shape[-1])
+
+    def _std(self, lead: int) -> torch.Tensor:
+        """exp(log_std) (K, 1, ..., d) with `lead` ones: broadcast against (K, *lead, d)."""
+        std = self.by_name["log_std"].exp()  # (K, 1, d)
+        return std.reshape(self.K, *([1] * lead), std.shape[-1])
+
+    def __call__(self, obs: torch.Tensor) -> Distribution:
+        out = self.features(obs)
+        if not self.gaussian:
+            return Categorical(logits=out)
+        return Independent(Normal(out, self._std(out.dim() - 2)), 1)
+
+    def act(self, obs: torch.Tensor, noise: list[torch.Generator | None]) -> torch.Tensor:
+        """The rollout's draw of every seed, obs (K, N, d) -> (K, N) int64 or (K, N, d): each
+        seed's noise drawn from its generator as its single policy's `act` draws it from torch's
+        (one uniform per row for the inverse CDF; N(0, I) per action dimension). A None
+        generator (a seed that takes no step) draws nothing and gets zeros."""
+        out = self.features(obs)
+        K, N = out.shape[:2]
+        if self.gaussian:
+            eps = torch.zeros_like(out)
+            for k, g in enumerate(noise):
+                if g is not None:
+                    eps[k].normal_(generator=g)
+            return torch.addcmul(out, self._std(1), eps)
+        cdf = out.softmax(-1).cumsum(-1)[..., :-1]
+        u = torch.ones(K, N, 1)
+        for k, g in enumerate(noise):
+            if g is not None:
+                u[k].uniform_(generator=g)
+        return (cdf <= u).sum(-1)
+
+
+class StackedValue(Stacked):
+    """K value networks' heads (pgrun.value.ValueNetwork.head) as one: x (K, B, d) -> (K, B)."""
+
+    def __init__(self, values: Sequence[nn.Module]):
+        super().__init__(values)
+        self.net = self.modules[0].net
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.net, "net.", x).squeeze(-1)
+
+
+class StackedAdam:
+    """Adam over stacked parameters: K independent Adams, one per seed's slice, each with its
+    own step count t_k and learning rate (read from the seed's own optimizer, which a schedule
+    changes), starting from and written back to those optimizers' states. `step(active)`
+    steps the seeds where active (K,) is True; the others' parameters, moments and t stay as
+    they are. The update is pgrun.optim.Adam's, operation for operation."""
+
+    def __init__(self, stacked: Stacked, singles: Sequence[Adam]):
+        self.stacked, self.singles = stacked, list(singles)
+        self.betas, self.eps = singles[0].betas, singles[0].eps
+        self.t = [opt.t for opt in singles]
+        self.last_norms = torch.zeros(stacked.K)  # each seed's gradient norm at the last step
+        self.m = [torch.stack([_to_stacked(o.m[j]) for o in singles]) for j in range(len(stacked.params))]
+        self.v = [torch.stack([_to_stacked(o.v[j]) for o in singles]) for j in range(len(stacked.params))]
+
+    def zero_grad(self) -> None:
+        for p in self.stacked.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, active: Sequence[bool]) -> None:
+        b1, b2 = self.betas
+        K = self.stacked.K
+        lr_c1 = torch.zeros(K)  # -lr / (1 - b1^t) of each seed
+        sqrt_c2 = torch.ones(K)
+        for k in range(K):
+            if active[k]:
+                self.t[k] += 1
+                t = self.t[k]
+                lr_c1[k] = -self.singles[k].lr / (1 - b1**t)
+                sqrt_c2[k] = math.sqrt(1 - b2**t)
+        on = torch.tensor(list(active), dtype=torch.bool)
+        for p, m, v in zip(self.stacked.params, self.m, self.v, strict=True):
+            if p.grad is None:
+                continue
+            view = (K,) + (1,) * (p.dim() - 1)
+            keep = on.view(view)
+            g = p.grad
+            m_new = m.lerp(g, 1 - b1)
+            v_new = (v * b2).addcmul_(g, g, value=1 - b2)
+            denom = (v_new.sqrt() / sqrt_c2.view(view)).add_(self.eps)
+            p_new = p + m_new * lr_c1.view(view) / denom  # addcdiv: p + (value * m) / denom
+            m.copy_(torch.where(keep, m_new, m))
+            v.copy_(torch.where(keep, v_new, v))
+            p.copy_(torch.where(keep, p_new, p))
+
+    def write_back(self) -> None:
+        """Each seed's moments and step count into its own optimizer (its checkpoint)."""
+        for k, opt in enumerate(self.singles):
+            opt.t = self.t[k]
+            for j in range(len(self.m)):
+                opt.m[j].copy_(self.stacked_single(self.m[j], j, k))
+                opt.v[j].copy_(self.stacked_single(self.v[j], j, k))
+
+    def stacked_single(self, x: torch.Tensor, j: int, k: int) -> torch.Tensor:
+        return x[k].T if self.stacked.dims[j] == 2 else x[k][0]
+
+
+def clip_per_seed(
+    stacked: Stacked, max_norm: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.nn.utils.clip_grad_norm_ for each seed's slice of the gradients: the norm of
+    seed k's gradient over all parameters, and its gradient scaled by
+    min(1, max_norm / (norm + 1e-6)). Returns the norms before clipping (K,) and whether
+    each is finite (K,) bool."""
+    grads = [p.grad for p in stacked.params if p.grad is not None]
+    K = stacked.K
+    per = torch.stack([g.reshape(K, -1).norm(dim=1) for g in grads], 1)  # (K, P)
+    norms = per.norm(dim=1)
+    if max_norm is not None:
+        coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(coef.view((K,) + (1,) * (g.dim() - 1)))
+    return norms, torch.isfinite(norms)
+
+
+# ---------------------------------------------------------------------------- collection
+
+
+def _draws(states: Sequence[TrainState], active: Sequence[bool]) -> list[torch.Generator | None]:
+    """The action noise of each active seed this iteration, seeded as its single run seeds
+    torch's RNG: derive_seed(seed, iteration, ACTIONS)."""
+    return [
+        torch.Generator().manual_seed(derive_seed(s.seed, s.iteration, ACTIONS)) if on else None
+        for s, on in zip(states, active, strict=True)
+    ]
+
+
+def collect_episodes_group(
+    collectors: Sequence[EpisodeCollector],
+    policy: StackedPolicy,
+    states: Sequence[TrainState],
+    active: Sequence[bool],
+) -> list[tuple[Batch, Episodes] | None]:
+    """pgrun.rollout.collect_episodes for each active seed at once: its N copies reset with its
+    own seed, stepped until each of its copies' first episode ended or T steps; one stacked
+    draw per step. Each seed's batch is cut at its own length, as alone."""
+    K = len(collectors)
+    T = collectors[0].horizon
+    envs = [c.env for c in collectors]
+    N = envs[0].num_envs
+    obs0, steps, ended = [], [], []
+    to_batch = [None] * K
+    to_env = [None] * K
+    from pgrun.envs import action_converter, obs_converter
+
+    for k, env in enumerate(envs):
+        if not active[k]:
+            obs0.append(None)
+            steps.append(None)
+            ended.append(np.ones(N, dtype=bool))
+            continue
+        to_batch[k] = obs_converter(env.single_observation_space)
+        to_env[k] = action_converter(env.single_action_space)
+        env_id = env.spec.id if env.spec is not None else type(env).__name__
+        seed = derive_seed(collectors[k].seed, states[k].iteration, RESETS)
+        try:
+            obs, _ = env.reset(seed=seed)
+        except (ValueError, TypeError, AttributeError, IndexError) as exc:
+            raise guards.reset_failure(exc, env_id) from None
+        guards.check_reset(obs, env.single_observation_space, N, env_id)
+        e = np.zeros(N, dtype=bool)
+        ended.append(e)
+        steps.append(_running_copies_step(env, obs, e) or env.step)
+        obs0.append(to_batch[k](obs))
+    first = next(o for o in obs0 if o is not None)
+    obs_buf = np.zeros((T + 1, K, *first.shape), dtype=first.dtype)
+    for k, o in enumerate(obs0):
+        if o is not None:
+            obs_buf[0, k] = o
+    act_buf = None
+    rew_buf = np.zeros((T, K, N), dtype=np.float32)
+    term_buf = np.zeros((T, K, N), dtype=bool)
+    done_buf = np.zeros((T, K, N), dtype=bool)
+    length = [T] * K  # each seed's T_b
+    running = [bool(a) for a in active]
+    noise = _draws(states, active)
+    with torch.inference_mode():
+        for t in range(T):
+            act = policy.act(torch.from_numpy(obs_buf[t]), noise).numpy()
+            if act_buf is None:
+                act_buf = np.zeros((T, *act.shape), dtype=act.dtype)
+            act_buf[t] = act
+            for k in range(K):
+                if not running[k]:
+                    continue
+                try:
+                    obs, rew_buf[t, k], term_buf[t, k], trunc, _ = steps[k](to_env[k](act[k]))
+                except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
+                    env = envs[k]
+                    env_id = env.spec.id if env.spec is not None else type(env).__name__
+                    raise guards.step_failure(exc, obs_buf[: t + 2, k], env_id) from None
+                obs_buf[t + 1, k] = to_batch[k](obs)
+                np.logical_or(term_buf[t, k], trunc, out=done_buf[t, k])
+                ended[k] |= done_buf[t, k]
+                if ended[k].all():
+                    running[k] = False
+                    length[k] = t + 1
+            if not any(running):
+                break
+    out: list[tuple[Batch, Episodes] | None] = []
+    for k, env in enumerate(envs):
+        if not active[k]:
+            out.append(None)
+            continue
+        env_id = env.spec.id if env.spec is not None else type(env).__name__
+        batch = episodes_batch(
+            obs_buf[:, k],
+            act_buf[:, k],
+            rew_buf[:, k],
+            term_buf[:, k],
+            done_buf[:, k],
+            ended[k],
+            length[k],
+            env_id,
+        )
+        out.append((batch, Episodes(batch.returns, batch.lengths)))
+    return out
+
+
+def collect_steps_group(
+    collectors: Sequence[StepCollector],
+    policy: StackedPolicy,
+    states: Sequence[TrainState],
+    active: Sequence[bool],
+) -> list[tuple[Batch, Episodes] | None]:
+    """StepCollector.collect for each active seed at once (T steps of its N copies, carried
+    between batches by the seed's own collector), one stacked draw per step."""
+    K = len(collectors)
+    runs = [
+        c.begin(s.iteration) if on else None
+        for c, s, on in zip(collectors, states, active, strict=True)
+    ]
+    first = next(r for r in runs if r is not None)
+    T = collectors[0].steps
+    obs = np.zeros((K, *first.obs.shape[1:]), dtype=first.obs.dtype)
+    noise = _draws(states, active)
+    device = torch.device("cpu")
+    with torch.inference_mode():
+        for t in range(T):
+            for k, r in enumerate(runs):
+                if r is not None:
+                    obs[k] = r.obs[t]
+            act = policy.act(torch.from_numpy(obs), noise).numpy()
+            for k, r in enumerate(runs):
+                if r is None:
+                    continue
+                try:
+                    collectors[k].advance(r, t, act[k])
+                except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
+                    raise guards.step_failure(exc, r.obs[: t + 2], r.env_id) from None
+    return [
+        None if r is None else collectors[k].finish(r, device) for k, r in enumerate(runs)
+    ]
+
+
+# ------------------------------------------------------------------------- stacked batches
+
+
+def _pad(xs: Sequence[torch.Tensor], T: int) -> torch.Tensor:
+    """(N, T_k, ...) tensors of the K seeds -> (K, N, T, ...), zero after each T_k."""
+    first = xs[0]
+    out = torch.zeros((len(xs), first.shape[0], T, *first.shape[2:]), dtype=first.dtype)
+    for k, x in enumerate(xs):
+        out[k, :, : x.shape[1]] = x
+    return out
+
+
+@dataclass
+class GroupBatch:
+    """The seeds' batches side by side: obs (K, N, T, d), act (K, N, T[, d]), zero-padded
+    after each seed's own T_k (the seeds that take no step this iteration hold zeros).
+    batches[k] is seed k's own Batch (N, T_k), adv[k] its (N, T_k) weights."""
+
+    batches: list[Batch | None]
+    adv: list[torch.Tensor | None]
+    obs: torch.Tensor
+    act: torch.Tensor
+
+    @classmethod
+    def of(cls, batches, adv) -> GroupBatch:
+        real = [b for b in batches if b is not None]
+        T = max(b.mask.shape[1] for b in real)
+        like = real[0]
+        fill = [b if b is not None else _empty_like(like) for b in batches]
+        return cls(
+            list(batches),
+            list(adv),
+            _pad([b.obs for b in fill], T),
+            _pad([b.act for b in fill], T),
+        )
+
+
+def _empty_like(b: Batch) -> Batch:
+    return Batch(
+        *(torch.zeros_like(getattr(b, f)) for f in ("obs", "act", "rew", "mask")),
+        torch.zeros_like(b.terminated),
+        torch.zeros_like(b.truncated),
+        b.final_obs[:0],
+        torch.zeros_like(b.start),
+    )
+
+
+def _first_step_stats(loss, entropy, mask, grad_norm) -> dict[str, float]:
+    h = (entropy * mask).sum() / mask.sum()
+    return {
+        "losses/policy": loss.item(),
+        "stats/entropy": h.item(),
+        "stats/grad_norm": grad_norm.item(),
+    }
+
+
+class Diverging(Exception):
+    """What stopped being finite for one seed (loss, gradient, parameters)."""
+
+
+def _check_params(stacked: Stacked, k: int) -> bool:
+    return all(bool(torch.isfinite(p[k]).all()) for p in stacked.params)
+
+
+def gradient_step_group(
+    policy: StackedPolicy,
+    opt: StackedAdam,
+    group: GroupBatch,
+    active: list[bool],
+    entropy_coef: float,
+    max_grad_norm: float | None,
+    stats: list[dict[str, float]],
+    failed: dict[int, str],
+) -> None:
+    """GradientStep for every active seed: one step on the sum of the seeds' own losses."""
+    dist = policy(group.obs)
+    logp, entropy = dist.log_prob(group.act), dist.entropy()
+    losses = {}
+    for k, b in enumerate(group.batches):
+        if active[k]:
+            T = b.mask.shape[1]
+            terms = policy_loss(
+                logp[k, :, :T], entropy[k, :, :T], group.adv[k], b.mask, entropy_coef
+            )
+            losses[k] = terms["loss"]
+    _step(policy, opt, losses, active, max_grad_norm, failed)
+    with torch.no_grad():
+        for k, loss in losses.items():
+            if k not in failed:
+                b = group.batches[k]
+                T = b.mask.shape[1]
+                stats[k].update(
+                    _first_step_stats(loss, entropy[k, :, :T].detach(), b.mask, opt.last_norms[k])
+                )
+
+
+def _step(
+    stacked: Stacked,
+    opt: StackedAdam,
+    losses: dict[int, torch.Tensor],
+    active: list[bool],
+    max_grad_norm: float | None,
+    failed: dict[int, str],
+) -> None:
+    """zero_grad, backward of the sum of the seeds' losses, clip each seed's norm, step the
+    seeds whose loss and gradient are finite (pgrun.update_rules.gradient_step per seed); a
+    seed whose loss, gradient or parameters stop being finite is named in `failed`."""
+    opt.zero_grad()
+    total = sum(losses.values())
+    total.backward()
+    norms, finite = clip_per_seed(stacked, max_grad_norm)
+    opt.last_norms = norms
+    stepping = list(active)
+    for k, loss in losses.items():
+        if not torch.isfinite(loss):
+            failed[k] = "loss"
+        elif not finite[k]:
+            failed[k] = "gradient"
+        if k in failed:
+            stepping[k] = False
+    opt.step(stepping)
+    for k in losses:
+        if stepping[k] and not _check_params(stacked, k):
+            failed[k] = "parameters"
+
+
+def ratio_epochs_group(
+    policy: StackedPolicy,
+    opt: StackedAdam,
+    group: GroupBatch,
+    active: list[bool],
+    rule: Any,
+    generators: list[torch.Generator | None],
+    hooks: list[Diagnostics | None],
+    stats: list[dict[str, float]],
+    failed: dict[int, str],
+) -> None:
+    """RatioEpochs for every active seed: the same epochs and minibatches (each seed's rows
+    shuffled by its own generator), and a seed whose KL stop fires takes no more steps."""
+    K = policy.K
+    with torch.no_grad():
+        dist_old = policy(group.obs)
+        logp_old_all = dist_old.log_prob(group.act)
+        entropy_old = dist_old.entropy()
+    batches = group.batches
+    Ts = [b.mask.shape[1] if b is not None else 0 for b in batches]
+    logp_old = [logp_old_all[k, :, : Ts[k]] if active[k] else None for k in range(K)]
+    n, m = batches[next(k for k in range(K) if active[k])].num_episodes, rule.minibatches
+    stepping = list(active)
+    taken = [0] * K
+    stopped = [False] * K
+    clip_fractions: list[list[float]] = [[] for _ in range(K)]
+    for ep in range(rule.epochs):
+        if not any(stepping):
+            break
+        if m > 1:
+            orders = [
+                torch.randperm(n, generator=generators[k]) if stepping[k] else torch.arange(n)
+                for k in range(K)
+            ]
+            groups = list(torch.stack(orders).chunk(m, dim=1))  # (K, n / m) each
+        else:
+            groups = [None]
+        epoch_logp = [torch.empty_like(lo) if lo is not None else None for lo in logp_old]
+        for idx in groups:
+            if idx is None:
+                obs, act = group.obs, group.act
+            else:
+                rows = torch.arange(K)[:, None]
+                obs, act = group.obs[rows, idx], group.act[rows, idx]
+            dist = policy(obs)
+            logp_all = dist.log_prob(act)
+            entropy_all = dist.entropy() if rule.entropy_coef else None
+            losses = {}
+            for k in range(K):
+                if not stepping[k]:
+                    continue
+                b, T = batches[k], Ts[k]
+                sel = slice(None) if idx is None else idx[k]
+                mb_mask, mb_adv, mb_old = b.mask[sel], group.adv[k][sel], logp_old[k][sel]
+                logp = logp_all[k, :, :T]
+                if rule.target_kl is not None and taken[k] > 0:
+                    if ratio_stats(logp, mb_old, mb_mask)["approx_kl"] > rule.target_kl:
+                        stopped[k], stepping[k] = True, False
+                        continue
+                epoch_logp[k][sel] = logp.detach()
+                if entropy_all is not None:  # with gradient where the loss has the bonus
+                    entropy = entropy_all[k, :, :T]
+                else:
+                    entropy = _no_grad_entropy(dist, k, T)
+                terms = policy_loss(
+                    logp, entropy, mb_adv, mb_mask, rule.entropy_coef, mb_old, rule.clip
+                )
+                if rule.clip is not None:
+                    clip_fractions[k].append(clip_fraction(logp, mb_old, mb_mask, rule.clip))
+                losses[k] = terms["loss"]
+            if not losses:
+                break
+            _step(policy, opt, losses, stepping, rule.max_grad_norm, failed)
+            for k, loss in losses.items():
+                if k in failed:
+                    stepping[k] = False
+                    continue
+                if taken[k] == 0:
+                    b = batches[k]
+                    whole = entropy_old[k, :, : Ts[k]]
+                    stats[k].update(_first_step_stats(loss, whole, b.mask, opt.last_norms[k]))
+                taken[k] += 1
+        for k in range(K):
+            if active[k] and k not in failed and not stopped[k] and hooks[k] is not None:
+                stats[k].update(hooks[k].after_epoch(ep, epoch_logp[k], logp_old[k], batches[k].mask))
+    with torch.no_grad():
+        logp_new_all = policy(group.obs).log_prob(group.act)
+    for k in range(K):
+        if not active[k] or k in failed:
+            continue
+        b = batches[k]
+        new = logp_new_all[k, :, : Ts[k]]
+        stats[k].update({f"stats/{s}": v for s, v in ratio_stats(new, logp_old[k], b.mask).items()})
+        if clip_fractions[k]:
+            stats[k]["stats/clip_fraction"] = sum(clip_fractions[k]) / len(clip_fractions[k])
+        if rule.target_kl is not None:
+            stats[k]["stats/stopped_early"] = float(stopped[k])
+            stats[k]["stats/gradient_steps"] = float(taken[k])
+
+
+def _no_grad_entropy(dist: Distribution, k: int, T: int) -> torch.Tensor:
+    with torch.no_grad():
+        return dist.entropy()[k, :, :T]
+
+
+def fit_value_group(
+    value: StackedValue,
+    opt: StackedAdam,
+    batches: list[Batch | None],
+    targets: list[Any],
+    active: list[bool],
+    steps: int,
+    minibatches: int,
+    max_grad_norm: float | None,
+    generators: list[torch.Generator | None],
+    failed: dict[int, str],
+) -> None:
+    """pgrun.value.fit_value for every active seed: `steps` Adam steps of each seed's V on its
+    own valid steps (its targets merged into its own running target statistics first), the
+    minibatches of each seed drawn by its own generator; one stacked forward per step."""
+    K = value.K
+    xs, ys = [None] * K, [None] * K
+    for k in range(K):
+        if not active[k]:
+            continue
+        b, tg, v = batches[k], targets[k], value.modules[k]
+        valid = b.mask > 0
+        x, y = b.obs[valid], tg.target[valid].detach()
+        if v.target_norm is not None:
+            v.target_norm.update(y[:, None])
+        mean, std = v.scale()
+        xs[k], ys[k] = x, (y - mean) / std
+    parts: list[list[torch.Tensor]] = [[] for _ in range(K)]
+    d = next(x for x in xs if x is not None).shape[-1]
+    for _ in range(steps):
+        chosen = [None] * K
+        for k in range(K):
+            if xs[k] is None or k in failed:
+                continue
+            if minibatches > 1:
+                if not parts[k]:
+                    order = torch.randperm(ys[k].shape[0], generator=generators[k])
+                    parts[k] = list(order.chunk(minibatches))
+                chosen[k] = parts[k].pop(0)
+        sizes = [
+            0 if xs[k] is None else (xs[k].shape[0] if chosen[k] is None else chosen[k].shape[0])
+            for k in range(K)
+        ]
+        xb = torch.zeros(K, max(max(sizes), 1), d)
+        for k in range(K):
+            if sizes[k]:
+                xb[k, : sizes[k]] = xs[k] if chosen[k] is None else xs[k][chosen[k]]
+        h = value.head(xb)
+        losses = {}
+        for k in range(K):
+            if xs[k] is None or k in failed:
+                continue
+            yb = ys[k] if chosen[k] is None else ys[k][chosen[k]]
+            losses[k] = value_loss(h[k, : sizes[k]], yb, torch.ones_like(yb))
+        if not losses:
+            return
+        stepping = [k in losses for k in range(K)]
+        sub: dict[int, str] = {}
+        _step(value, opt, losses, stepping, max_grad_norm, sub)
+        for k, what in sub.items():
+            failed[k] = "value loss" if what == "loss" else "value gradient"
+
+
+# ------------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Job:
+    """One run of a group: its composed config, its directory, whether it resumes."""
+
+    cfg: DictConfig
+    run_dir: Path
+    resume: bool = False
+
+
+def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
+    """Train the runs `jobs` (configs that differ only in `seed`) as one computation; each
+    run's directory is written as pgrun.trainer.train writes it. Returns, per job, train's
+    summary or the exception that ended it (Diverged for a seed whose update stopped being
+    finite; Interrupted for every unfinished run after SIGINT / SIGTERM)."""
+    from pgrun import trainer
+
+    K = len(jobs)
+    cfgs = [j.cfg for j in jobs]
+    cfg0 = cfgs[0]
+    built = []
+    try:
+        for j in jobs:
+            built.append(trainer.build(j.cfg, j.run_dir))
+    except BaseException:
+        for state, _, evaluator in built:
+            state.collector.env.close()
+            evaluator.close()
+        raise
+    states = [b[0] for b in built]
+    evaluators = [b[2] for b in built]
+    for s, c in zip(states, cfgs, strict=True):
+        s.seed = int(c.seed)
+    for s, j in zip(states, jobs, strict=True):
+        if j.resume:
+            s.load_state_dict(checkpoint.load_latest(j.run_dir), j.run_dir)
+            log.info(
+                f"resuming {j.run_dir} at iteration {s.iteration}, {s.env_steps:,} env steps"
+            )
+    results: list[Any] = [None] * K
+    loggers = []
+    resolved = []
+    for s, j in zip(states, jobs, strict=True):
+        res = OmegaConf.to_container(j.cfg, resolve=True, enum_to_str=True)
+        resolved.append(res)
+        loggers.append(
+            make_loggers(
+                list(j.cfg.logger),
+                j.run_dir,
+                res,
+                OmegaConf.to_yaml(j.cfg, resolve=True),
+                purge_step=s.env_steps + 1 if j.resume else None,
+            )
+        )
+    policy = StackedPolicy([s.policy for s in states])
+    opt = StackedAdam(policy, [s.optimizer for s in states])
+    has_value = states[0].learner.value is not None
+    if has_value:
+        value = StackedValue([s.learner.value for s in states])
+        value_opt = StackedAdam(value, [s.learner.value_optimizer for s in states])
+    rule = trainer.rule_from_config(cfg0)
+    ratio = rule_name(cfg0.variant) == "ratio_epochs"
+    steps_rollout = isinstance(states[0].collector, StepCollector)
+    for s in states:
+        s.started = time.perf_counter()
+    every = cfg0.diagnostics.every
+    active = [s.env_steps < c.total_steps for s, c in zip(states, cfgs, strict=True)]
+    final = [None] * K
+    try:
+        with trainer.StopRequest() as stop:
+            while any(active):
+                collect = collect_steps_group if steps_rollout else collect_episodes_group
+                got = collect([s.collector for s in states], policy, states, active)
+                batches = [g[0] if g else None for g in got]
+                episodes = [g[1] if g else None for g in got]
+                targets = [
+                    s.learner.targets(b) if on else None
+                    for s, b, on in zip(states, batches, active, strict=True)
+                ]
+                lr_now = [
+                    trainer.anneal(c, s) if on else {}
+                    for c, s, on in zip(cfgs, states, active, strict=True)
+                ]
+                hooks = [
+                    Diagnostics(every > 0 and s.iteration % every == 0, c.diagnostics.ratios)
+                    if on
+                    else None
+                    for c, s, on in zip(cfgs, states, active, strict=True)
+                ]
+                stats: list[dict[str, float]] = [{} for _ in range(K)]
+                for k in range(K):
+                    if active[k]:
+                        stats[k].update(
+                            hooks[k].before_update(states[k].policy, batches[k], targets[k].adv)
+                        )
+                group = GroupBatch.of(batches, [t.adv if t else None for t in targets])
+                failed: dict[int, str] = {}
+                if ratio:
+                    gens = [
+                        trainer.generator(c, s, MINIBATCHES) if on else None
+                        for c, s, on in zip(cfgs, states, active, strict=True)
+                    ]
+                    ratio_epochs_group(
+                        policy, opt, group, list(active), rule, gens, hooks, stats, failed
+                    )
+                else:
+                    gradient_step_group(
+                        policy, opt, group, list(active), rule.entropy_coef,
+                        rule.max_grad_norm, stats, failed,
+                    )  # fmt: skip
+                if has_value:
+                    fitting = [on and k not in failed for k, on in enumerate(active)]
+                    for k in range(K):
+                        if fitting[k]:
+                            stats[k] |= _value_stats(batches[k], targets[k])
+                    gens = [
+                        trainer.generator(c, s, VALUE_MINIBATCHES) if on else None
+                        for c, s, on in zip(cfgs, states, fitting, strict=True)
+                    ]
+                    fit_value_group(
+                        value, value_opt, batches, targets, fitting, cfg0.value.steps,
+                        cfg0.value.minibatches, cfg0.optim.max_grad_norm, gens, failed,
+                    )  # fmt: skip
+                    value.write_back()
+                policy.write_back()
+                for k, what in failed.items():
+                    s = states[k]
+                    kept = checkpoint.checkpoints(jobs[k].run_dir)
+                    results[k] = guards.diverged(what, s.iteration, s.env_steps, kept)
+                    active[k] = False
+                for k in range(K):
+                    if not active[k]:
+                        continue
+                    s, c, b, ep = states[k], cfgs[k], batches[k], episodes[k]
+                    s.env_steps += b.num_steps
+                    s.iteration += 1
+                    if len(ep):
+                        s.recent.append(ep.returns.mean().item())
+                    loggers[k].log(
+                        {**trainer.charts(ep, s), **lr_now[k], **stats[k]}, s.env_steps
+                    )
+                    solved = s.solved(c.stop_return)
+                    evaluators[k].after_iteration(
+                        loggers[k], s.iteration, s.env_steps,
+                        solved or s.env_steps >= c.total_steps,
+                    )  # fmt: skip
+                    if solved:
+                        log.info(
+                            f"{jobs[k].run_dir.name}: final return {s.final_return():.1f} >= "
+                            f"stop_return={c.stop_return:g} after {s.env_steps:,} env steps: "
+                            "stopping"
+                        )
+                    if solved or s.env_steps >= c.total_steps:
+                        active[k] = False
+                        final[k] = s.final_return()
+                for k in range(K):
+                    if final[k] is not None and results[k] is None:
+                        _finish(states[k], opt, value_opt if has_value else None, jobs[k],
+                                resolved[k])  # fmt: skip
+                        results[k] = {
+                            "final_return": final[k],
+                            "env_steps": states[k].env_steps,
+                            "iterations": states[k].iteration,
+                            "wall_seconds": states[k].wall_seconds(),
+                        }
+                if stop.signum is not None:
+                    for k in range(K):
+                        if results[k] is None and final[k] is None:
+                            _save(states[k], opt, value_opt if has_value else None, jobs[k])
+                            results[k] = Interrupted(
+                                stop.signum, states[k].iteration, states[k].env_steps
+                            )
+                            active[k] = False
+                    break
+                for k in range(K):
+                    s, c = states[k], cfgs[k]
+                    due = c.checkpoint.every > 0 and s.iteration % c.checkpoint.every == 0
+                    if active[k] and due:
+                        _save(s, opt, value_opt if has_value else None, jobs[k])
+    finally:
+        with signals.deferred("closing the runs"):
+            for k in range(K):
+                if isinstance(results[k], dict):
+                    loggers[k].hparams(
+                        loggers[k].params, {FINAL_METRIC: final[k]}, states[k].env_steps
+                    )
+                loggers[k].close()
+                states[k].collector.env.close()
+                evaluators[k].close()
+    return results
+
+
+def _value_stats(batch: Batch, targets: Any) -> dict[str, float]:
+    """Learner.fit's tags: the loss and explained variance of the V the advantages used."""
+    from pgrun.estimators import explained_variance
+
+    values, target, mask = targets.values, targets.target, batch.mask
+    stats = {"losses/value": value_loss(values, target, mask).item()}
+    ev = explained_variance(values, target, mask)
+    if math.isfinite(ev):
+        stats["stats/explained_variance"] = ev
+    return stats
+
+
+def _save(state: TrainState, opt: StackedAdam, value_opt: StackedAdam | None, job: Job) -> None:
+    """The seed's checkpoint, its optimizers' states taken from the stacked ones."""
+    opt.write_back()
+    if value_opt is not None:
+        value_opt.write_back()
+    checkpoint.save(job.run_dir, state.iteration, state.state_dict())
+
+
+def _finish(state, opt, value_opt, job: Job, resolved: dict) -> None:
+    """The end of a seed's run: its last checkpoint and policy.pt, as train writes them."""
+    _save(state, opt, value_opt, job)
+    policy_file = {"state_dict": state.policy.state_dict(), "config": resolved}
+    checkpoint.write_atomic(job.run_dir / "policy.pt", policy_file)
