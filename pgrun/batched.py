@@ -60,33 +60,8 @@ from pgrun.update_rules import rule_name
 log = logging.getLogger(__name__)
 
 
-def blocker(cfg: DictConfig) -> str | None:
-    """Why the runs of `cfg` cannot be trained as a group (one line), or None when they can.
-
-    A group takes MLP policies on vector observations (a 1-D float Box) with Discrete or 1-D
-    Box actions (unsquashed), the gymnasium backend, Adam, the gradient and ratio-epochs
-    rules, on the CPU, without observation normalisation."""
-    if plain(cfg.policy.name) != "mlp":
-        return f"policy={cfg.policy.name} (a group stacks MLP policies only)"
-    if plain(cfg.env.backend) != "gymnasium":
-        return f"env.backend={plain(cfg.env.backend)} (a group steps gymnasium envs)"
-    if cfg.env.get("module"):
-        return "an env module of your own"
-    if cfg.env.normalize_obs:
-        return "env.normalize_obs=true"
-    if cfg.env.atari_preprocessing or cfg.env.frame_stack != 1:
-        return "Atari frames"
-    if cfg.policy.squash:
-        return "policy.squash=true"
-    if plain(cfg.optim.name) != "adam":
-        return f"optim.name={plain(cfg.optim.name)}"
-    if plain(cfg.device) not in ("cpu", "auto") or (
-        plain(cfg.device) == "auto" and torch.cuda.is_available()
-    ):
-        return f"device={plain(cfg.device)}"
-    if rule_name(cfg.variant) not in ("gradient", "ratio_epochs"):
-        return f"variant.rule={rule_name(cfg.variant)}"
-    return None
+class NotBatchable(Exception):  # noqa: N818
+    """The group's spaces cannot be stacked: its jobs run one after the other (the reason)."""
 
 
 def space_blocker(env: gym.vector.VectorEnv) -> str | None:
@@ -757,6 +732,12 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
             evaluator.close()
         raise
     states = [b[0] for b in built]
+    reason = space_blocker(states[0].collector.env)
+    if reason is not None:
+        for state, _, evaluator in built:
+            state.collector.env.close()
+            evaluator.close()
+        raise NotBatchable(reason)
     evaluators = [b[2] for b in built]
     for s, c in zip(states, cfgs, strict=True):
         s.seed = int(c.seed)

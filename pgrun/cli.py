@@ -455,6 +455,10 @@ def run(cfg: DictConfig) -> float | None:
             sweep.remove_stale_events(run_dir)
         if resume:
             check_resumable(cfg, run_dir)
+        from pgrun import batched_launcher
+
+        if batched_launcher.pending is not None:  # hydra/launcher=batched: trained in its group
+            return batched_launcher.defer(cfg, run_dir, resume)
         from pgrun.trainer import train
 
         result = train(cfg, run_dir, resume=resume)
@@ -499,6 +503,12 @@ def run(cfg: DictConfig) -> float | None:
     finally:
         if multirun:  # the sweep's next job may run in this process
             rundir.release(lock)
+    report_done(cfg, run_dir, result)
+    return result["final_return"]
+
+
+def report_done(cfg: DictConfig, run_dir: Path, result: dict) -> None:
+    """The run's last line: its final return, steps, time, directory and how to view it."""
     where = rundir.shell(run_dir)
     solved = cfg.env.solved_return
     verdict = (
@@ -516,7 +526,6 @@ def run(cfg: DictConfig) -> float | None:
         f"done: return {result['final_return']:.1f}{verdict} over the last 5 batches | "
         f"{result['env_steps']:,} env steps | {result['wall_seconds']:.1f} s | {where}{view}"
     )
-    return result["final_return"]
 
 
 if __name__ == "__main__":

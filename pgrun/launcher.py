@@ -66,13 +66,14 @@ class JobFailed(RuntimeError):
 
 
 def register() -> None:
-    """Make hydra/launcher=slurm's class known to Hydra. Hydra finds plugins by walking the
+    """Make the classes of hydra/launcher=slurm and hydra/launcher=batched known to Hydra. Hydra finds plugins by walking the
     hydra_plugins package on disk, which misses an editable install's."""
     from hydra.core.plugins import Plugins
 
-    from hydra_plugins.pgrun_launcher import SlurmLauncher
+    from hydra_plugins.pgrun_launcher import BatchedLauncher, SlurmLauncher
 
     Plugins.instance().register(SlurmLauncher)
+    Plugins.instance().register(BatchedLauncher)
 
 
 def link_scheduler_log(run_dir: Path) -> None:

@@ -1,0 +1,247 @@
+"""hydra/launcher=batched: the jobs of a sweep that differ only in `seed` trained as one
+computation (pgrun.batched), one process per group, the groups in parallel (one process per
+core, as joblib's launcher runs jobs).
+
+    pgrun -m experiment=compare_variants hydra/launcher=batched
+
+Each job is prepared as pgrun's command prepares it (its directory, its .hydra record, its
+lock, its state in the sweep: finished jobs are not run again, interrupted ones continue
+from their checkpoints), then the group trains its unfinished jobs together and each job's
+directory is written as a run of its own writes it. Configs that cannot be trained as a
+group (pgrun.batched.blocker: a CNN policy, envpool, ...) run one process per job, and the
+launcher says so in one line naming the reason.
+
+This module imports no torch: the launcher's own process composes the configs only.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger("pgrun")
+
+pending: list | None = None
+"""In a group's process while its jobs are prepared: the jobs that pgrun's task deferred."""
+
+
+@dataclass
+class Deferred:
+    """What pgrun's task returns for a job that its group trains: its place in `pending`."""
+
+    index: int
+
+
+def defer(cfg: DictConfig, run_dir: Path, resume: bool) -> Deferred:
+    """Called by pgrun's task (pgrun.cli.run) instead of training: the job waits for its group.
+    Its config is resolved now, while Hydra's record of this job is the current one."""
+    from pgrun.batched import Job
+
+    assert pending is not None
+    cfg = copy.deepcopy(cfg)
+    OmegaConf.resolve(cfg)
+    pending.append(Job(cfg, Path(run_dir), resume))
+    return Deferred(len(pending) - 1)
+
+
+def plain(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def blocker(cfg: DictConfig) -> str | None:
+    """Why the jobs of `cfg` (a composed job config) cannot be trained as a group, in a few
+    words, or None. The observation and action spaces are checked in the group's process
+    (pgrun.batched.space_blocker)."""
+    if plain(cfg.policy.get("name", "mlp")) != "mlp":
+        return f"policy={cfg.policy.name} (a group stacks MLP policies)"
+    if plain(cfg.env.backend) != "gymnasium":
+        return f"env.backend={plain(cfg.env.backend)} (a group steps gymnasium envs)"
+    if cfg.env.normalize_obs:
+        return "env.normalize_obs=true"
+    if cfg.env.atari_preprocessing or cfg.env.frame_stack != 1:
+        return "Atari frames"
+    if cfg.policy.squash:
+        return "policy.squash=true"
+    if plain(cfg.optim.name) != "adam":
+        return f"optim.name={plain(cfg.optim.name)}"
+    if plain(cfg.device) != "cpu":
+        return f"device={plain(cfg.device)} (a group trains on the CPU)"
+    from pgrun.update_rules import rule_name
+
+    if rule_name(cfg.variant) not in ("gradient", "ratio_epochs"):
+        return f"variant.rule={rule_name(cfg.variant)}"
+    return None
+
+
+def group_key(overrides: Sequence[str]) -> tuple[str, ...]:
+    """A job's overrides without its seed: the jobs with equal keys form one group."""
+    return tuple(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "seed")
+
+
+def _sweep_config(hydra_context, config, overrides, idx):
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+        sweep_config.hydra.job.num = idx
+    return sweep_config
+
+
+def _run_one(idx, overrides, hydra_context, config, task_function) -> JobReturn:
+    """One job in this process, as joblib's launcher runs it."""
+    sweep_config = _sweep_config(hydra_context, config, overrides, idx)
+    HydraConfig.instance().set_config(sweep_config)
+    return run_job(
+        hydra_context=hydra_context,
+        config=sweep_config,
+        task_function=task_function,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
+
+
+def execute_unit(
+    items: Sequence[tuple[int, Sequence[str]]],
+    grouped: bool,
+    hydra_context: HydraContext,
+    config: DictConfig,
+    task_function: TaskFunction,
+    singleton_state: dict[Any, Any],
+) -> list[JobReturn]:
+    """In a worker process: one job (grouped=False), or a group trained together."""
+    global pending
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    if not grouped:
+        return [_run_one(i, o, hydra_context, config, task_function) for i, o in items]
+    pending = []
+    try:
+        rets = [_run_one(i, o, hydra_context, config, task_function) for i, o in items]
+        jobs = pending
+    finally:
+        pending = None
+    waiting = [r for r in rets if isinstance(_value(r), Deferred)]
+    if waiting:
+        _train(jobs, waiting)
+    return rets
+
+
+def _value(ret: JobReturn) -> Any:
+    return ret._return_value if ret.status == JobStatus.COMPLETED else None
+
+
+def _train(jobs: list, waiting: list[JobReturn]) -> None:
+    """Train the deferred jobs together (or one after the other where their spaces cannot be
+    stacked) and complete their JobReturns as pgrun's task would have."""
+    from pgrun import rundir
+    from pgrun.batched import NotBatchable, train_group
+    from pgrun.cli import _record_failure, report_done
+    from pgrun.config import Interrupted
+    from pgrun.trainer import train
+
+    locks = [rundir.acquire(j.run_dir) for j in jobs]
+    try:
+        try:
+            results = train_group(jobs)
+        except NotBatchable as exc:
+            log.info(f"pgrun: {len(jobs)} jobs run one process each: {exc}")
+            results = []
+            for j in jobs:
+                try:
+                    results.append(train(j.cfg, j.run_dir, resume=j.resume))
+                except Exception as err:  # noqa: BLE001 (recorded as the job's failure)
+                    results.append(err)
+        except Exception as exc:  # noqa: BLE001 (the whole group failed: each job records it)
+            results = [exc] * len(jobs)
+    finally:
+        for lock in locks:
+            rundir.release(lock)
+    for ret in waiting:
+        job = jobs[ret._return_value.index]
+        result = results[ret._return_value.index]
+        if isinstance(result, dict):
+            (job.run_dir / "failed.txt").unlink(missing_ok=True)
+            report_done(job.cfg, job.run_dir, result)
+            ret._return_value = result["final_return"]
+        elif isinstance(result, Interrupted):
+            ret.status, ret._return_value = JobStatus.FAILED, result
+        else:
+            ret._return_value = _record_failure(result, job.run_dir)
+
+
+class BatchedLauncher(Launcher):
+    """hydra/launcher=batched (configs/hydra/launcher/batched.yaml)."""
+
+    def __init__(self, n_jobs: int = -1) -> None:
+        self.n_jobs = n_jobs
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        from joblib import Parallel, delayed
+
+        assert self.config is not None and self.hydra_context is not None
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        groups: dict[tuple[str, ...], list[tuple[int, Sequence[str]]]] = {}
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            groups.setdefault(group_key(overrides), []).append((idx, overrides))
+        units: list[tuple[list, bool]] = []
+        alone: dict[str, int] = {}
+        for items in groups.values():
+            if len(items) == 1:
+                units.append((items, False))
+                continue
+            cfg = _sweep_config(self.hydra_context, self.config, items[0][1], items[0][0])
+            try:
+                reason = blocker(cfg)
+            except Exception as exc:  # noqa: BLE001 (a bad config: its jobs report it)
+                reason = f"its config does not compose ({type(exc).__name__})"
+            if reason is None:
+                units.append((items, True))
+            else:
+                alone[reason] = alone.get(reason, 0) + len(items)
+                units += [([item], False) for item in items]
+        for reason, count in alone.items():
+            log.info(f"pgrun: {count} jobs run one process each: {reason}")
+        n_jobs = self.n_jobs if self.n_jobs > 0 else (os.cpu_count() or 1)
+        grouped = sum(len(i) for i, g in units if g)
+        log.info(
+            f"pgrun: {len(job_overrides)} jobs, {grouped} of them in "
+            f"{sum(1 for _, g in units if g)} groups of seeds, {n_jobs} processes; "
+            f"sweep output dir: {sweep_dir}"
+        )
+        units.sort(key=lambda u: -len(u[0]))  # the largest groups first
+        state = Singleton.get_state()
+        done = Parallel(n_jobs=n_jobs, backend="loky")(
+            delayed(execute_unit)(
+                items, grouped, self.hydra_context, self.config, self.task_function, state
+            )
+            for items, grouped in units
+        )
+        by_idx = {}
+        for (items, _), rets in zip(units, done, strict=True):
+            for (idx, _), ret in zip(items, rets, strict=True):
+                by_idx[idx] = ret
+        return [by_idx[i] for i in sorted(by_idx)]

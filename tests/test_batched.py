@@ -1,0 +1,238 @@
+"""hydra/launcher=batched: seeds trained as one computation (pgrun.batched) against the same
+seeds trained alone (pgrun.train), in-process on short budgets; one sweep through the command.
+
+What holds, and the tolerances:
+
+- The pieces that are element-wise or per seed are bit for bit: the K independent Adams
+  (StackedAdam against pgrun.optim.Adam), each seed's resets, action noise, batch and
+  estimator, and the episodes the seeds collect over the first iterations.
+- The stacked matmul (torch.baddbmm) does not always add in the order of nn.Linear's addmm:
+  a layer's outputs and gradients can differ in the last bit (float32, eps = 1.2e-7). So the
+  scalars a seed logs in a group equal those it logs alone to float rounding: relative 2e-3
+  and absolute 1e-5, the measured worst case (5.5e-4 relative, on PPO's approx_kl, a
+  difference of near-equal numbers after 40 Adam steps) with a margin of four.
+- A group that is stopped and resumed continues bit for bit as the same group uninterrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+import pgrun
+from pgrun.batched import Job, Stacked, StackedAdam, clip_per_seed, train_group
+from pgrun.batched_launcher import blocker, group_key
+from pgrun.optim import Adam
+from tests.conftest import run_pgrun
+
+RTOL, ATOL = 2e-3, 1e-5
+
+
+def cfg_of(*overrides: str):
+    with initialize_config_module("pgrun.configs", version_base="1.3"):
+        return compose("config", overrides=["progress=false", "logger=[csv]", *overrides])
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """metrics.csv as {tag: [(step, value), ...]}, without the wall-clock charts/SPS."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    with open(run_dir / "metrics.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["tag"] != "charts/SPS":
+                out.setdefault(row["tag"], []).append((int(row["step"]), float(row["value"])))
+    return out
+
+
+def alone_and_grouped(tmp_path: Path, overrides: list[str], seeds=(0, 1)):
+    """Each seed trained alone, then all of them as one group: (alone, grouped) scalars."""
+    alone, jobs = [], []
+    for s in seeds:
+        d = tmp_path / f"alone{s}"
+        d.mkdir()
+        pgrun.train(cfg_of(*overrides, f"seed={s}"), d)
+        alone.append(scalars(d))
+        g = tmp_path / f"group{s}"
+        g.mkdir()
+        jobs.append(Job(cfg_of(*overrides, f"seed={s}"), g))
+    results = train_group(jobs)
+    assert all(isinstance(r, dict) for r in results), results
+    return alone, [scalars(j.run_dir) for j in jobs], results
+
+
+def assert_same_curves(a, b) -> None:
+    assert a.keys() == b.keys()
+    assert a["charts/episodic_return"][:2] == b["charts/episodic_return"][:2]  # the same episodes
+    for tag in a:
+        assert [s for s, _ in a[tag]] == [s for s, _ in b[tag]], tag
+        for (_, x), (_, y) in zip(a[tag], b[tag], strict=True):
+            assert math.isclose(x, y, rel_tol=RTOL, abs_tol=ATOL), (tag, x, y)
+
+
+CASES = {
+    "vanilla": ["variant=vanilla", "total_steps=1500"],
+    "rtg": ["variant=rtg", "total_steps=1500", "optim.max_grad_norm=0.5"],
+    "rtg_baseline": ["variant=rtg_baseline", "total_steps=1500", "stop_return=25"],
+    "off_policy": ["variant=off_policy", "total_steps=1500"],
+    "value_baseline": ["variant=value_baseline", "total_steps=1500", "env.scale_rewards=true"],
+    "gae_box": ["variant=gae", "env=Pendulum-v1", "total_steps=1600", "batch_episodes=4"],
+    "ppo_steps": ["variant=ppo", "rollout=steps", "rollout.steps=32", "total_steps=1024",
+                  "batch_episodes=8", "variant.target_kl=0.005", "optim.anneal_lr=true"],
+    "ppo_steps_box": ["variant=ppo", "rollout=steps", "env=Pendulum-v1", "rollout.steps=64",
+                      "batch_episodes=4", "total_steps=1024"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_seed_in_a_group_follows_its_run_alone(tmp_path, case):
+    """Every variant, both collectors, Discrete (CartPole) and Box (Pendulum) actions, with
+    clipping, reward scaling, stop_return, a KL stop and a learning-rate schedule: each seed
+    logs the same tags at the same steps as alone, equal to float rounding."""
+    alone, grouped, _ = alone_and_grouped(tmp_path, CASES[case])
+    for a, b in zip(alone, grouped, strict=True):
+        assert_same_curves(a, b)
+
+
+def test_each_seed_stops_on_its_own(tmp_path):
+    """stop_return per seed: the seeds of one group stop after as many steps as alone, and a
+    stopped seed's directory is complete (policy.pt) while the others go on."""
+    overrides = ["variant=rtg_baseline", "total_steps=6000", "stop_return=40"]
+    alone, grouped, results = alone_and_grouped(tmp_path, overrides, seeds=(0, 1, 2))
+    steps = [r["env_steps"] for r in results]
+    assert steps == [a["charts/episodic_return"][-1][0] for a in alone]
+    assert len(set(steps)) > 1  # they did stop at different points
+    for s in range(3):
+        assert (tmp_path / f"group{s}" / "policy.pt").is_file()
+
+
+def test_final_returns_have_one_distribution(tmp_path):
+    """Eight seeds of rtg_baseline: the mean final return in a group and alone differ by less
+    than 3 standard errors of the difference (a two-sided z test at the 0.3 % level)."""
+    seeds = tuple(range(8))
+    overrides = ["variant=rtg_baseline", "total_steps=4000", "batch_episodes=8"]
+    alone, jobs = [], []
+    for s in seeds:
+        d = tmp_path / f"alone{s}"
+        d.mkdir()
+        alone.append(pgrun.train(cfg_of(*overrides, f"seed={s}"), d)["final_return"])
+        g = tmp_path / f"group{s}"
+        g.mkdir()
+        jobs.append(Job(cfg_of(*overrides, f"seed={s}"), g))
+    grouped = [r["final_return"] for r in train_group(jobs)]
+    a, b = torch.tensor(alone), torch.tensor(grouped)
+    se = (a.var() / len(a) + b.var() / len(b)).sqrt()
+    assert abs(a.mean() - b.mean()) <= 3 * se + 1e-6
+
+
+def test_a_stopped_group_resumes_bit_for_bit(tmp_path):
+    """A group stopped after its first checkpoints and resumed (pgrun resume of each job)
+    logs exactly what the same group logs uninterrupted; a job of it resumes alone too."""
+    overrides = ["variant=ppo", "total_steps=2000", "checkpoint.every=1", "batch_episodes=4"]
+
+    def jobs(root, total=None, resume=False):
+        out = []
+        for s in (0, 1):
+            d = root / f"seed{s}"
+            d.mkdir(parents=True, exist_ok=True)
+            extra = [] if total is None else [f"total_steps={total}"]
+            out.append(Job(cfg_of(*overrides, *extra, f"seed={s}"), d, resume))
+        return out
+
+    whole = jobs(tmp_path / "whole")
+    train_group(whole)
+    train_group(jobs(tmp_path / "cut", total=700))
+    train_group(jobs(tmp_path / "cut", resume=True))
+    for s in (0, 1):  # the first part's end of run (hparams/final_return) aside
+        cut, uncut = (scalars(tmp_path / p / f"seed{s}") for p in ("cut", "whole"))
+        assert cut.pop("hparams/final_return")[-1] == uncut.pop("hparams/final_return")[-1]
+        assert cut == uncut
+    single = tmp_path / "cut" / "seed0"
+    result = pgrun.train(cfg_of(*overrides, "total_steps=3000", "seed=0"), single, resume=True)
+    assert result["env_steps"] >= 3000
+
+
+def test_stacked_adam_is_k_adams():
+    """One StackedAdam over K = 3 seeds' weights takes each seed's Adam step bit for bit, with
+    each seed's own learning rate; a seed that is not stepped keeps weights, moments and t."""
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+            for _ in range(3)]  # fmt: skip
+    ref = [torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+           for _ in range(3)]  # fmt: skip
+    for r, n in zip(ref, nets, strict=True):
+        r.load_state_dict(n.state_dict())
+    adams = [Adam(n.parameters(), lr) for n, lr in zip(nets, (0.1, 0.01, 0.001), strict=True)]
+    ref_adams = [Adam(r.parameters(), o.lr) for r, o in zip(ref, adams, strict=True)]
+    stacked = Stacked(nets)
+    opt = StackedAdam(stacked, adams)
+    for it in range(4):
+        active = [True, it % 2 == 0, True]
+        grads = [[torch.randn_like(p) for p in n.parameters()] for n in nets]
+        for k, (r, o) in enumerate(zip(ref, ref_adams, strict=True)):
+            if active[k]:
+                for p, g in zip(r.parameters(), grads[k], strict=True):
+                    p.grad = g.clone()
+                o.step()
+        for j, p in enumerate(stacked.params):
+            p.grad = torch.stack([g[j].T if g[j].dim() == 2 else g[j][None] for g in grads])
+        opt.step(active)
+    stacked.write_back()
+    opt.write_back()
+    for n, r, o, ro in zip(nets, ref, adams, ref_adams, strict=True):
+        for p, q in zip(n.parameters(), r.parameters(), strict=True):
+            assert torch.equal(p, q)
+        assert o.t == ro.t
+        assert all(torch.equal(x, y) for x, y in zip(o.m + o.v, ro.m + ro.v, strict=True))
+
+
+def test_gradient_norm_is_clipped_per_seed():
+    """Each seed's gradient is clipped by its own norm: a large gradient of one seed leaves
+    the others' untouched."""
+    nets = [torch.nn.Linear(2, 2) for _ in range(2)]
+    stacked = Stacked(nets)
+    stacked.params[0].grad = torch.stack([torch.full((2, 2), 100.0), torch.full((2, 2), 0.01)])
+    stacked.params[1].grad = torch.zeros(2, 1, 2)
+    norms, finite = clip_per_seed(stacked, max_norm=1.0)
+    torch.testing.assert_close(norms, torch.tensor([200.0, 0.02]))
+    assert finite.all()
+    assert math.isclose(stacked.params[0].grad[0].norm().item(), 1.0, rel_tol=1e-5)
+    assert torch.equal(stacked.params[0].grad[1], torch.full((2, 2), 0.01))
+
+
+def test_grouping_and_what_cannot_be_batched():
+    """Jobs that differ only in seed share a group; a CNN policy or SGD is named as the reason
+    its jobs run alone."""
+    assert group_key(["variant=rtg", "seed=3"]) == group_key(["variant=rtg", "seed=4"])
+    assert group_key(["variant=rtg", "seed=3"]) != group_key(["variant=vanilla", "seed=3"])
+    assert blocker(cfg_of("variant=rtg")) is None
+    assert "optim.name=sgd" in blocker(cfg_of("optim.name=sgd"))
+    assert "policy=cnn" in blocker(cfg_of("policy=cnn"))
+
+
+def test_sweep_through_the_launcher(tmp_path):
+    """`pgrun -m hydra/launcher=batched`: the adam jobs train as one group, the sgd ones one
+    process each (said in one line); every job directory is complete and the sweep compared;
+    resuming the finished sweep runs nothing again."""
+    sweep = tmp_path / "sweep"
+    proc = run_pgrun(
+        ["-m", "hydra/launcher=batched", "hydra.launcher.n_jobs=2", "optim.name=adam,sgd",
+         "seed=0,1", "total_steps=600", "batch_episodes=4", f"hydra.sweep.dir={sweep}"],
+        tmp_path,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "2 jobs run one process each: optim.name=sgd" in out
+    jobs = [d for d in sweep.iterdir() if (d / ".hydra").is_dir()]
+    assert len(jobs) == 4
+    for d in jobs:
+        assert (d / "policy.pt").is_file() and (d / "metrics.csv").is_file()
+        assert any(d.glob("events.out.tfevents.*")) and any(d.glob("checkpoint-*.pt"))
+        assert not (d / ".pgrun.lock").exists()
+    assert (sweep / "summary.csv").is_file()
+    again = run_pgrun([f"resume={sweep}"], tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (again.stdout + again.stderr).count("finished before, not run again") == 4
