@@ -49,8 +49,12 @@ is met. The rows:
    and exit (wall minus the training seconds of its closing line) against `python -c "import
    torch"` (interleaved, best of 3 each); `pgrun --help` and `pgrun --cfg job` wall (best of 3)
    and whether torch got imported.
-5. `pgrun -m experiment=compare_variants hydra/launcher=joblib` wall, where the experiment and
-   the joblib launcher are installed.
+5. `pgrun -m experiment=compare_variants` wall with hydra/launcher=joblib and with
+   hydra/launcher=batched (its seeds trained as groups, pgrun.batched), one after the other in
+   this invocation, and their ratio.
+6. Seeds trained as one group (pgrun.batched.train_group) against the same seeds trained
+   alone one after the other in this process: CartPole-v1 with K = 8 seeds at N = 16, and
+   HalfCheetah-v5 with K = 4 (needs mujoco), env steps / s, build and files included.
 """
 
 from __future__ import annotations
@@ -129,6 +133,9 @@ TARGET_RUN_WALL_S = 6.0
 TARGET_HELP_WALL_S = 0.5
 TARGET_RSS_MB = 600.0
 TARGET_STARTUP_OVER_TORCH_S = 0.7  # whole wall - training - `python -c "import torch"`
+TARGET_BATCHED_SWEEP_S = 10.0  # compare_variants with hydra/launcher=batched
+TARGET_BATCHED_SWEEP_RATIO = 4.0  # joblib's wall / batched's
+TARGET_GROUP_SPS = 300_000  # CartPole, one group of K = 8 seeds at N = 16
 
 
 @dataclass
@@ -771,20 +778,94 @@ def process_rows(settings: Settings) -> list[Row]:
 
 
 def sweep_rows(settings: Settings) -> list[Row]:
-    what = "5. `pgrun -m experiment=compare_variants hydra/launcher=joblib`"
+    what = "5. `pgrun -m experiment=compare_variants`, batched vs joblib launcher"
+    target = f"batched <= {TARGET_BATCHED_SWEEP_S:g} s and >= {TARGET_BATCHED_SWEEP_RATIO:g}x faster"
     if not settings.sweep:
-        return [Row(what, "skipped (--quick / --smoke / --rows)")]
+        return [Row(what, "skipped (--quick / --smoke / --rows)", target)]
     experiment = resources.files("pgrun.configs") / "experiment" / "compare_variants.yaml"
     if not experiment.is_file():
-        return [Row(what, "skipped: the compare_variants experiment does not exist yet")]
+        return [Row(what, "skipped: the compare_variants experiment does not exist yet", target)]
     if not have("hydra_plugins.hydra_joblib_launcher"):
         return [Row(what, "skipped: hydra-joblib-launcher is not installed (the `sweep` extra)")]
-    with tempfile.TemporaryDirectory(prefix="pgrun-bench-") as cwd:
-        args = ["-m", "experiment=compare_variants", "hydra/launcher=joblib"]
-        wall, _, status, _ = run_process([*pgrun_command(), *args], cwd)
-        jobs = len(list(Path(cwd).glob("outputs/multirun/*/*/.hydra")))
-    failed = "" if status == 0 else f" (exit status {status})"
-    return [Row(what, f"{wall:.1f} s wall, {jobs} jobs{failed}")]
+    walls, notes = {}, []
+    for launcher in ("joblib", "batched"):  # one after the other, in this invocation
+        with tempfile.TemporaryDirectory(prefix="pgrun-bench-") as cwd:
+            args = ["-m", "experiment=compare_variants", f"hydra/launcher={launcher}"]
+            wall, _, status, _ = run_process([*pgrun_command(), *args], cwd)
+            jobs = len(list(Path(cwd).glob("outputs/multirun/*/*/.hydra")))
+        walls[launcher] = wall
+        failed = "" if status == 0 else f", exit status {status}"
+        notes.append(f"{launcher} {wall:.1f} s ({jobs} jobs{failed})")
+    ratio = walls["joblib"] / walls["batched"]
+    ok = walls["batched"] <= TARGET_BATCHED_SWEEP_S and ratio >= TARGET_BATCHED_SWEEP_RATIO
+    return [Row(what, f"{'; '.join(notes)}; {ratio:.1f}x; load {load()}", target, verdict(ok))]
+
+
+def load() -> str:
+    """The 1-minute load average (the machine may be shared)."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "?"
+
+
+def group_rate(overrides: list[str], k: int) -> tuple[float, float]:
+    """Env steps / s of K seeds trained as one group (pgrun.batched.train_group) and of the same
+    K seeds trained alone one after the other in this process (what each process of the joblib
+    launcher trains at on its core); build and files included in both."""
+    from pgrun import train
+    from pgrun.batched import Job, train_group
+
+    base = ["progress=false", "logger=[csv]", "diagnostics.every=0", *overrides]
+    with tempfile.TemporaryDirectory(prefix="pgrun-bench-") as root:
+        start, steps = time.perf_counter(), 0
+        for seed in range(k):
+            run_dir = Path(root) / f"alone{seed}"
+            run_dir.mkdir()
+            steps += train(pgrun_config([*base, f"seed={seed}"]), run_dir)["env_steps"]
+        alone = steps / (time.perf_counter() - start)
+        jobs = []
+        for seed in range(k):
+            run_dir = Path(root) / f"group{seed}"
+            run_dir.mkdir()
+            jobs.append(Job(pgrun_config([*base, f"seed={seed}"]), run_dir))
+        start = time.perf_counter()
+        results = train_group(jobs)
+        steps = sum(r["env_steps"] for r in results)
+        grouped = steps / (time.perf_counter() - start)
+    return grouped, alone
+
+
+def group_rows(settings: Settings) -> list[Row]:
+    import torch
+
+    torch.set_num_threads(1)
+    budget = settings.budget or (20_000 if settings.sweep else 8_000)
+    grouped, alone = group_rate(["variant=rtg_baseline", f"total_steps={budget}"], 8)
+    rows = [
+        Row(
+            "6. CartPole-v1 training, one group of K=8 seeds at N=16 (rtg_baseline)",
+            f"{rate(grouped)} (the seeds alone, one after the other: {rate(alone)}; "
+            f"{grouped / alone:.1f}x); load {load()}",
+            f">= {rate(TARGET_GROUP_SPS)}",
+            verdict(grouped >= TARGET_GROUP_SPS),
+        )
+    ]
+    what = "6. HalfCheetah-v5 training, one group of K=4 seeds at N=16 (value_baseline)"
+    if not have("mujoco"):
+        return [*rows, Row(what, "skipped: mujoco is not installed (`make bench` installs it)")]
+    horizon = settings.cheetah_horizon
+    cheetah = ["experiment=half_cheetah_value_baseline", f"env.horizon={horizon}",
+               f"total_steps={2 * 16 * horizon}", "eval.every=0"]  # fmt: skip
+    grouped, alone = group_rate(cheetah, 4)
+    rows.append(
+        Row(
+            what,
+            f"{rate(grouped)}; alone (joblib's per process): {rate(alone)}; "
+            f"{grouped / alone:.1f}x; load {load()}",
+        )
+    )
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -818,11 +899,11 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings, set[int
     )
     args = parser.parse_args(argv)
     try:
-        rows = {int(r) for r in (args.rows or "1,2,3,4,5").split(",") if r.strip()}
+        rows = {int(r) for r in (args.rows or "1,2,3,4,5,6").split(",") if r.strip()}
     except ValueError:
         rows = set()
-    if not rows or not rows <= {1, 2, 3, 4, 5}:
-        parser.error("--rows takes numbers from 1 to 5, e.g. --rows 2,4")
+    if not rows or not rows <= {1, 2, 3, 4, 5, 6}:
+        parser.error("--rows takes numbers from 1 to 6, e.g. --rows 2,4")
     if args.smoke:
         settings = Settings(1, not args.no_sb3, 0.05, 20, 2000, 2000, False, (16,), repeats=1)
     elif args.quick:
@@ -857,6 +938,7 @@ def main(argv: list[str] | None = None) -> None:
         3: cheetah_rows,
         4: process_rows,
         5: sweep_rows,
+        6: group_rows,
     }
     rows: list[Row] = []
     for number, section in sections.items():

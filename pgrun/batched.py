@@ -278,43 +278,117 @@ def _draws(states: Sequence[TrainState], active: Sequence[bool]) -> list[torch.G
     ]
 
 
+class CartPoleGroup:
+    """K of gymnasium's CartPoleVectorEnv (N copies each, one per seed) stepped as one of K x N
+    copies: CartPole's dynamics are element-wise, so every copy moves exactly as in its own
+    env; one numpy step for all seeds instead of K. Each seed's env stays the source of its
+    resets: after envs[k].reset(seed=...) `load(k)` takes its copies' states, and a copy that
+    autoresets (gymnasium's next-step autoreset) draws its new state from its own seed's
+    env RNG, as alone."""
+
+    def __init__(self, envs: Sequence[gym.vector.VectorEnv]):
+        from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
+
+        self.envs, self.K, self.N = list(envs), len(envs), envs[0].num_envs
+        first = envs[0]
+        self.big = CartPoleVectorEnv(
+            num_envs=self.K * self.N,
+            max_episode_steps=first.max_episode_steps,
+            sutton_barto_reward=first._sutton_barto_reward,
+        )
+        self.big.reset(seed=0)  # allocates its state; every block is loaded before it steps
+
+    @staticmethod
+    def fits(envs: Sequence[gym.vector.VectorEnv]) -> bool:
+        """The envs are plain CartPoleVectorEnvs of one configuration."""
+        from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
+
+        def key(e):
+            return (e.num_envs, e.max_episode_steps, e._sutton_barto_reward, e.kinematics_integrator)
+
+        return all(type(e) is CartPoleVectorEnv for e in envs) and len({key(e) for e in envs}) == 1
+
+    def block(self, k: int) -> slice:
+        return slice(k * self.N, (k + 1) * self.N)
+
+    def load(self, k: int) -> None:
+        """Seed k's copies as its env has them (just reset)."""
+        env, b = self.envs[k], self.block(k)
+        self.big.state[:, b] = env.state
+        self.big.steps[b] = env.steps
+        self.big.prev_done[b] = env.prev_done
+
+    def step(self, act: np.ndarray, own_resets: bool = True):
+        """act (K, N) int -> obs (K, N, 4) float32, rew (K, N) float32, terminated, truncated
+        (K, N) bool: CartPoleVectorEnv.step of every copy, the autoresets drawn per seed (with
+        `own_resets`; without, from one RNG: for batches of first episodes, which mask every
+        step after a copy's end and reset each seed's copies from its seed at the next batch)."""
+        big = self.big
+        K, N = self.K, self.N
+        if not own_resets:
+            obs, rew, term, trunc, _ = big.step(act.reshape(-1))
+            return obs.reshape(K, N, -1), rew.reshape(K, N), term.reshape(K, N), trunc.reshape(K, N)
+        prev = big.prev_done.copy()
+        big.prev_done[:] = False  # the autoresets below, each from its seed's RNG
+        obs, rew, term, trunc, _ = big.step(act.reshape(-1))
+        if prev.any():
+            for k in range(self.K):
+                idx = np.flatnonzero(prev[self.block(k)]) + k * self.N
+                if idx.size:
+                    env = self.envs[k]
+                    big.state[:, idx] = env.np_random.uniform(
+                        low=env.low, high=env.high, size=(4, idx.size)
+                    )
+            big.steps[prev] = 0
+            rew[prev], term[prev], trunc[prev] = 0.0, False, False
+            obs[prev] = big.state[:, prev].T.astype(np.float32)
+        big.prev_done = np.logical_or(term, trunc)
+        return obs.reshape(K, N, -1), rew.reshape(K, N), term.reshape(K, N), trunc.reshape(K, N)
+
+    def close(self) -> None:
+        self.big.close()
+
+
+def _env_id(env) -> str:
+    return env.spec.id if env.spec is not None else type(env).__name__
+
+
 def collect_episodes_group(
     collectors: Sequence[EpisodeCollector],
     policy: StackedPolicy,
     states: Sequence[TrainState],
     active: Sequence[bool],
+    merged: CartPoleGroup | None = None,
 ) -> list[tuple[Batch, Episodes] | None]:
     """pgrun.rollout.collect_episodes for each active seed at once: its N copies reset with its
     own seed, stepped until each of its copies' first episode ended or T steps; one stacked
-    draw per step. Each seed's batch is cut at its own length, as alone."""
+    draw per step (and one env step for all, with `merged`). Each seed's batch is cut at its
+    own length, as alone."""
+    from pgrun.envs import action_converter, obs_converter
+
     K = len(collectors)
     T = collectors[0].horizon
     envs = [c.env for c in collectors]
     N = envs[0].num_envs
-    obs0, steps, ended = [], [], []
-    to_batch = [None] * K
-    to_env = [None] * K
-    from pgrun.envs import action_converter, obs_converter
-
+    to_batch = obs_converter(envs[0].single_observation_space)
+    to_env = action_converter(envs[0].single_action_space)
+    obs0, steps = [None] * K, [None] * K
+    ended = np.ones((K, N), dtype=bool)  # copy i of seed k's first episode has ended
     for k, env in enumerate(envs):
         if not active[k]:
-            obs0.append(None)
-            steps.append(None)
-            ended.append(np.ones(N, dtype=bool))
             continue
-        to_batch[k] = obs_converter(env.single_observation_space)
-        to_env[k] = action_converter(env.single_action_space)
-        env_id = env.spec.id if env.spec is not None else type(env).__name__
         seed = derive_seed(collectors[k].seed, states[k].iteration, RESETS)
         try:
             obs, _ = env.reset(seed=seed)
         except (ValueError, TypeError, AttributeError, IndexError) as exc:
-            raise guards.reset_failure(exc, env_id) from None
-        guards.check_reset(obs, env.single_observation_space, N, env_id)
-        e = np.zeros(N, dtype=bool)
-        ended.append(e)
-        steps.append(_running_copies_step(env, obs, e) or env.step)
-        obs0.append(to_batch[k](obs))
+            raise guards.reset_failure(exc, _env_id(env)) from None
+        guards.check_reset(obs, env.single_observation_space, N, _env_id(env))
+        ended[k] = False
+        if merged is not None:
+            merged.load(k)
+        else:
+            steps[k] = _running_copies_step(env, obs, ended[k]) or env.step
+        obs0[k] = to_batch(obs)
     first = next(o for o in obs0 if o is not None)
     obs_buf = np.zeros((T + 1, K, *first.shape), dtype=first.dtype)
     for k, o in enumerate(obs0):
@@ -324,48 +398,44 @@ def collect_episodes_group(
     rew_buf = np.zeros((T, K, N), dtype=np.float32)
     term_buf = np.zeros((T, K, N), dtype=bool)
     done_buf = np.zeros((T, K, N), dtype=bool)
-    length = [T] * K  # each seed's T_b
-    running = [bool(a) for a in active]
+    length = np.full(K, T)  # each seed's T_b
+    running = np.array([bool(a) for a in active])
     noise = _draws(states, active)
+    t = 0
     with torch.inference_mode():
-        for t in range(T):
-            act = policy.act(torch.from_numpy(obs_buf[t]), noise).numpy()
-            if act_buf is None:
-                act_buf = np.zeros((T, *act.shape), dtype=act.dtype)
-            act_buf[t] = act
-            for k in range(K):
-                if not running[k]:
-                    continue
-                try:
-                    obs, rew_buf[t, k], term_buf[t, k], trunc, _ = steps[k](to_env[k](act[k]))
-                except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
-                    env = envs[k]
-                    env_id = env.spec.id if env.spec is not None else type(env).__name__
-                    raise guards.step_failure(exc, obs_buf[: t + 2, k], env_id) from None
-                obs_buf[t + 1, k] = to_batch[k](obs)
-                np.logical_or(term_buf[t, k], trunc, out=done_buf[t, k])
-                ended[k] |= done_buf[t, k]
-                if ended[k].all():
-                    running[k] = False
-                    length[k] = t + 1
-            if not any(running):
-                break
+        try:
+            for t in range(T):  # noqa: B007 (t names the failing step)
+                act = policy.act(torch.from_numpy(obs_buf[t]), noise).numpy()
+                if act_buf is None:
+                    act_buf = np.zeros((T, *act.shape), dtype=act.dtype)
+                act_buf[t] = act
+                if merged is not None:
+                    obs, rew_buf[t], term_buf[t], trunc = merged.step(to_env(act), False)
+                    obs_buf[t + 1] = obs
+                else:
+                    trunc = np.zeros((K, N), dtype=bool)
+                    for k in np.flatnonzero(running):
+                        obs, rew_buf[t, k], term_buf[t, k], trunc[k], _ = steps[k](to_env(act[k]))
+                        obs_buf[t + 1, k] = to_batch(obs)
+                np.logical_or(term_buf[t], trunc, out=done_buf[t])
+                ended |= done_buf[t]
+                finished = running & ended.all(1)
+                length[finished] = t + 1
+                running &= ~finished
+                if not running.any():
+                    break
+        except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            k = int(np.flatnonzero(running)[0]) if running.any() else 0
+            raise guards.step_failure(exc, obs_buf[: t + 2, k], _env_id(envs[k])) from None
     out: list[tuple[Batch, Episodes] | None] = []
     for k, env in enumerate(envs):
         if not active[k]:
             out.append(None)
             continue
-        env_id = env.spec.id if env.spec is not None else type(env).__name__
         batch = episodes_batch(
-            obs_buf[:, k],
-            act_buf[:, k],
-            rew_buf[:, k],
-            term_buf[:, k],
-            done_buf[:, k],
-            ended[k],
-            length[k],
-            env_id,
-        )
+            obs_buf[:, k], act_buf[:, k], rew_buf[:, k], term_buf[:, k], done_buf[:, k],
+            ended[k], int(length[k]), _env_id(env),
+        )  # fmt: skip
         out.append((batch, Episodes(batch.returns, batch.lengths)))
     return out
 
@@ -375,32 +445,38 @@ def collect_steps_group(
     policy: StackedPolicy,
     states: Sequence[TrainState],
     active: Sequence[bool],
+    merged: CartPoleGroup | None = None,
 ) -> list[tuple[Batch, Episodes] | None]:
     """StepCollector.collect for each active seed at once (T steps of its N copies, carried
-    between batches by the seed's own collector), one stacked draw per step."""
+    between batches by the seed's own collector), one stacked draw per step (and one env step
+    for all, with `merged`)."""
     K = len(collectors)
-    runs = [
-        c.begin(s.iteration) if on else None
-        for c, s, on in zip(collectors, states, active, strict=True)
-    ]
+    runs = []
+    for c, s, on in zip(collectors, states, active, strict=True):
+        restart = c.obs is None
+        runs.append(c.begin(s.iteration) if on else None)
+        if on and restart and merged is not None:
+            merged.load(len(runs) - 1)
     first = next(r for r in runs if r is not None)
     T = collectors[0].steps
     obs = np.zeros((K, *first.obs.shape[1:]), dtype=first.obs.dtype)
     noise = _draws(states, active)
-    device = torch.device("cpu")
     with torch.inference_mode():
         for t in range(T):
             for k, r in enumerate(runs):
                 if r is not None:
                     obs[k] = r.obs[t]
             act = policy.act(torch.from_numpy(obs), noise).numpy()
+            stepped = merged.step(collectors[0].to_env(act)) if merged is not None else None
             for k, r in enumerate(runs):
                 if r is None:
                     continue
+                got = None if stepped is None else (*(x[k] for x in stepped), {})
                 try:
-                    collectors[k].advance(r, t, act[k])
+                    collectors[k].advance(r, t, act[k], got)
                 except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
                     raise guards.step_failure(exc, r.obs[: t + 2], r.env_id) from None
+    device = torch.device("cpu")
     return [
         None if r is None else collectors[k].finish(r, device) for k, r in enumerate(runs)
     ]
@@ -771,6 +847,8 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
     rule = trainer.rule_from_config(cfg0)
     ratio = rule_name(cfg0.variant) == "ratio_epochs"
     steps_rollout = isinstance(states[0].collector, StepCollector)
+    envs = [s.collector.env for s in states]
+    merged = CartPoleGroup(envs) if CartPoleGroup.fits(envs) else None
     for s in states:
         s.started = time.perf_counter()
     every = cfg0.diagnostics.every
@@ -780,7 +858,7 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
         with trainer.StopRequest() as stop:
             while any(active):
                 collect = collect_steps_group if steps_rollout else collect_episodes_group
-                got = collect([s.collector for s in states], policy, states, active)
+                got = collect([s.collector for s in states], policy, states, active, merged)
                 batches = [g[0] if g else None for g in got]
                 episodes = [g[1] if g else None for g in got]
                 targets = [
@@ -897,6 +975,8 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
                 loggers[k].close()
                 states[k].collector.env.close()
                 evaluators[k].close()
+            if merged is not None:
+                merged.close()
     return results
 
 

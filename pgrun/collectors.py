@@ -159,12 +159,13 @@ class StepCollector:
             env_id=env_id,
         )
 
-    def advance(self, run: _StepRun, t: int, act: np.ndarray) -> None:
-        """Step t: the copies take the actions `act` (N, ...) drawn at run.obs[t]."""
+    def advance(self, run: _StepRun, t: int, act: np.ndarray, stepped: tuple | None = None) -> None:
+        """Step t: the copies take the actions `act` (N, ...) drawn at run.obs[t]. `stepped`:
+        what env.step(act) returned, where the caller stepped the env (pgrun.batched)."""
         if run.act is None:
             run.act = np.zeros((self.steps, *act.shape), dtype=act.dtype)
         run.act[t] = act
-        obs, rew, term, trunc, _ = self.env.step(self.to_env(act))
+        obs, rew, term, trunc, _ = stepped or self.env.step(self.to_env(act))
         run.obs[t + 1] = self.to_batch(obs)
         live = ~self.pending  # a copy that resets on this call takes no step
         run.valid[t] = live
