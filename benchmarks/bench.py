@@ -779,7 +779,9 @@ def process_rows(settings: Settings) -> list[Row]:
 
 def sweep_rows(settings: Settings) -> list[Row]:
     what = "5. `pgrun -m experiment=compare_variants`, batched vs joblib launcher"
-    target = f"batched <= {TARGET_BATCHED_SWEEP_S:g} s and >= {TARGET_BATCHED_SWEEP_RATIO:g}x faster"
+    target = (
+        f"batched <= {TARGET_BATCHED_SWEEP_S:g} s and >= {TARGET_BATCHED_SWEEP_RATIO:g}x faster"
+    )
     if not settings.sweep:
         return [Row(what, "skipped (--quick / --smoke / --rows)", target)]
     experiment = resources.files("pgrun.configs") / "experiment" / "compare_variants.yaml"

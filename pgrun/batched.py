@@ -47,7 +47,6 @@ from pgrun import checkpoint, guards, signals
 from pgrun.collectors import EpisodeCollector, Episodes, StepCollector
 from pgrun.config import Interrupted
 from pgrun.diagnostics import Diagnostics
-from pgrun.learner import plain
 from pgrun.logger import FINAL_METRIC, make_loggers
 from pgrun.losses import clip_fraction, policy_loss, ratio_stats, value_loss
 from pgrun.optim import Adam
@@ -202,8 +201,12 @@ class StackedAdam:
         self.betas, self.eps = singles[0].betas, singles[0].eps
         self.t = [opt.t for opt in singles]
         self.last_norms = torch.zeros(stacked.K)  # each seed's gradient norm at the last step
-        self.m = [torch.stack([_to_stacked(o.m[j]) for o in singles]) for j in range(len(stacked.params))]
-        self.v = [torch.stack([_to_stacked(o.v[j]) for o in singles]) for j in range(len(stacked.params))]
+        self.m = [
+            torch.stack([_to_stacked(o.m[j]) for o in singles]) for j in range(len(stacked.params))
+        ]
+        self.v = [
+            torch.stack([_to_stacked(o.v[j]) for o in singles]) for j in range(len(stacked.params))
+        ]
 
     def zero_grad(self) -> None:
         for p in self.stacked.params:
@@ -248,9 +251,7 @@ class StackedAdam:
         return x[k].T if self.stacked.dims[j] == 2 else x[k][0]
 
 
-def clip_per_seed(
-    stacked: Stacked, max_norm: float | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def clip_per_seed(stacked: Stacked, max_norm: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """torch.nn.utils.clip_grad_norm_ for each seed's slice of the gradients: the norm of
     seed k's gradient over all parameters, and its gradient scaled by
     min(1, max_norm / (norm + 1e-6)). Returns the norms before clipping (K,) and whether
@@ -304,7 +305,12 @@ class CartPoleGroup:
         from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 
         def key(e):
-            return (e.num_envs, e.max_episode_steps, e._sutton_barto_reward, e.kinematics_integrator)
+            return (
+                e.num_envs,
+                e.max_episode_steps,
+                e._sutton_barto_reward,
+                e.kinematics_integrator,
+            )
 
         return all(type(e) is CartPoleVectorEnv for e in envs) and len({key(e) for e in envs}) == 1
 
@@ -477,9 +483,7 @@ def collect_steps_group(
                 except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
                     raise guards.step_failure(exc, r.obs[: t + 2], r.env_id) from None
     device = torch.device("cpu")
-    return [
-        None if r is None else collectors[k].finish(r, device) for k, r in enumerate(runs)
-    ]
+    return [None if r is None else collectors[k].finish(r, device) for k, r in enumerate(runs)]
 
 
 # ------------------------------------------------------------------------- stacked batches
@@ -536,10 +540,6 @@ def _first_step_stats(loss, entropy, mask, grad_norm) -> dict[str, float]:
         "stats/entropy": h.item(),
         "stats/grad_norm": grad_norm.item(),
     }
-
-
-class Diverging(Exception):
-    """What stopped being finite for one seed (loss, gradient, parameters)."""
 
 
 def _check_params(stacked: Stacked, k: int) -> bool:
@@ -663,10 +663,10 @@ def ratio_epochs_group(
                 sel = slice(None) if idx is None else idx[k]
                 mb_mask, mb_adv, mb_old = b.mask[sel], group.adv[k][sel], logp_old[k][sel]
                 logp = logp_all[k, :, :T]
-                if rule.target_kl is not None and taken[k] > 0:
-                    if ratio_stats(logp, mb_old, mb_mask)["approx_kl"] > rule.target_kl:
-                        stopped[k], stepping[k] = True, False
-                        continue
+                kl_check = rule.target_kl is not None and taken[k] > 0
+                if kl_check and ratio_stats(logp, mb_old, mb_mask)["approx_kl"] > rule.target_kl:
+                    stopped[k], stepping[k] = True, False  # no more steps for this seed
+                    continue
                 epoch_logp[k][sel] = logp.detach()
                 if entropy_all is not None:  # with gradient where the loss has the bonus
                     entropy = entropy_all[k, :, :T]
@@ -692,7 +692,9 @@ def ratio_epochs_group(
                 taken[k] += 1
         for k in range(K):
             if active[k] and k not in failed and not stopped[k] and hooks[k] is not None:
-                stats[k].update(hooks[k].after_epoch(ep, epoch_logp[k], logp_old[k], batches[k].mask))
+                stats[k].update(
+                    hooks[k].after_epoch(ep, epoch_logp[k], logp_old[k], batches[k].mask)
+                )
     with torch.no_grad():
         logp_new_all = policy(group.obs).log_prob(group.act)
     for k in range(K):
@@ -820,9 +822,7 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
     for s, j in zip(states, jobs, strict=True):
         if j.resume:
             s.load_state_dict(checkpoint.load_latest(j.run_dir), j.run_dir)
-            log.info(
-                f"resuming {j.run_dir} at iteration {s.iteration}, {s.env_steps:,} env steps"
-            )
+            log.info(f"resuming {j.run_dir} at iteration {s.iteration}, {s.env_steps:,} env steps")
     results: list[Any] = [None] * K
     loggers = []
     resolved = []
@@ -924,9 +924,7 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
                     s.iteration += 1
                     if len(ep):
                         s.recent.append(ep.returns.mean().item())
-                    loggers[k].log(
-                        {**trainer.charts(ep, s), **lr_now[k], **stats[k]}, s.env_steps
-                    )
+                    loggers[k].log({**trainer.charts(ep, s), **lr_now[k], **stats[k]}, s.env_steps)
                     solved = s.solved(c.stop_return)
                     evaluators[k].after_iteration(
                         loggers[k], s.iteration, s.env_steps,

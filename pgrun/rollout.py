@@ -234,9 +234,8 @@ def collect_episodes(
                     break
         except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
             raise guards.step_failure(exc, obs_buf[: t + 2], env_id) from None
-    return episodes_batch(
-        obs_buf, act_buf, rew_buf, term_buf, done_buf, ended, t + 1, env_id
-    ).to(device)
+    batch = episodes_batch(obs_buf, act_buf, rew_buf, term_buf, done_buf, ended, t + 1, env_id)
+    return batch.to(device)
 
 
 def episodes_batch(

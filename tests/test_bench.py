@@ -61,7 +61,7 @@ def test_smoke_run_prints_one_row_per_benchmark(tmp_path):
     by_section: dict[str, list[list[str]]] = {}
     for row in rows:
         by_section.setdefault(row[0].split(".")[0], []).append(row)
-    assert sorted(by_section) == ["1", "2", "3", "4", "5"]
+    assert sorted(by_section) == ["1", "2", "3", "4", "5", "6"]
 
     solve = {row[0]: row[1] for row in by_section["1"]}
     assert any("pgrun rtg_baseline" in what for what in solve)
@@ -97,6 +97,10 @@ def test_smoke_run_prints_one_row_per_benchmark(tmp_path):
 
     (sweep,) = by_section["5"]
     assert "skipped" in sweep[1]
+
+    groups = by_section["6"]  # one group of seeds against the same seeds alone
+    assert "K=8" in groups[0][0] and "alone" in groups[0][1]
+    assert len(groups) == 2 and "K=4" in groups[1][0]
     assert all(row[3] in ("-", "n/a (smoke)") for row in rows)
     # the runs were made in temporary directories, not where the benchmark was started
     assert not (tmp_path / "outputs").exists()
