@@ -16,10 +16,11 @@ This module imports no torch: the launcher's own process composes the configs on
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,14 +171,39 @@ def _train(jobs: list, waiting: list[JobReturn]) -> None:
     for ret in waiting:
         job = jobs[ret._return_value.index]
         result = results[ret._return_value.index]
-        if isinstance(result, dict):
-            (job.run_dir / "failed.txt").unlink(missing_ok=True)
-            report_done(job.cfg, job.run_dir, result)
-            ret._return_value = result["final_return"]
-        elif isinstance(result, Interrupted):
-            ret.status, ret._return_value = JobStatus.FAILED, result
-        else:
-            ret._return_value = _record_failure(result, job.run_dir)
+        with job_log(job.run_dir):
+            if isinstance(result, dict):
+                (job.run_dir / "failed.txt").unlink(missing_ok=True)
+                report_done(job.cfg, job.run_dir, result)
+                ret._return_value = result["final_return"]
+            elif isinstance(result, Interrupted):
+                ret.status, ret._return_value = JobStatus.FAILED, result
+            else:
+                ret._return_value = _record_failure(result, job.run_dir)
+
+
+@contextlib.contextmanager
+def job_log(run_dir: Path) -> Iterator[None]:
+    """While inside: the root logger's log files (Hydra's `<job name>.log`, which the group's
+    last job holds) write to the file of that name in `run_dir` instead, so that each job's
+    closing lines land in its own log."""
+    root = logging.getLogger()
+    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    swapped = []
+    for old in files:
+        new = logging.FileHandler(run_dir / Path(old.baseFilename).name, mode="a")
+        new.setFormatter(old.formatter)
+        new.setLevel(old.level)
+        root.removeHandler(old)
+        root.addHandler(new)
+        swapped.append((old, new))
+    try:
+        yield
+    finally:
+        for old, new in swapped:
+            root.removeHandler(new)
+            new.close()
+            root.addHandler(old)
 
 
 class BatchedLauncher(Launcher):

@@ -236,3 +236,23 @@ def test_sweep_through_the_launcher(tmp_path):
     again = run_pgrun([f"resume={sweep}"], tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert (again.stdout + again.stderr).count("finished before, not run again") == 4
+
+
+def test_a_seed_that_diverges_fails_alone():
+    """A non-finite loss of one seed names that seed only; it takes no step (weights, moments
+    and step count untouched) while the other seed steps."""
+    from pgrun.batched import _step
+
+    nets = [torch.nn.Linear(2, 1) for _ in range(2)]
+    stacked = Stacked(nets)
+    opt = StackedAdam(stacked, [Adam(n.parameters(), 0.1) for n in nets])
+    before = [p.detach().clone() for p in stacked.params]
+    x = torch.ones(2, 3, 2)
+    out = torch.baddbmm(stacked.params[1], x, stacked.params[0]).sum((1, 2))  # (K,)
+    failed: dict[int, str] = {}
+    _step(stacked, opt, {0: out[0], 1: out[1] * float("nan")}, [True, True], None, failed)
+    assert failed == {1: "loss"}
+    assert opt.t == [1, 0]
+    for p, q in zip(stacked.params, before, strict=True):
+        assert not torch.equal(p[0], q[0]) and torch.equal(p[1], q[1])
+    assert all(torch.equal(m[1], torch.zeros_like(m[1])) for m in opt.m)
