@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_pgrun
 from hydra import compose, initialize_config_module
 
 import pgrun
 from pgrun.batched import Job, Stacked, StackedAdam, clip_per_seed, train_group
 from pgrun.batched_launcher import blocker, group_key
 from pgrun.optim import Adam
-from tests.conftest import run_pgrun
 
 RTOL, ATOL = 2e-3, 1e-5
 
