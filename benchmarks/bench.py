@@ -53,8 +53,11 @@ is met. The rows:
    hydra/launcher=batched (its seeds trained as groups, pgrun.batched), one after the other in
    this invocation, and their ratio.
 6. Seeds trained as one group (pgrun.batched.train_group) against the same seeds trained
-   alone one after the other in this process: CartPole-v1 with K = 8 seeds at N = 16, and
-   HalfCheetah-v5 with K = 4 (needs mujoco), env steps / s, build and files included.
+   alone one after the other in this process: CartPole-v1 with K = 8 seeds at N = 16 with
+   either collector (rollout=episodes: a group's batch lasts until the last of its K x N
+   first episodes ends, so most of the stepped slots are padding; rollout=steps: every slot
+   is a step), and HalfCheetah-v5 with K = 4 (needs mujoco), env steps / s, build and files
+   included.
 """
 
 from __future__ import annotations
@@ -843,16 +846,20 @@ def group_rows(settings: Settings) -> list[Row]:
 
     torch.set_num_threads(1)
     budget = settings.budget or (20_000 if settings.sweep else 8_000)
-    grouped, alone = group_rate(["variant=rtg_baseline", f"total_steps={budget}"], 8)
-    rows = [
-        Row(
-            "6. CartPole-v1 training, one group of K=8 seeds at N=16 (rtg_baseline)",
-            f"{rate(grouped)} (the seeds alone, one after the other: {rate(alone)}; "
-            f"{grouped / alone:.1f}x); load {load()}",
-            f">= {rate(TARGET_GROUP_SPS)}",
-            verdict(grouped >= TARGET_GROUP_SPS),
+    rows = []
+    for rollout in ("episodes", "steps"):
+        overrides = ["variant=rtg_baseline", f"rollout={rollout}", f"total_steps={budget}"]
+        grouped, alone = group_rate(overrides, 8)
+        rows.append(
+            Row(
+                f"6. CartPole-v1 training, one group of K=8 seeds at N=16 (rtg_baseline, "
+                f"rollout={rollout})",
+                f"{rate(grouped)} (the seeds alone, one after the other: {rate(alone)}; "
+                f"{grouped / alone:.1f}x); load {load()}",
+                f">= {rate(TARGET_GROUP_SPS)}",
+                verdict(grouped >= TARGET_GROUP_SPS),
+            )
         )
-    ]
     what = "6. HalfCheetah-v5 training, one group of K=4 seeds at N=16 (value_baseline)"
     if not have("mujoco"):
         return [*rows, Row(what, "skipped: mujoco is not installed (`make bench` installs it)")]

@@ -338,13 +338,12 @@ class CartPoleGroup:
         big.prev_done[:] = False  # the autoresets below, each from its seed's RNG
         obs, rew, term, trunc, _ = big.step(act.reshape(-1))
         if prev.any():
-            for k in range(self.K):
-                idx = np.flatnonzero(prev[self.block(k)]) + k * self.N
-                if idx.size:
-                    env = self.envs[k]
-                    big.state[:, idx] = env.np_random.uniform(
-                        low=env.low, high=env.high, size=(4, idx.size)
-                    )
+            for k in np.flatnonzero(prev.reshape(K, N).any(1)):
+                idx = np.flatnonzero(prev[self.block(k)]) + k * N
+                env = self.envs[k]
+                big.state[:, idx] = env.np_random.uniform(
+                    low=env.low, high=env.high, size=(4, idx.size)
+                )
             big.steps[prev] = 0
             rew[prev], term[prev], trunc[prev] = 0.0, False, False
             obs[prev] = big.state[:, prev].T.astype(np.float32)

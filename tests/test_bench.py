@@ -99,8 +99,8 @@ def test_smoke_run_prints_one_row_per_benchmark(tmp_path):
     assert "skipped" in sweep[1]
 
     groups = by_section["6"]  # one group of seeds against the same seeds alone
-    assert "K=8" in groups[0][0] and "alone" in groups[0][1]
-    assert len(groups) == 2 and "K=4" in groups[1][0]
+    assert all("K=8" in row[0] and "alone" in row[1] for row in groups[:2])
+    assert len(groups) == 3 and "K=4" in groups[2][0]
     assert all(row[3] in ("-", "n/a (smoke)") for row in rows)
     # the runs were made in temporary directories, not where the benchmark was started
     assert not (tmp_path / "outputs").exists()
