@@ -92,14 +92,28 @@ def write_atomic(path: str | Path, obj: Any) -> Path:
     return path
 
 
+_stored: dict[tuple, tuple[Any, int] | None] = {}  # stored_iteration's answers, by file version
+
+
 def stored_iteration(path: Path) -> tuple[Any, int] | None:
     """(run_id, iteration) saved in the checkpoint `path`, read without loading its tensors
-    (memory-mapped), or None when the file is unreadable."""
+    (memory-mapped), or None when the file is unreadable. A file is read once per version
+    (its inode, size and modification time): every save of a run asks about the run's
+    earlier checkpoints again."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return state.get("run_id"), int(state["iteration"])
-    except Exception:
+        st = os.stat(path)
+    except OSError:
         return None
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _stored:
+        if len(_stored) > 4096:
+            _stored.clear()
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            _stored[key] = state.get("run_id"), int(state["iteration"])
+        except Exception:
+            _stored[key] = None
+    return _stored[key]
 
 
 def save(run_dir: str | Path, iteration: int, state: dict[str, Any], keep: int = KEEP) -> Path:
