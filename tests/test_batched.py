@@ -27,7 +27,7 @@ from hydra import compose, initialize_config_module
 
 import pgrun
 from pgrun.batched import Job, Stacked, StackedAdam, clip_per_seed, train_group
-from pgrun.batched_launcher import blocker, group_key
+from pgrun.batched_launcher import blocker, group_key, spread
 from pgrun.optim import Adam
 
 RTOL, ATOL = 2e-3, 1e-5
@@ -211,6 +211,17 @@ def test_grouping_and_what_cannot_be_batched():
     assert blocker(cfg_of("variant=rtg")) is None
     assert "optim.name=sgd" in blocker(cfg_of("optim.name=sgd"))
     assert "policy=cnn" in blocker(cfg_of("policy=cnn"))
+
+
+def test_groups_are_split_to_fill_the_cores():
+    """2 configs x 6 seeds on 8 processes: the groups are halved until every process has one
+    (every job once, pieces of one job run plain); more processes than jobs change nothing."""
+    units = [([(i, []) for i in range(6)], True), ([(i, []) for i in range(6, 12)], True)]
+    out = spread(units, 8)
+    assert len(out) == 8
+    assert sorted(i for items, _ in out for i, _ in items) == list(range(12))
+    assert all(grouped == (len(items) > 1) for items, grouped in out)
+    assert len(spread(units, 2)) == 2 and len(spread([([(0, [])], False)], 4)) == 1
 
 
 def test_sweep_through_the_launcher(tmp_path):
