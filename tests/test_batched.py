@@ -230,7 +230,7 @@ def test_sweep_through_the_launcher(tmp_path):
     resuming the finished sweep runs nothing again."""
     sweep = tmp_path / "sweep"
     proc = run_pgrun(
-        ["-m", "hydra/launcher=batched", "hydra.launcher.n_jobs=2", "optim.name=adam,sgd",
+        ["-m", "hydra/launcher=batched", "hydra.launcher.n_jobs=1", "optim.name=adam,sgd",
          "seed=0,1", "total_steps=600", "batch_episodes=4", f"hydra.sweep.dir={sweep}"],
         tmp_path,
     )  # fmt: skip
