@@ -54,7 +54,7 @@ from pgrun.policies import CategoricalPolicy, GaussianPolicy
 from pgrun.rollout import Batch, _running_copies_step, episodes_batch
 from pgrun.seeding import ACTIONS, MINIBATCHES, RESETS, VALUE_MINIBATCHES, derive_seed
 from pgrun.state import TrainState
-from pgrun.update_rules import rule_name
+from pgrun.update_rules import _steps, rule_name
 
 log = logging.getLogger(__name__)
 
@@ -629,6 +629,11 @@ def ratio_epochs_group(
     Ts = [b.mask.shape[1] if b is not None else 0 for b in batches]
     logp_old = [logp_old_all[k, :, : Ts[k]] if active[k] else None for k in range(K)]
     n, m = batches[next(k for k in range(K) if active[k])].num_episodes, rule.minibatches
+    by_steps = getattr(rule, "shuffle", "rows") == "steps" and m > 1
+    valid = [  # flat indices into (N * T_k) of each seed's valid steps
+        b.mask.flatten().nonzero().squeeze(1) if by_steps and on else None
+        for b, on in zip(batches, active, strict=True)
+    ]
     stepping = list(active)
     taken = [0] * K
     stopped = [False] * K
@@ -636,44 +641,76 @@ def ratio_epochs_group(
     for ep in range(rule.epochs):
         if not any(stepping):
             break
-        if m > 1:
+        # each seed's minibatches: None (the whole batch), rows (R,) or flat steps (B_k,)
+        if not m > 1:
+            plan = [[None] * K]
+        elif by_steps:
+            parts = [
+                list(valid[k][torch.randperm(len(valid[k]), generator=generators[k])].chunk(m))
+                if stepping[k]
+                else []
+                for k in range(K)
+            ]
+            plan = [
+                [p[j] if j < len(p) else None for p in parts]
+                for j in range(max(len(p) for p in parts))
+            ]
+        else:
             orders = [
                 torch.randperm(n, generator=generators[k]) if stepping[k] else torch.arange(n)
                 for k in range(K)
             ]
-            groups = list(torch.stack(orders).chunk(m, dim=1))  # (K, n / m) each
-        else:
-            groups = [None]
+            plan = [list(c) for c in torch.stack(orders).chunk(m, dim=1)]  # (n / m) rows each
         epoch_logp = [torch.empty_like(lo) if lo is not None else None for lo in logp_old]
-        for idx in groups:
-            if idx is None:
+        for sels in plan:
+            if not m > 1:
                 obs, act = group.obs, group.act
+            elif by_steps:
+                obs, act = _gather_steps(batches, sels)
             else:
                 rows = torch.arange(K)[:, None]
+                idx = torch.stack(sels)
                 obs, act = group.obs[rows, idx], group.act[rows, idx]
             dist = policy(obs)
             logp_all = dist.log_prob(act)
             entropy_all = dist.entropy() if rule.entropy_coef else None
             losses = {}
             for k in range(K):
-                if not stepping[k]:
+                if not stepping[k] or (by_steps and sels[k] is None):
                     continue
-                b, T = batches[k], Ts[k]
-                sel = slice(None) if idx is None else idx[k]
-                mb_mask, mb_adv, mb_old = b.mask[sel], group.adv[k][sel], logp_old[k][sel]
-                logp = logp_all[k, :, :T]
+                b, sel = batches[k], sels[k]
+
+                def mine(x: torch.Tensor, k=k, sel=sel) -> torch.Tensor:
+                    """Seed k's part of a stacked output: (R, T_k), or (1, B_k) for steps."""
+                    return x[k, : len(sel)][None] if by_steps else x[k, :, : Ts[k]]
+
+                if by_steps:
+                    mb_mask, mb_adv, mb_old = (
+                        _steps(x, sel) for x in (b.mask, group.adv[k], logp_old[k])
+                    )
+                else:
+                    sel = slice(None) if sel is None else sel
+                    mb_mask, mb_adv, mb_old = b.mask[sel], group.adv[k][sel], logp_old[k][sel]
+                logp = mine(logp_all)
                 kl_check = rule.target_kl is not None and taken[k] > 0
                 if kl_check and ratio_stats(logp, mb_old, mb_mask)["approx_kl"] > rule.target_kl:
                     stopped[k], stepping[k] = True, False  # no more steps for this seed
                     continue
-                epoch_logp[k][sel] = logp.detach()
-                if entropy_all is not None:  # with gradient where the loss has the bonus
-                    entropy = entropy_all[k, :, :T]
+                if by_steps:
+                    epoch_logp[k].view(-1)[sel] = logp.detach().view(-1)
                 else:
-                    entropy = _no_grad_entropy(dist, k, T)
+                    epoch_logp[k][sel] = logp.detach()
+                if entropy_all is not None:  # with gradient where the loss has the bonus
+                    entropy = mine(entropy_all)
+                else:
+                    with torch.no_grad():
+                        entropy = mine(dist.entropy())
                 terms = policy_loss(
                     logp, entropy, mb_adv, mb_mask, rule.entropy_coef, mb_old, rule.clip
                 )
+                if by_steps:  # (1/N)(S/B) sum over the minibatch: the batch's scale
+                    weight = len(valid[k]) / (b.num_episodes * len(sel))
+                    terms = {name: term * weight for name, term in terms.items()}
                 if rule.clip is not None:
                     clip_fractions[k].append(clip_fraction(logp, mb_old, mb_mask, rule.clip))
                 losses[k] = terms["loss"]
@@ -709,9 +746,21 @@ def ratio_epochs_group(
             stats[k]["stats/gradient_steps"] = float(taken[k])
 
 
-def _no_grad_entropy(dist: Distribution, k: int, T: int) -> torch.Tensor:
-    with torch.no_grad():
-        return dist.entropy()[k, :, :T]
+def _gather_steps(
+    batches: list[Batch | None], sels: list[torch.Tensor | None]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The minibatch steps of every seed, sels[k] (B_k,) flat indices into its (N * T_k),
+    as obs (K, B, *obs) and act (K, B, ...) zero-padded to the longest B_k."""
+    real = next(b for b in batches if b is not None)
+    B = max((len(s) for s in sels if s is not None), default=1)
+    K = len(batches)
+    obs = torch.zeros((K, B, *real.obs.shape[2:]), dtype=real.obs.dtype)
+    act = torch.zeros((K, B, *real.act.shape[2:]), dtype=real.act.dtype)
+    for k, (b, sel) in enumerate(zip(batches, sels, strict=True)):
+        if b is not None and sel is not None:
+            obs[k, : len(sel)] = b.obs.flatten(0, 1)[sel]
+            act[k, : len(sel)] = b.act.flatten(0, 1)[sel]
+    return obs, act
 
 
 def fit_value_group(

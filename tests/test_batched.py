@@ -10,7 +10,10 @@ What holds, and the tolerances:
   a layer's outputs and gradients can differ in the last bit (float32, eps = 1.2e-7). So the
   scalars a seed logs in a group equal those it logs alone to float rounding: relative 2e-3
   and absolute 1e-5, the measured worst case (5.5e-4 relative, on PPO's approx_kl, a
-  difference of near-equal numbers after 40 Adam steps) with a margin of four.
+  difference of near-equal numbers after 40 Adam steps) with a margin of four. Adam's first
+  steps are about lr sign(g), so a gradient component at rounding level can flip a step:
+  with Box actions PPO's per-step minibatches amplify that within a few dozen steps, and that
+  case is compared over 2 epochs a batch.
 - A group that is stopped and resumed continues bit for bit as the same group uninterrupted.
 """
 
@@ -64,9 +67,13 @@ def alone_and_grouped(tmp_path: Path, overrides: list[str], seeds=(0, 1)):
     return alone, [scalars(j.run_dir) for j in jobs], results
 
 
-def assert_same_curves(a, b) -> None:
+def assert_same_curves(a, b, discrete: bool = True) -> None:
+    """The same tags at the same steps, equal to float rounding; with Discrete actions the
+    first two batches' episodes exactly (Box actions carry the forward's rounding into the
+    actions, so their returns agree to rounding only)."""
     assert a.keys() == b.keys()
-    assert a["charts/episodic_return"][:2] == b["charts/episodic_return"][:2]  # the same episodes
+    if discrete:
+        assert a["charts/episodic_return"][:2] == b["charts/episodic_return"][:2]
     for tag in a:
         assert [s for s, _ in a[tag]] == [s for s, _ in b[tag]], tag
         for (_, x), (_, y) in zip(a[tag], b[tag], strict=True):
@@ -82,8 +89,10 @@ CASES = {
     "gae_box": ["variant=gae", "env=Pendulum-v1", "total_steps=1600", "batch_episodes=4"],
     "ppo_steps": ["variant=ppo", "rollout=steps", "rollout.steps=32", "total_steps=1024",
                   "batch_episodes=8", "variant.target_kl=0.005", "optim.anneal_lr=true"],
+    # PPO on Box actions amplifies rounding the most (Adam's first steps are about lr sign(g),
+    # and a gradient component at rounding level flips its sign): 2 epochs a batch
     "ppo_steps_box": ["variant=ppo", "rollout=steps", "env=Pendulum-v1", "rollout.steps=64",
-                      "batch_episodes=4", "total_steps=1024"],
+                      "batch_episodes=4", "total_steps=1024", "variant.inner_steps=2"],
 }  # fmt: skip
 
 
@@ -93,8 +102,9 @@ def test_a_seed_in_a_group_follows_its_run_alone(tmp_path, case):
     clipping, reward scaling, stop_return, a KL stop and a learning-rate schedule: each seed
     logs the same tags at the same steps as alone, equal to float rounding."""
     alone, grouped, _ = alone_and_grouped(tmp_path, CASES[case])
+    discrete = not any(o.startswith("env=Pendulum") for o in CASES[case])
     for a, b in zip(alone, grouped, strict=True):
-        assert_same_curves(a, b)
+        assert_same_curves(a, b, discrete)
 
 
 def test_each_seed_stops_on_its_own(tmp_path):
