@@ -4,8 +4,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 ARGS   ?=
-# --no-compile: Python compiles what is imported, on first use, instead of every file of torch now
-PIP    := $(PY) -m pip install --disable-pip-version-check --no-compile -c constraints.txt
+PIP    := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
+SITE   = $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-all run test test-fast lint format tensorboard sweep clean bench-variance
@@ -17,12 +17,17 @@ help: ## list the targets
 $(RUN_STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@echo "installing pgrun and what CartPole needs into $(VENV) (make install-all adds the rest)"
-	$(PIP) --progress-bar on -e .
+	@# Byte-compiling every file of torch is most of an install's time: only what a run imports
+	@# is compiled here (also where PYTHONDONTWRITEBYTECODE is set); make install does the rest.
+	$(PIP) --progress-bar on --no-compile -e .
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -c "import pgrun.cli, pgrun.trainer, torch.utils.tensorboard, gymnasium.envs.classic_control"
 	@touch $(RUN_STAMP)
 
 $(STAMP): $(RUN_STAMP) pyproject.toml constraints.txt
 	@echo "installing the dev tools, sweep launchers, Box2D, MuJoCo, Atari, video and envpool extras"
 	$(PIP) --progress-bar on -e '.[dev,sweep,box2d,mujoco,atari,video,envpool]'
+	@echo "compiling the rest of the packages make run installed"
+	@$(PY) -m compileall -q -j 0 $(SITE) > /dev/null || true  # a file for another Python: left as source
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv (if missing) and install pgrun with its dev tools, sweep launchers and every env family
