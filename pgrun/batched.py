@@ -54,7 +54,7 @@ from pgrun.policies import CategoricalPolicy, GaussianPolicy
 from pgrun.rollout import Batch, _running_copies_step, episodes_batch
 from pgrun.seeding import ACTIONS, MINIBATCHES, RESETS, VALUE_MINIBATCHES, derive_seed
 from pgrun.state import TrainState
-from pgrun.update_rules import _steps, rule_name
+from pgrun.update_rules import _select, rule_name
 
 log = logging.getLogger(__name__)
 
@@ -686,7 +686,7 @@ def ratio_epochs_group(
 
                 if by_steps:
                     mb_mask, mb_adv, mb_old = (
-                        _steps(x, sel) for x in (b.mask, group.adv[k], logp_old[k])
+                        _select(x, sel, True) for x in (b.mask, group.adv[k], logp_old[k])
                     )
                 else:
                     sel = slice(None) if sel is None else sel

@@ -183,27 +183,10 @@ class RatioEpochs:
                 groups = list(order.to(adv.device).chunk(m))
             epoch_logp = torch.empty_like(logp_old)  # the log-probs epoch k's losses used
             for idx in groups:
-                if idx is None:
-                    mb_obs, mb_act, mb_adv, mb_old, mb_mask = (
-                        batch.obs,
-                        batch.act,
-                        adv,
-                        logp_old,
-                        batch.mask,
-                    )
-                elif by_steps:  # one row of B steps
-                    mb_obs, mb_act, mb_adv, mb_old, mb_mask = (
-                        _steps(x, idx) for x in (batch.obs, batch.act, adv, logp_old, batch.mask)
-                    )
-                else:
-                    mb = batch.rows(idx)
-                    mb_obs, mb_act, mb_adv, mb_old, mb_mask = (
-                        mb.obs,
-                        mb.act,
-                        adv[idx],
-                        logp_old[idx],
-                        mb.mask,
-                    )
+                mb_obs, mb_act, mb_adv, mb_old, mb_mask = (
+                    _select(x, idx, by_steps)
+                    for x in (batch.obs, batch.act, adv, logp_old, batch.mask)
+                )
                 dist = policy(mb_obs)
                 logp = dist.log_prob(mb_act)
                 kl_check = self.target_kl is not None and taken > 0
@@ -247,9 +230,12 @@ class RatioEpochs:
         return stats
 
 
-def _steps(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """The steps `idx` (B,) (flat indices into N * T) of an (N, T, ...) tensor, as (1, B, ...)."""
-    return x.flatten(0, 1)[idx].unsqueeze(0)
+def _select(x: torch.Tensor, idx: torch.Tensor | None, by_steps: bool) -> torch.Tensor:
+    """A minibatch of an (N, T, ...) tensor: all of it (idx None), its rows `idx`, or with
+    `by_steps` its steps `idx` (flat indices into N * T) as one row, (1, B, ...)."""
+    if idx is None:
+        return x
+    return x.flatten(0, 1)[idx].unsqueeze(0) if by_steps else x[idx]
 
 
 def _natural_gradient(**kwargs):
