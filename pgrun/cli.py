@@ -6,6 +6,8 @@ Imports torch only once the config is known to be good, so `pgrun --help` and
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import gc
 import io
 import logging
@@ -13,6 +15,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -124,7 +127,8 @@ def main() -> None:
         register()
     _stderr, held = sys.stderr, io.StringIO()
     sys.stderr = held
-    if single_run(sys.argv[1:]):
+    single = single_run(sys.argv[1:])
+    if single:
         gc.disable()  # until the run is built: see settle_collector
     skip_mode_probe(sys.argv[1:])
     try:
@@ -161,6 +165,8 @@ def main() -> None:
         sys.exit(1)
     finally:
         _release_stderr()
+    if single:
+        end_process()
 
 
 # Flags with which Hydra prints something and runs nothing.
@@ -302,6 +308,23 @@ def settle_collector() -> None:
     if not gc.isenabled():
         gc.freeze()
         gc.enable()
+
+
+def end_process() -> None:
+    """End the process of a single run that finished: its exit handlers run (the run
+    directory's lock, logging's files, weakref finalizers), its streams are flushed, and it
+    exits with status 0 without the interpreter's teardown, which would free the modules and
+    objects of torch, Hydra and gymnasium one by one for nothing (about 0.3 s). Every file of
+    the run is closed by then (the loggers, the env and the evaluator are closed by the
+    trainer). With a thread of its own still running, the ordinary exit waits for it."""
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if any(not t.daemon for t in others):
+        return
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a reader that left: nothing more to write
+            stream.flush()
+    os._exit(0)
 
 
 def _release_stderr() -> None:
