@@ -14,13 +14,20 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 # What CartPole needs (pgrun and its dependencies), then everything else on top of it.
+# RUN_IMPORTS: what `make run` imports, Hydra's plugin scan and its lazy imports included.
+RUN_IMPORTS := import pgrun.cli, pgrun.compare, pgrun.trainer, torch.utils.tensorboard, \
+	torch.utils.serialization, gymnasium.envs.classic_control, hydra._internal.logging_config, \
+	omegaconf._impl, antlr4.LL1Analyzer, tensorboard.plugins.hparams.metadata; \
+	from hydra.core.plugins import Plugins; Plugins.instance()
 $(RUN_STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@echo "installing pgrun and what CartPole needs into $(VENV) (make install-all adds the rest)"
 	@# Byte-compiling every file of torch is most of an install's time: only what a run imports
-	@# is compiled here (also where PYTHONDONTWRITEBYTECODE is set); make install does the rest.
+	@# is compiled here (also where PYTHONDONTWRITEBYTECODE is set), and all of pgrun's own
+	@# files; make install does the rest.
 	$(PIP) --progress-bar on --no-compile -e .
-	env -u PYTHONDONTWRITEBYTECODE $(PY) -c "import pgrun.cli, pgrun.trainer, torch.utils.tensorboard, gymnasium.envs.classic_control"
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -c "$(RUN_IMPORTS)"
+	$(PY) -m compileall -q pgrun configs hydra_plugins
 	@touch $(RUN_STAMP)
 
 $(STAMP): $(RUN_STAMP) pyproject.toml constraints.txt
