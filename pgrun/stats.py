@@ -5,8 +5,10 @@ profiles, each with a stratified-bootstrap confidence interval, and normalised s
 Pure functions of arrays of final returns. A *task* is one environment: `scores` is a list with
 one (S_t,) array per task (S_t runs, i.e. seeds, on task t). The stratified bootstrap resamples
 the runs within each task (and, for two algorithms, within each algorithm) independently, and
-recomputes the statistic over all tasks; it is `scipy.stats.bootstrap` with one sample per
-(task, algorithm), percentile intervals.
+recomputes the statistic over all tasks; percentile intervals. It draws and computes exactly as
+`scipy.stats.bootstrap` with one sample per (task, algorithm) (`vectorized=True`,
+`method="percentile"`, `rng=np.random.default_rng(seed)`): the same numbers, without the second
+that importing scipy.stats takes (tests/test_stats.py holds the two equal).
 """
 
 from __future__ import annotations
@@ -48,26 +50,40 @@ def iqm(scores: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def _bootstrap(samples: Sequence[np.ndarray], statistic, seed: int, level: float):
-    """scipy.stats.bootstrap over independent samples (one stratum each), percentile method.
+    """The percentile bootstrap over independent samples (one stratum each): each sample of n_i
+    runs is resampled RESAMPLES times with replacement, (RESAMPLES, n_i), one sample after the
+    other from one generator; the statistic is recomputed on the resamples
+    (`statistic(*resamples, axis=-1)`: the runs last, the resamples last in its result) and the
+    interval's ends are the (1 - level)/2 and (1 + level)/2 quantiles of those values.
 
     Returns (low, high), each the statistic's shape; NaN where a stratum has one run (a resample
     of one run is that run: no interval)."""
-    from scipy.stats import bootstrap
-
     point = statistic(*samples, axis=-1)
     if min(len(s) for s in samples) < 2:
         nan = np.full(np.shape(point), np.nan)
         return nan, nan
-    result = bootstrap(
-        tuple(np.asarray(s, dtype=np.float64) for s in samples),
-        statistic,
-        n_resamples=RESAMPLES,
-        vectorized=True,
-        method="percentile",
-        confidence_level=level,
-        rng=np.random.default_rng(seed),
-    )
-    return result.confidence_interval.low, result.confidence_interval.high
+    rng = np.random.default_rng(seed)
+    resamples = []
+    for sample in samples:
+        x = np.asarray(sample, dtype=np.float64)
+        resamples.append(x[rng.integers(0, x.size, (RESAMPLES, x.size))])
+    values = statistic(*resamples, axis=-1)  # (..., RESAMPLES)
+    alpha = (1 - level) / 2
+    return _quantile(values, alpha), _quantile(values, 1 - alpha)
+
+
+def _quantile(values: np.ndarray, p: float) -> np.ndarray:
+    """(..., B) -> (...): the p-quantile along the last axis, interpolated linearly between order
+    statistics (Hyndman & Fan's type 7, the default of numpy and scipy) in the arithmetic of
+    scipy.stats.quantile, so that the intervals are scipy's bit for bit; NaN where a value is."""
+    y = np.sort(values, axis=-1)
+    n = float(y.shape[-1])
+    jg = p * n + (1 - p)
+    j = jg // 1 - 1  # the lower order statistic, counted from 0
+    g = 0.0 if j < 0 else jg % 1
+    lo, hi = int(min(max(j, 0.0), n - 1)), int(min(max(j + 1, 0.0), n - 1))
+    q = (1 - g) * y[..., lo] + g * y[..., hi]
+    return np.where(np.isnan(values).any(axis=-1), np.nan, q)
 
 
 def poi_interval(
@@ -126,7 +142,7 @@ def performance_profile(
 
     def statistic(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
         fractions = [(_last(s, axis)[..., None, :] > taus[:, None]).mean(-1) for s in samples]
-        return np.moveaxis(np.mean(fractions, axis=0), -1, 0)  # (K, ...): scipy's layout
+        return np.moveaxis(np.mean(fractions, axis=0), -1, 0)  # (K, ...)
 
     low, high = _bootstrap(list(scores), statistic, seed, level)
     return statistic(*scores), np.asarray(low), np.asarray(high)

@@ -67,6 +67,47 @@ def test_the_intervals_are_seeded():
     assert stats.poi_interval(x, y, seed=3) == stats.poi_interval(x, y, seed=3)
 
 
+def test_the_intervals_are_scipys_bootstrap_to_the_last_bit():
+    """pgrun/stats.py draws the resamples and interpolates the quantiles as
+    scipy.stats.bootstrap (percentile, vectorized, the same seeded generator): the same
+    intervals exactly, ties and tasks of unequal sizes included."""
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(2)
+    x = [rng.normal(size=5).round(1), rng.normal(size=7).round(1)]  # rounded: ties
+    y = [rng.normal(size=6).round(1), rng.normal(size=3)]
+    taus = np.linspace(-2.0, 2.0, 9)
+
+    def scipys(samples, statistic, seed):
+        ci = bootstrap(
+            samples,
+            statistic,
+            n_resamples=stats.RESAMPLES,
+            vectorized=True,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
+        return ci.low, ci.high
+
+    def poi(*s, axis=-1):
+        return np.mean([stats.probability_of_improvement(a, b, axis) for a, b in
+                        zip(s[:2], s[2:], strict=True)], axis=0)  # fmt: skip
+
+    def iqm(*s, axis=-1):
+        return stats.iqm(np.concatenate(s, axis=axis), axis=axis)
+
+    def profile(*s, axis=-1):
+        fractions = [(np.moveaxis(a, axis, -1)[..., None, :] > taus[:, None]).mean(-1) for a in s]
+        return np.moveaxis(np.mean(fractions, axis=0), -1, 0)
+
+    for seed in (0, 7):
+        assert stats.poi_interval(x, y, seed=seed)[1:] == scipys([*x, *y], poi, seed)
+        assert stats.iqm_interval(x, seed=seed)[1:] == scipys(x, iqm, seed)
+        low, high = scipys(y, profile, seed)
+        _, ours_low, ours_high = stats.performance_profile(y, taus, seed=seed)
+        assert ours_low.tolist() == low.tolist() and ours_high.tolist() == high.tolist()
+
+
 REPLICATIONS = 400
 # A coverage estimate from R replications has standard error sqrt(c (1 - c) / R) = 0.011 at
 # c = 0.95: three of them either side.
