@@ -88,3 +88,63 @@ def test_a_csv_only_run_is_compared_from_its_csv(tmp_path):
     assert run.failure is None and len(run.steps) > 3 and run.final_return is not None
     done = pgrun(*BASE, "logger=[csv,svg]", cwd=tmp_path)
     assert done.returncode == 2 and "pgrun: error: logger=" in done.stderr
+
+
+def _event_file(run_dir: Path, events) -> Path:
+    """An event file of `events` (step, wall time, {tag: value} or "start") written by
+    TensorBoard's writer (a file_version record first) into `run_dir`: its path."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    before = set(run_dir.glob("*tfevents*"))
+    writer = EventFileWriter(str(run_dir))
+    for step, wall, what in events:
+        if what == "start":  # what a resumed writer (purge_step) writes first
+            log = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            writer.add_event(event_pb2.Event(step=step, wall_time=wall, session_log=log))
+            continue
+        values = [summary_pb2.Summary.Value(tag=t, simple_value=v) for t, v in what.items()]
+        summary = summary_pb2.Summary(value=values)
+        writer.add_event(event_pb2.Event(step=step, wall_time=wall, summary=summary))
+    writer.close()
+    (path,) = set(run_dir.glob("*tfevents*")) - before
+    return path
+
+
+def test_read_scalars_reads_the_event_files_as_tensorboard_does(tmp_path):
+    """pgrun.logger.read_events against TensorBoard's EventAccumulator: a resumed run (the
+    points at and after the restart's step dropped), a file cut short, an old file without a
+    file_version (out-of-order steps drop their own tags' later points), float32 values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = ("r", "f")
+    resumed = tmp_path / "resumed"
+    first = [(s, 100.0 + s, {"r": s / 3, "x": 1.0}) for s in range(1, 9)]
+    _event_file(resumed, first)
+    # named after the first (the same second: a counter that grows)
+    again = [(5, 200.0, "start"), *((s, 200.0 + s, {"r": -s / 7}) for s in range(5, 10))]
+    cut = _event_file(resumed, [*again, (9, 210.0, {"f": 2.5})])
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / cut.name).write_bytes(cut.read_bytes()[:-9])  # the final return cut short
+    old = tmp_path / "old"
+    steps = (1, 2, 3, 4, 2, 3, 6)
+    path = _event_file(old, [(s, 100.0 + i, {"r": s + 0.1, "f": -s}) for i, s in enumerate(steps)])
+    data = path.read_bytes()
+    (length,) = np.frombuffer(data[:8], dtype="<u8")
+    path.write_bytes(data[12 + int(length) + 4 :])  # without its first record, the file_version
+    for run_dir in (resumed, truncated, old):
+        acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+        acc.Reload()
+        expected = {
+            t: sorted((e.step, e.value, e.wall_time) for e in acc.Scalars(t))
+            for t in tags
+            if t in acc.Tags()["scalars"]
+        }
+        series, start = read_scalars(run_dir, tags)
+        assert series == expected and start == acc.FirstEventTimestamp(), run_dir.name
+    series, _ = read_scalars(resumed, tags)
+    assert [s for s, _, _ in series["r"]] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert series["r"][5][1] == np.float32(-6 / 7)  # the resumed run's, as TensorBoard stores it
+    assert "f" not in read_scalars(truncated, tags)[0]
+    assert [s for s, _, _ in read_scalars(old, tags)[0]["r"]] == [1, 2, 3, 6]
