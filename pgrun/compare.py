@@ -157,19 +157,45 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file that Hydra wrote (.hydra/*.yaml, multirun.yaml) as plain values, by libyaml
+    where PyYAML has it: a fraction of the time of OmegaConf.load, which builds a config tree
+    and parses every interpolation in it. Interpolations stay unresolved strings: see
+    env_settings."""
+    import yaml
+
+    with path.open() as f:
+        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+ENV_KEYS = ("id", "solved_return", "random_return")
+
+
+def env_settings(path: Path) -> tuple[str, float | None, float | None]:
+    """(env.id, env.solved_return, env.random_return) of a saved config, as read through
+    OmegaConf.select: '?' for a missing id, None for a missing or null return. A value in
+    OmegaConf's own syntax (an interpolation, '???') is read by OmegaConf."""
+    config = read_yaml(path) if path.is_file() else {}
+    env = config.get("env") if isinstance(config, dict) else None
+    env = env if isinstance(env, dict) else {}
+    values = (env.get("id", "?"), env.get("solved_return"), env.get("random_return"))
+    if any(isinstance(v, str) and ("${" in v or v == "???") for v in values):
+        full = OmegaConf.load(path)
+        values = tuple(
+            OmegaConf.select(full, f"env.{k}", default="?" if k == "id" else None) for k in ENV_KEYS
+        )
+    env_id, solved, random = values
+    return str(env_id), *(None if v is None else float(v) for v in (solved, random))
+
+
 def load_run(path: Path, root: Path) -> Run:
     """Read a job's overrides, config and logged scalars (pgrun.logger.read_scalars)."""
     from pgrun.logger import read_scalars
 
-    overrides = [str(o) for o in OmegaConf.load(path / ".hydra" / "overrides.yaml")]
-    config_file = path / ".hydra" / "config.yaml"
-    config = OmegaConf.load(config_file) if config_file.is_file() else OmegaConf.create()
-    env_id = str(OmegaConf.select(config, "env.id", default="?"))
-    threshold = OmegaConf.select(config, "env.solved_return", default=None)
+    overrides = [str(o) for o in read_yaml(path / ".hydra" / "overrides.yaml") or []]
+    env_id, threshold, random = env_settings(path / ".hydra" / "config.yaml")
     name = path.relative_to(root).as_posix() if path != root else path.name
-    random = OmegaConf.select(config, "env.random_return", default=None)
-    run = Run(path, name, overrides, env_id, None if threshold is None else float(threshold))
-    run.random_return = None if random is None else float(random)
+    run = Run(path, name, overrides, env_id, threshold, random_return=random)
 
     series, start = read_scalars(path, (RETURN_TAG, FINAL_TAG))
     if RETURN_TAG in series:
@@ -202,8 +228,7 @@ def missing_runs(root: Path, found: Sequence[Run]) -> list[Run]:
         return []
     have = {r.path.resolve() for r in found}
     by_env = {o: r for r in found for o in r.overrides if _key(o) == "env"}
-    default = OmegaConf.load(root / "multirun.yaml")
-    env_id = str(OmegaConf.select(default, "env.id", default="?"))
+    env_id = env_settings(root / "multirun.yaml")[0]
     missing = []
     for job in jobs:
         if job.path.resolve() in have:

@@ -23,6 +23,7 @@ from numpy.testing import assert_allclose
 from pgrun.compare import (
     Run,
     bootstrap_ci,
+    env_settings,
     group_runs,
     iqm,
     load_run,
@@ -117,6 +118,25 @@ def test_a_resumed_run_reads_in_step_order_whatever_its_file_names(tmp_path):
     assert run.steps.tolist() == [10, 20, 30, 40]
     assert run.returns.tolist() == [10.0, 20.0, 30.0, 40.0]
     assert run.final_return == 35.0
+
+
+def test_a_runs_env_settings_are_what_omegaconf_reads(tmp_path):
+    """Read by libyaml; a value in OmegaConf's syntax (an interpolation) by OmegaConf."""
+    from omegaconf import OmegaConf
+
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("env:\n  id: CartPole-v1\n  solved_return: 475\n  random_return: 1e1\n")
+    interpolated = tmp_path / "interpolated.yaml"
+    interpolated.write_text("target: 200\nenv:\n  id: LunarLander-v3\n  solved_return: ${target}\n")
+    for path in (plain, interpolated):
+        config = OmegaConf.load(path)
+        id_, solved, random = (OmegaConf.select(config, f"env.{k}")
+                               for k in ("id", "solved_return", "random_return"))  # fmt: skip
+        expected = (id_, float(solved), None if random is None else float(random))
+        assert env_settings(path) == expected
+    assert env_settings(plain) == ("CartPole-v1", 475.0, 10.0)
+    assert env_settings(interpolated) == ("LunarLander-v3", 200.0, None)
+    assert env_settings(tmp_path / "none.yaml") == ("?", None, None)
 
 
 def test_groups_ignore_seed_and_are_labelled_by_what_varies():
