@@ -559,20 +559,20 @@ def plot(groups: Sequence[Group], ranked: Sequence[Ranking], path: Path, x: str 
 
     x: "steps" (env steps) or "seconds" (wall-clock seconds since each run's start).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure on an Agg canvas of its own: neither pyplot's import and backend machinery nor
+    # a change of the process's backend.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.layout_engine import TightLayoutEngine
 
     envs = sorted({g.env_id for g in groups})
     labels = sorted({g.short for g in groups})
     colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}  # the same in every panel
     by_env = {r.env: r for r in ranked}
     rows = [*envs, *([ALL_ENVS] if ALL_ENVS in by_env else [])]
-    fig, axes = plt.subplots(
-        len(rows), 4, figsize=(22, 4.4 * len(rows)), squeeze=False,
-        gridspec_kw={"width_ratios": [1.5, 1, 1, 1]},
-    )  # fmt: skip
+    fig = Figure(figsize=(22, 4.4 * len(rows)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), 4, squeeze=False, gridspec_kw={"width_ratios": [1.5, 1, 1, 1]})
     for ax_row, env in zip(axes, rows, strict=True):
         curves, profile, bars, matrix = ax_row
         ranking = by_env.get(env)
@@ -595,9 +595,10 @@ def plot(groups: Sequence[Group], ranked: Sequence[Ranking], path: Path, x: str 
         f"(profiles, IQM, P(improvement)); {MIN_SEEDS}+ seeds a group for intervals to mean much",
         fontsize="medium",
     )
-    fig.tight_layout()
+    # fig.tight_layout() without leaving a layout engine set, which would make savefig lay
+    # the figure out once more (a draw of every text) before drawing it
+    TightLayoutEngine().execute(fig)
     fig.savefig(path, dpi=72)
-    plt.close(fig)
 
 
 def _plot_curves(ax, panel: Sequence[Group], colors: dict[str, str], x: str) -> None:
