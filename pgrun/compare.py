@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -798,40 +799,53 @@ def write_markdown(
 
 
 class _EventWriter:
-    """A TensorBoard run written with tensorboard's own event writer: scalars (the same
-    simple_value records pgrun's runs hold), a text note and a Custom Scalars layout. Using it
-    instead of torch's SummaryWriter keeps the comparison free of the torch import."""
+    """A TensorBoard run of one event file in TensorBoard's own format: scalars (the same
+    simple_value records pgrun's runs hold), a text note and a Custom Scalars layout. The events
+    are kept and written at close(), in this thread: tensorboard's EventFileWriter hands each
+    one to a writer thread through a queue of ten, and waiting on that was most of the time.
+    Without torch's SummaryWriter, the comparison stays free of the torch import."""
 
     def __init__(self, log_dir: Path):
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.compat.proto import event_pb2
 
-        self._writer = EventFileWriter(str(log_dir))
+        self._dir = log_dir
+        self._events: list[bytes] = []
+        self._add(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
-    def _add(self, summary, step: int, wall_time: float | None = None) -> None:
+    def _add(self, event) -> None:
+        self._events.append(event.SerializeToString())
+
+    def _summary(self, summary, step: int, wall_time: float | None = None) -> None:
         from tensorboard.compat.proto import event_pb2
 
         wall = time.time() if wall_time is None else wall_time
-        self._writer.add_event(event_pb2.Event(wall_time=wall, step=step, summary=summary))
+        self._add(event_pb2.Event(wall_time=wall, step=step, summary=summary))
 
-    def scalar(self, tag: str, value: float, step: int, wall_time: float) -> None:
+    def scalars(self, values: dict[str, float], step: int, wall_time: float) -> None:
+        """Scalars logged together: one event, one value per tag."""
         from tensorboard.compat.proto import summary_pb2
 
-        summary = summary_pb2.Summary(
-            value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)]
-        )
-        self._add(summary, step, wall_time)
+        points = [summary_pb2.Summary.Value(tag=t, simple_value=v) for t, v in values.items()]
+        self._summary(summary_pb2.Summary(value=points), step, wall_time)
 
     def text(self, tag: str, markdown: str) -> None:
         from tensorboard.plugins.text.summary_v2 import text_pb
 
-        self._add(text_pb(tag, markdown), 0)
+        self._summary(text_pb(tag, markdown), 0)
 
     def layout(self, category) -> None:
         """A Custom Scalars layout of one category (a layout_pb2.Category)."""
-        self._add(layout_summary(category), 0)
+        self._summary(layout_summary(category), 0)
 
     def close(self) -> None:
-        self._writer.close()
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self._dir.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+        records = RecordWriter((self._dir / name).open("wb"))
+        for event in self._events:
+            records.write(event)
+        records.close()
 
 
 AGGREGATE_TAG = "aggregate/episodic_return"
@@ -879,10 +893,11 @@ def write_aggregates(groups: Sequence[Group], root: Path) -> None:
     for i, g in enumerate(done):
         walls = min(r.start_time for r in g.finished) + g.seconds
         writer = _EventWriter(out / slug(g.label))
+        tags = [band_tag(g.label, kind) for kind in ("mean", "lower", "upper")]
         for j, (step, wall) in enumerate(zip(g.steps, walls, strict=True)):
-            writer.scalar(AGGREGATE_TAG, float(g.mean[j]), int(step), float(wall))
-            for kind, values in (("mean", g.mean), ("lower", g.lower), ("upper", g.upper)):
-                writer.scalar(band_tag(g.label, kind), float(values[j]), int(step), float(wall))
+            values = dict(zip(tags, (g.mean[j], g.lower[j], g.upper[j]), strict=True))
+            values = {AGGREGATE_TAG: g.mean[j], **values}
+            writer.scalars({t: float(v) for t, v in values.items()}, int(step), float(wall))
         names = ", ".join(f"`{r.name}`" for r in g.finished)
         writer.text(
             "aggregate",
