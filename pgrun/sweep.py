@@ -108,6 +108,10 @@ def expected_jobs(sweep_dir: Path) -> list[Job] | None:
     naming = OmegaConf.to_container(cfg.hydra.job.config.override_dirname)
     naming["exclude_keys"] = exclude_keys_of(cfg)
     subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
+    # the keys hydra.sweep.subdir may refer to (configs/config.yaml; older sweeps named their
+    # jobs by hydra.job.override_dirname), set job by job on one node: the interpolation is
+    # parsed once per job, not twice (OmegaConf's parser is most of the time here)
+    node = OmegaConf.create({"hydra": {"job": {}, "overrides": {"task": []}, "subdir": subdir}})
     jobs = []
     for num, overrides in enumerate(batch):
         dirname = get_overrides_dirname(
@@ -116,12 +120,9 @@ def expected_jobs(sweep_dir: Path) -> list[Job] | None:
             item_sep=naming["item_sep"],
             kv_sep=naming["kv_sep"],
         )
-        # the keys hydra.sweep.subdir may refer to (configs/config.yaml; older sweeps named
-        # their jobs by hydra.job.override_dirname)
         job = {"override_dirname": dirname, "num": num, "config": {"override_dirname": naming}}
-        node = OmegaConf.create(
-            {"hydra": {"job": job, "overrides": {"task": list(overrides)}, "subdir": subdir}}
-        )
+        node.hydra.job = job
+        node.hydra.overrides.task = list(overrides)
         jobs.append(Job(num, list(overrides), Path(sweep_dir) / str(node.hydra.subdir)))
     return jobs
 
