@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -43,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pgrun import stats
 from pgrun.config import slug
-from pgrun.views import exclude_constant_overrides, layout_summary
+from pgrun.views import exclude_constant_overrides, layout_summary, text_summary
 
 log = logging.getLogger("pgrun")
 
@@ -799,11 +798,11 @@ def write_markdown(
 
 
 class _EventWriter:
-    """A TensorBoard run of one event file in TensorBoard's own format: scalars (the same
-    simple_value records pgrun's runs hold), a text note and a Custom Scalars layout. The events
-    are kept and written at close(), in this thread: tensorboard's EventFileWriter hands each
-    one to a writer thread through a queue of ten, and waiting on that was most of the time.
-    Without torch's SummaryWriter, the comparison stays free of the torch import."""
+    """A TensorBoard run of one event file: scalars (the same simple_value records pgrun's runs
+    hold), a text note and a Custom Scalars layout. The events are kept and written at close()
+    (pgrun.logger.write_event_file), in this thread: tensorboard's EventFileWriter hands each to
+    a writer thread through a queue of ten, and waiting on that was most of the time. Without
+    torch's SummaryWriter, the comparison stays free of the torch import."""
 
     def __init__(self, log_dir: Path):
         from tensorboard.compat.proto import event_pb2
@@ -829,23 +828,16 @@ class _EventWriter:
         self._summary(summary_pb2.Summary(value=points), step, wall_time)
 
     def text(self, tag: str, markdown: str) -> None:
-        from tensorboard.plugins.text.summary_v2 import text_pb
-
-        self._summary(text_pb(tag, markdown), 0)
+        self._summary(text_summary(tag, markdown), 0)
 
     def layout(self, category) -> None:
         """A Custom Scalars layout of one category (a layout_pb2.Category)."""
         self._summary(layout_summary(category), 0)
 
     def close(self) -> None:
-        from tensorboard.summary.writer.record_writer import RecordWriter
+        from pgrun.logger import write_event_file
 
-        self._dir.mkdir(parents=True, exist_ok=True)
-        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
-        records = RecordWriter((self._dir / name).open("wb"))
-        for event in self._events:
-            records.write(event)
-        records.close()
+        write_event_file(self._dir, self._events)
 
 
 AGGREGATE_TAG = "aggregate/episodic_return"

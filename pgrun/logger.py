@@ -318,6 +318,48 @@ def _records(path: Path):
         pos = end + 4
 
 
+def write_event_file(log_dir: Path, events: Sequence[bytes]) -> Path:
+    """An event file in `log_dir` of `events` (serialized Event protos, a file_version one
+    first), framed as TFRecords (what _records reads back): its path. Written here rather than by
+    tensorboard's RecordWriter, whose import brings in tensorboard's TensorFlow stub."""
+    import socket
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+    parts = []
+    for data in events:
+        header = struct.pack("<Q", len(data))
+        parts += [header, struct.pack("<I", masked_crc32c(header))]
+        parts += [data, struct.pack("<I", masked_crc32c(data))]
+    path = log_dir / name
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+def _crc32c_table() -> list[int]:
+    """The byte table of CRC-32C (Castagnoli, reflected polynomial 0x82F63B78)."""
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def masked_crc32c(data: bytes) -> int:
+    """A TFRecord's checksum: the CRC-32C of `data`, rotated right by 15 bits plus 0xA282EAD8."""
+    crc = 0xFFFFFFFF
+    table = _CRC32C
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
 def _file_version(text: str) -> float:
     """'brain.Event:2' -> 2.0; -1 when unreadable (TensorBoard's event_util.ParseFileVersion)."""
     try:

@@ -174,17 +174,37 @@ def inner_step_layout(flat: Mapping[str, Any]):
 def layout_summary(category):
     """A Summary holding a Custom Scalars layout of one category (a layout_pb2.Category);
     TensorBoard merges the categories of every run by title."""
-    import numpy as np
     from tensorboard.compat.proto import summary_pb2
     from tensorboard.plugins.custom_scalar import layout_pb2, metadata
-    from tensorboard.util import tensor_util
 
-    layout = layout_pb2.Layout(category=[category])
-    tensor = tensor_util.make_tensor_proto(layout.SerializeToString(), dtype=np.object_)
+    tensor = string_tensor(layout_pb2.Layout(category=[category]).SerializeToString())
     summary = summary_pb2.Summary()
     summary.value.add(
         tag=metadata.CONFIG_SUMMARY_TAG, metadata=metadata.create_summary_metadata(), tensor=tensor
     )
+    return summary
+
+
+def string_tensor(value: bytes | str):
+    """A scalar string TensorProto, as tensorboard's tensor_util.make_tensor_proto makes one (a
+    str as UTF-8), built directly: tensor_util imports tensorboard's TensorFlow stub, a fifth of
+    a second."""
+    from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    data = value.encode() if isinstance(value, str) else value
+    shape = tensor_shape_pb2.TensorShapeProto()
+    return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=[data])
+
+
+def text_summary(tag: str, markdown: str):
+    """A Summary of one text (the TEXT tab renders it as markdown), as tensorboard's
+    text_pb(tag, markdown) makes it."""
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.text import metadata
+
+    summary = summary_pb2.Summary()
+    meta = metadata.create_summary_metadata(display_name=None, description=None)
+    summary.value.add(tag=tag, metadata=meta, tensor=string_tensor(markdown))
     return summary
 
 

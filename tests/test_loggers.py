@@ -148,3 +148,41 @@ def test_read_scalars_reads_the_event_files_as_tensorboard_does(tmp_path):
     assert series["r"][5][1] == np.float32(-6 / 7)  # the resumed run's, as TensorBoard stores it
     assert "f" not in read_scalars(truncated, tags)[0]
     assert [s for s, _, _ in read_scalars(old, tags)[0]["r"]] == [1, 2, 3, 6]
+
+
+def test_event_files_written_without_tensorboards_writer_are_tensorboards_format(tmp_path):
+    """write_event_file's framing and checksums, string_tensor and text_summary against
+    tensorboard's own (masked_crc32c, make_tensor_proto, text_pb), and the file read back by
+    TensorBoard's EventAccumulator."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as theirs
+    from tensorboard.plugins.text.summary_v2 import text_pb
+    from tensorboard.util import tensor_util
+
+    from pgrun.logger import masked_crc32c, write_event_file
+    from pgrun.views import string_tensor, text_summary
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 8, 12, 200):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert masked_crc32c(data) == theirs(data)
+    for text in ("", "note `x` é", b"\x00layout"):
+        ref = tensor_util.make_tensor_proto(text, dtype=np.object_)
+        assert string_tensor(text).SerializeToString() == ref.SerializeToString()
+    assert (
+        text_summary("t", "*a* é").SerializeToString() == text_pb("t", "*a* é").SerializeToString()
+    )
+    values = [summary_pb2.Summary.Value(tag=t, simple_value=v) for t, v in (("a", 0.5), ("b", 2.0))]
+    events = [
+        event_pb2.Event(wall_time=1.0, file_version="brain.Event:2"),
+        event_pb2.Event(wall_time=2.0, step=7, summary=summary_pb2.Summary(value=values)),
+        event_pb2.Event(wall_time=3.0, summary=text_summary("note", "hello")),
+    ]
+    path = write_event_file(tmp_path / "run", [e.SerializeToString() for e in events])
+    assert "tfevents" in path.name
+    acc = EventAccumulator(str(path.parent))
+    acc.Reload()
+    assert [(e.step, e.value, e.wall_time) for e in acc.Scalars("b")] == [(7, 2.0, 2.0)]
+    assert acc.Tensors("note")[0].tensor_proto.string_val == [b"hello"]
+    assert read_scalars(path.parent, ["a"]) == ({"a": [(7, 0.5, 2.0)]}, 1.0)
