@@ -76,6 +76,10 @@ bench-envs: $(STAMP) ## env steps/s: pgrun training vs raw env stepping (CartPol
 bench-targets: $(STAMP) ## env steps and seconds to each learning target, median over 5 seeds (ARGS="--rows cartpole")
 	$(PY) benchmarks/targets.py $(ARGS)
 
+.PHONY: bench-compare
+bench-compare: $(STAMP) ## the comparison at a sweep's end, this tree vs a revision, side by side (ARGS="--before main --sweep DIR")
+	$(PY) benchmarks/compare_speed.py $(ARGS)
+
 tensorboard: $(RUN_STAMP) ## serve the curves under outputs/ on 127.0.0.1:6006 (ARGS="--logdir <sweep dir>")
 	@echo "TensorBoard runs without TensorFlow: its 'TensorFlow installation not found' line is expected"
 	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1 --port 6006 $(ARGS)
