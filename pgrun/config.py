@@ -629,6 +629,14 @@ def hydra_subdir(resume: str | None, stamp: str, output_dir: str | None = None) 
     return f".hydra/resume-{stamp}" if resume or again else ".hydra"
 
 
+JOB_SUBDIR = (
+    "${job_subdir:${hydra.overrides.task},${hydra.job.config.override_dirname.exclude_keys},"
+    "${hydra.job.num}}"
+)
+"""hydra.sweep.subdir in configs/config.yaml (tests/test_sweep.py holds the two equal): a sweep
+whose record has it gets its job directories from job_subdir directly (pgrun.sweep)."""
+
+
 def job_subdir(overrides: Any, exclude: Any, num: int) -> str:
     """A multirun job's directory: its overrides that vary in the sweep, variant first and seed
     last (e.g. 'variant=rtg,seed=0'; pgrun.views.job_name), or 'job<num>' when none is left.

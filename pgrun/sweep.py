@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pgrun.config import UserError
+from pgrun.config import JOB_SUBDIR, UserError, job_subdir
 
 log = logging.getLogger("pgrun")
 
@@ -108,9 +108,14 @@ def expected_jobs(sweep_dir: Path) -> list[Job] | None:
     naming = OmegaConf.to_container(cfg.hydra.job.config.override_dirname)
     naming["exclude_keys"] = exclude_keys_of(cfg)
     subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
-    # the keys hydra.sweep.subdir may refer to (configs/config.yaml; older sweeps named their
-    # jobs by hydra.job.override_dirname), set job by job on one node: the interpolation is
-    # parsed once per job, not twice (OmegaConf's parser is most of the time here)
+    if subdir == JOB_SUBDIR:  # pgrun's own naming: its resolver, without OmegaConf's parser
+        exclude = naming["exclude_keys"]
+        return [
+            Job(num, list(o), Path(sweep_dir) / job_subdir(o, exclude, num))
+            for num, o in enumerate(batch)
+        ]
+    # any other naming (older sweeps named their jobs by hydra.job.override_dirname): the keys
+    # hydra.sweep.subdir may refer to, set job by job on one node (parsed once per job)
     node = OmegaConf.create({"hydra": {"job": {}, "overrides": {"task": []}, "subdir": subdir}})
     jobs = []
     for num, overrides in enumerate(batch):

@@ -157,3 +157,24 @@ def test_slurm_preset_extends_the_plugin():
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.cpus_per_task, launcher.mem_gb, launcher.timeout_min) == (1, 4, 60)
     assert launcher.partition is None  # the user names theirs
+
+
+def test_job_directories_from_pgruns_naming_are_what_omegaconf_resolves(tmp_path, monkeypatch):
+    """expected_jobs reads a sweep named by configs/config.yaml's hydra.sweep.subdir through
+    pgrun's job_subdir directly: the same directories as OmegaConf resolving the interpolation."""
+    from pgrun import sweep
+    from pgrun.config import JOB_SUBDIR
+
+    cfg = composed("experiment=compare_variants", "total_steps=500")
+    assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == JOB_SUBDIR
+    cfg.hydra.overrides.task = ["experiment=compare_variants", "total_steps=500"]
+    OmegaConf.save(cfg, tmp_path / sweep.MULTIRUN_FILE)
+    direct = sweep.expected_jobs(tmp_path)
+    monkeypatch.setattr(sweep, "JOB_SUBDIR", "not this one")  # resolved by OmegaConf instead
+    resolved = sweep.expected_jobs(tmp_path)
+    assert [(j.num, j.overrides, j.path) for j in direct] == [
+        (j.num, j.overrides, j.path) for j in resolved
+    ]
+    # no constant keys left out here: the callback adds those when a multirun starts
+    name = "variant=vanilla,experiment=compare_variants,total_steps=500,seed=0"
+    assert len(direct) == 20 and direct[0].path == tmp_path / name
