@@ -324,15 +324,18 @@ def write_event_file(log_dir: Path, events: Sequence[bytes]) -> Path:
     tensorboard's RecordWriter, whose import brings in tensorboard's TensorFlow stub."""
     import socket
 
-    log_dir.mkdir(parents=True, exist_ok=True)
-    name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
     parts = []
     for data in events:
         header = struct.pack("<Q", len(data))
         parts += [header, struct.pack("<I", masked_crc32c(header))]
         parts += [data, struct.pack("<I", masked_crc32c(data))]
-    path = log_dir / name
-    path.write_bytes(b"".join(parts))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+    n = 0
+    while (path := log_dir / f"{name}.{n}").exists():  # a new file, after those of this second
+        n += 1
+    with path.open("xb") as f:  # never over another
+        f.write(b"".join(parts))
     return path
 
 

@@ -186,3 +186,5 @@ def test_event_files_written_without_tensorboards_writer_are_tensorboards_format
     assert [(e.step, e.value, e.wall_time) for e in acc.Scalars("b")] == [(7, 2.0, 2.0)]
     assert acc.Tensors("note")[0].tensor_proto.string_val == [b"hello"]
     assert read_scalars(path.parent, ["a"]) == ({"a": [(7, 0.5, 2.0)]}, 1.0)
+    again = write_event_file(path.parent, [events[0].SerializeToString()])
+    assert again != path and path.is_file()  # a second file beside, nothing overwritten
