@@ -885,11 +885,10 @@ def write_aggregates(groups: Sequence[Group], root: Path) -> None:
     for i, g in enumerate(done):
         walls = min(r.start_time for r in g.finished) + g.seconds
         writer = _EventWriter(out / slug(g.label))
-        tags = [band_tag(g.label, kind) for kind in ("mean", "lower", "upper")]
-        for j, (step, wall) in enumerate(zip(g.steps, walls, strict=True)):
-            values = dict(zip(tags, (g.mean[j], g.lower[j], g.upper[j]), strict=True))
-            values = {AGGREGATE_TAG: g.mean[j], **values}
-            writer.scalars({t: float(v) for t, v in values.items()}, int(step), float(wall))
+        tags = [AGGREGATE_TAG, *(band_tag(g.label, k) for k in ("mean", "lower", "upper"))]
+        curves = np.stack([g.mean, g.mean, g.lower, g.upper], axis=1)  # (G, 4): one per tag
+        for step, wall, values in zip(g.steps, walls, curves, strict=True):
+            writer.scalars(dict(zip(tags, values.tolist(), strict=True)), int(step), float(wall))
         names = ", ".join(f"`{r.name}`" for r in g.finished)
         writer.text(
             "aggregate",
