@@ -238,6 +238,7 @@ def read_scalars(run_dir: str | Path, tags: Sequence[str]) -> tuple[dict, float 
     run_dir = Path(run_dir)
     if any(run_dir.glob("events.out.tfevents.*")):
         series, start = read_events(run_dir, tags)
+        # by step: files created within the same second are not read in the order written
         return {tag: sorted(s) for tag, s in series.items()}, start
     path = run_dir / CSV_FILE
     if not path.is_file():
