@@ -20,6 +20,7 @@ import contextlib
 import copy
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger("pgrun")
 
@@ -79,7 +80,7 @@ def blocker(cfg: DictConfig) -> str | None:
         return f"optim.name={plain(cfg.optim.name)}"
     if plain(cfg.device) != "cpu":
         return f"device={plain(cfg.device)} (a group trains on the CPU)"
-    from pgrun.update_rules import rule_name
+    from pgrun.config import rule_name
 
     if rule_name(cfg.variant) not in ("gradient", "ratio_epochs"):
         return f"variant.rule={rule_name(cfg.variant)}"
@@ -89,6 +90,71 @@ def blocker(cfg: DictConfig) -> str | None:
 def group_key(overrides: Sequence[str]) -> tuple[str, ...]:
     """A job's overrides without its seed: the jobs with equal keys form one group."""
     return tuple(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "seed")
+
+
+_SEED = re.compile(r"seed=(0|[1-9][0-9]*)")
+
+
+class SeedVariants:
+    """Hydra's config loader, wrapped: a job whose overrides differ from a job already
+    composed only in a plain `seed=<n>` gets that job's config with the seed put in (its
+    `seed`, its task overrides and its directory name), as composing it would give. Composing
+    a config takes about a quarter of a second; the sweeper composes every job to check it and
+    the group's process every job again, so a sweep of 50 seeds would pay that 100 times."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.composed: dict[tuple[str, ...], tuple[DictConfig, str]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["loader"], name)
+
+    def __getstate__(self) -> dict[str, Any]:  # a worker process composes its own
+        return {"loader": self.loader, "composed": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]):
+        seeds = [i for i, o in enumerate(sweep_overrides) if _SEED.fullmatch(o)]
+        if len(seeds) != 1 or len(group_key(sweep_overrides)) != len(sweep_overrides) - 1:
+            return self.loader.load_sweep_config(master_config, sweep_overrides)
+        key = group_key(sweep_overrides)
+        if key not in self.composed:
+            cfg = self.loader.load_sweep_config(master_config, sweep_overrides)
+            self.composed[key] = (copy.deepcopy(cfg), sweep_overrides[seeds[0]])
+            return cfg
+        base, seed = self.composed[key]
+        derived = with_seed(base, seed, sweep_overrides[seeds[0]])
+        if derived is None:
+            return self.loader.load_sweep_config(master_config, sweep_overrides)
+        return derived
+
+
+def with_seed(base: DictConfig, old: str, override: str) -> DictConfig | None:
+    """The sweep config `base` (composed by Hydra) with its task override `old` (a
+    `seed=<n>`) replaced by `override` (another): what Hydra composes for those overrides.
+    None if `old` is not once among base's task overrides."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = [str(o) for o in base.hydra.overrides.task]
+    if task.count(old) != 1:
+        return None
+    task[task.index(old)] = override
+    cfg = copy.deepcopy(base)
+    OmegaConf.copy_cache(from_config=base, to_config=cfg)
+    naming = cfg.hydra.job.config.override_dirname
+    with read_write(cfg), open_dict(cfg):
+        cfg.seed = int(_SEED.fullmatch(override).group(1))
+        cfg.hydra.overrides.task = task
+        cfg.hydra.job.override_dirname = get_overrides_dirname(
+            overrides=OverridesParser.create().parse_overrides(task),
+            kv_sep=naming.kv_sep,
+            item_sep=naming.item_sep,
+            exclude_keys=naming.exclude_keys,
+        )
+    return cfg
 
 
 def spread(units: list[tuple[list, bool]], n: int) -> list[tuple[list, bool]]:
@@ -232,6 +298,9 @@ class BatchedLauncher(Launcher):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
+        # the sweeper holds the same context: its check of the jobs composes each group once
+        if not isinstance(hydra_context.config_loader, SeedVariants):
+            hydra_context.config_loader = SeedVariants(hydra_context.config_loader)
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(

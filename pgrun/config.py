@@ -670,4 +670,14 @@ def register() -> None:
     OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir, replace=True)
 
 
+def rule_name(variant: Any) -> str:
+    """variant.rule, with "auto" resolved: ratio_epochs where the variant reuses the batch
+    (K > 1 inner steps, M > 1 minibatches or a clip), else gradient."""
+    name = str(variant.rule)
+    if name != "auto":
+        return name
+    reuses = variant.inner_steps > 1 or variant.minibatches > 1 or variant.clip is not None
+    return "ratio_epochs" if reuses else "gradient"
+
+
 register()

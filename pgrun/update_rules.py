@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import torch
 
+from pgrun.config import rule_name
 from pgrun.losses import clip_fraction, policy_loss, ratio_stats
 from pgrun.optim import Optimizer
 from pgrun.rollout import Batch
@@ -251,16 +252,6 @@ RULES = {
     "npg": _natural_gradient,
     "trpo": _natural_gradient,
 }
-
-
-def rule_name(variant: Any) -> str:
-    """variant.rule, with "auto" resolved: ratio_epochs where the variant reuses the batch
-    (K > 1 inner steps, M > 1 minibatches or a clip), else gradient."""
-    name = str(variant.rule)
-    if name != "auto":
-        return name
-    reuses = variant.inner_steps > 1 or variant.minibatches > 1 or variant.clip is not None
-    return "ratio_epochs" if reuses else "gradient"
 
 
 def rule_from_config(cfg: Any):

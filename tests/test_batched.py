@@ -223,6 +223,42 @@ def test_grouping_and_what_cannot_be_batched():
     assert "policy=cnn" in blocker(cfg_of("policy=cnn"))
 
 
+@pytest.mark.parametrize(
+    "first, then, seed",
+    [
+        (["variant=rtg", "seed=0"], ["variant=rtg", "seed=3"], 3),
+        (["seed=12", "optim.lr=0.01", "env=Acrobot-v1"], ["seed=0", "optim.lr=0.01", "env=Acrobot-v1"], 0),
+    ],
+)  # fmt: skip
+def test_a_seed_variant_is_the_config_hydra_composes(first, then, seed):
+    """SeedVariants puts a job's seed into the config of the group's job composed before it:
+    the same config, Hydra's node included (its task overrides, its directory name), as
+    composing it; other overrides are composed as they are."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from pgrun.batched_launcher import SeedVariants
+
+    GlobalHydra.instance().clear()
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path("pkg://pgrun.configs"))
+    excluded = "hydra.job.config.override_dirname.exclude_keys=[optim.lr]"
+    master = loader.load_configuration("config", [excluded], run_mode=RunMode.MULTIRUN)
+    variants = SeedVariants(loader)
+    before = variants.load_sweep_config(master, first)
+    assert len(variants.composed) == 1
+    derived = variants.load_sweep_config(master, then)
+    composed = loader.load_sweep_config(master, then)
+    assert derived.seed == composed.seed == seed != before.seed
+    assert OmegaConf.to_container(derived) == OmegaConf.to_container(composed)
+    assert derived.hydra.job.override_dirname == composed.hydra.job.override_dirname
+    assert derived.hydra.job.override_dirname != before.hydra.job.override_dirname
+    other = variants.load_sweep_config(master, ["variant=vanilla", "seed=1"])
+    assert other.variant.name == "vanilla" and len(variants.composed) == 2
+
+
 def test_groups_are_split_to_fill_the_cores():
     """2 configs x 6 seeds on 8 processes: the groups are halved until every process has one
     (every job once, pieces of one job run plain); more processes than jobs change nothing."""
