@@ -900,7 +900,14 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
     for s in states:
         s.started = time.perf_counter()
     every = cfg0.diagnostics.every
-    active = [s.env_steps < c.total_steps for s, c in zip(states, cfgs, strict=True)]
+    # what the loop reads of each config at every iteration, read once (a DictConfig lookup
+    # costs tens of microseconds)
+    total = [int(c.total_steps) for c in cfgs]
+    stop_return = [c.stop_return for c in cfgs]
+    save_every = [int(c.checkpoint.every) for c in cfgs]
+    ratios = [c.diagnostics.ratios for c in cfgs]
+    annealed = [bool(c.optim.anneal_lr) for c in cfgs]
+    active = [s.env_steps < t for s, t in zip(states, total, strict=True)]
     final = [None] * K
     try:
         with trainer.StopRequest() as stop:
@@ -914,14 +921,12 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
                     for s, b, on in zip(states, batches, active, strict=True)
                 ]
                 lr_now = [
-                    trainer.anneal(c, s) if on else {}
-                    for c, s, on in zip(cfgs, states, active, strict=True)
+                    trainer.anneal(c, s) if on and a else {}
+                    for c, s, on, a in zip(cfgs, states, active, annealed, strict=True)
                 ]
                 hooks = [
-                    Diagnostics(every > 0 and s.iteration % every == 0, c.diagnostics.ratios)
-                    if on
-                    else None
-                    for c, s, on in zip(cfgs, states, active, strict=True)
+                    Diagnostics(every > 0 and s.iteration % every == 0, r) if on else None
+                    for r, s, on in zip(ratios, states, active, strict=True)
                 ]
                 stats: list[dict[str, float]] = [{} for _ in range(K)]
                 for k in range(K):
@@ -967,24 +972,24 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
                 for k in range(K):
                     if not active[k]:
                         continue
-                    s, c, b, ep = states[k], cfgs[k], batches[k], episodes[k]
+                    s, b, ep = states[k], batches[k], episodes[k]
                     s.env_steps += b.num_steps
                     s.iteration += 1
                     if len(ep):
                         s.recent.append(ep.returns.mean().item())
                     loggers[k].log({**trainer.charts(ep, s), **lr_now[k], **stats[k]}, s.env_steps)
-                    solved = s.solved(c.stop_return)
+                    solved = s.solved(stop_return[k])
                     evaluators[k].after_iteration(
                         loggers[k], s.iteration, s.env_steps,
-                        solved or s.env_steps >= c.total_steps,
+                        solved or s.env_steps >= total[k],
                     )  # fmt: skip
                     if solved:
                         log.info(
                             f"{jobs[k].run_dir.name}: final return {s.final_return():.1f} >= "
-                            f"stop_return={c.stop_return:g} after {s.env_steps:,} env steps: "
+                            f"stop_return={stop_return[k]:g} after {s.env_steps:,} env steps: "
                             "stopping"
                         )
-                    if solved or s.env_steps >= c.total_steps:
+                    if solved or s.env_steps >= total[k]:
                         active[k] = False
                         final[k] = s.final_return()
                 for k in range(K):
@@ -1007,8 +1012,8 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
                             active[k] = False
                     break
                 for k in range(K):
-                    s, c = states[k], cfgs[k]
-                    due = c.checkpoint.every > 0 and s.iteration % c.checkpoint.every == 0
+                    s = states[k]
+                    due = save_every[k] > 0 and s.iteration % save_every[k] == 0
                     if active[k] and due:
                         _save(s, opt, value_opt if has_value else None, jobs[k])
     finally:

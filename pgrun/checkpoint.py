@@ -116,12 +116,28 @@ def stored_iteration(path: Path) -> tuple[Any, int] | None:
     return _stored[key]
 
 
+def _remember(path: Path, state: dict[str, Any]) -> None:
+    """stored_iteration's answer for the file just written from `state`, without reading it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if "iteration" in state:
+        if len(_stored) > 4096:
+            _stored.clear()
+        _stored[(str(path), st.st_ino, st.st_size, st.st_mtime_ns)] = (
+            state.get("run_id"),
+            int(state["iteration"]),
+        )
+
+
 def save(run_dir: str | Path, iteration: int, state: dict[str, Any], keep: int = KEEP) -> Path:
     """Write `state` as run_dir/checkpoint-<iteration>.pt (write_atomic). Then keep the newest
     `keep` checkpoints of this run, by the iteration stored in each file: files of another run
     (another `run_id`) are never removed."""
     run_dir = Path(run_dir)
     final = write_atomic(run_dir / f"checkpoint-{iteration:08d}.pt", state)
+    _remember(final, state)
     own = []
     for path in checkpoints(run_dir):
         saved = stored_iteration(path)

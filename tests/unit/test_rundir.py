@@ -36,6 +36,21 @@ def test_pruning_keeps_this_runs_newest_by_the_stored_iteration(tmp_path):
     assert checkpoint.stored_iteration(tmp_path / "checkpoint-00000099.pt") == ("other", 99)
 
 
+def test_a_run_does_not_read_back_the_checkpoints_it_wrote(tmp_path, monkeypatch):
+    """Pruning asks every checkpoint of the run for its stored iteration at each save: the ones
+    this process wrote are known without loading them; a file replaced since is read again."""
+    checkpoint.save(tmp_path, 1, state("mine", 1))
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    for i in (2, 3):
+        checkpoint.save(tmp_path, i, state("mine", i))
+    assert loads == []
+    path = tmp_path / "checkpoint-00000003.pt"
+    torch.save(state("other", 7), path)
+    assert checkpoint.stored_iteration(path) == ("other", 7) and loads == [path]
+
+
 def test_the_newest_checkpoint_is_the_highest_stored_iteration(tmp_path):
     torch.save(state("a", 7), tmp_path / "checkpoint-00000002.pt")
     torch.save(state("a", 5), tmp_path / "checkpoint-00000009.pt")
