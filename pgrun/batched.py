@@ -44,6 +44,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from pgrun import checkpoint, guards, signals
+from pgrun.cartpole import fast_step
 from pgrun.collectors import EpisodeCollector, Episodes, StepCollector
 from pgrun.config import Interrupted
 from pgrun.diagnostics import Diagnostics
@@ -298,6 +299,7 @@ class CartPoleGroup:
             sutton_barto_reward=first._sutton_barto_reward,
         )
         self.big.reset(seed=0)  # allocates its state; every block is loaded before it steps
+        self._step = fast_step(self.big)
 
     @staticmethod
     def fits(envs: Sequence[gym.vector.VectorEnv]) -> bool:
@@ -332,11 +334,11 @@ class CartPoleGroup:
         big = self.big
         K, N = self.K, self.N
         if not own_resets:
-            obs, rew, term, trunc, _ = big.step(act.reshape(-1))
+            obs, rew, term, trunc, _ = self._step(act.reshape(-1))
             return obs.reshape(K, N, -1), rew.reshape(K, N), term.reshape(K, N), trunc.reshape(K, N)
         prev = big.prev_done.copy()
         big.prev_done[:] = False  # the autoresets below, each from its seed's RNG
-        obs, rew, term, trunc, _ = big.step(act.reshape(-1))
+        obs, rew, term, trunc, _ = self._step(act.reshape(-1))
         if prev.any():
             for k in np.flatnonzero(prev.reshape(K, N).any(1)):
                 idx = np.flatnonzero(prev[self.block(k)]) + k * N

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from pgrun import guards
+from pgrun.cartpole import fast_step
 from pgrun.envs import action_converter, obs_converter
 from pgrun.rollout import Batch, collect_episodes, step_draw
 from pgrun.seeding import RESETS, derive_seed
@@ -103,6 +104,7 @@ class StepCollector:
         if str(getattr(mode, "value", mode)) != "NextStep":
             raise ValueError(f"rollout=steps needs an env that resets on the next step, got {mode}")
         self.env, self.steps, self.seed = env, steps, seed
+        self._step = fast_step(env) or env.step
         self.to_batch = obs_converter(env.single_observation_space)
         self.to_env = action_converter(env.single_action_space)
         self.obs: np.ndarray | None = None  # (N, *obs) what each copy continues from
@@ -165,7 +167,7 @@ class StepCollector:
         if run.act is None:
             run.act = np.zeros((self.steps, *act.shape), dtype=act.dtype)
         run.act[t] = act
-        obs, rew, term, trunc, _ = stepped or self.env.step(self.to_env(act))
+        obs, rew, term, trunc, _ = stepped or self._step(self.to_env(act))
         run.obs[t + 1] = self.to_batch(obs)
         live = ~self.pending  # a copy that resets on this call takes no step
         run.valid[t] = live
