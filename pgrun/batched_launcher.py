@@ -218,6 +218,11 @@ def execute_unit(
     return rets
 
 
+def warm_up() -> None:
+    """In a worker process, before its first unit: the imports every group needs."""
+    import pgrun.batched  # noqa: F401 (torch, gymnasium, the trainer)
+
+
 def _value(ret: JobReturn) -> Any:
     return ret._return_value if ret.status == JobStatus.COMPLETED else None
 
@@ -302,6 +307,17 @@ class BatchedLauncher(Launcher):
         if not isinstance(hydra_context.config_loader, SeedVariants):
             hydra_context.config_loader = SeedVariants(hydra_context.config_loader)
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        # The worker processes start now and import torch, gymnasium and the trainer (seconds)
+        # while this process checks the sweep's jobs; launch() then finds them ready (joblib
+        # keeps its processes for the next call with the same settings).
+        from joblib import Parallel, delayed
+
+        self._warming = Parallel(n_jobs=self.processes(), backend="loky", return_as="generator")(
+            delayed(warm_up)() for _ in range(self.processes())
+        )
+
+    def processes(self) -> int:
+        return self.n_jobs if self.n_jobs > 0 else (os.cpu_count() or 1)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -334,7 +350,7 @@ class BatchedLauncher(Launcher):
                 units += [([item], False) for item in items]
         for reason, count in alone.items():
             log.info(f"pgrun: {count} jobs run one process each: {reason}")
-        n_jobs = self.n_jobs if self.n_jobs > 0 else (os.cpu_count() or 1)
+        n_jobs = self.processes()
         units = spread(units, n_jobs)
         grouped = sum(len(i) for i, g in units if g)
         log.info(
