@@ -157,18 +157,41 @@ def with_seed(base: DictConfig, old: str, override: str) -> DictConfig | None:
     return cfg
 
 
-def spread(units: list[tuple[list, bool]], n: int) -> list[tuple[list, bool]]:
-    """The units (jobs, grouped) with the largest groups halved until there are at least `n`
-    of them to run in parallel (or no group is left to split), largest first: 2 configs x 50
-    seeds on 16 cores train as 16 groups, not as 2 processes. A piece of one job runs as a
-    plain job."""
-    units = sorted(units, key=lambda u: -len(u[0]))
-    while len(units) < n and units and units[0][1] and len(units[0][0]) > 1:
-        items, _ = units.pop(0)
+def cost(cfg: DictConfig) -> float:
+    """A rough relative cost of a job, for the order the units start in: its env steps times
+    the work per batch (collecting, the policy's inner steps, V's steps at a quarter each)."""
+    work = 1.0 + int(cfg.variant.inner_steps)
+    if plain(cfg.variant.baseline) == "value":
+        work += 0.25 * int(cfg.value.steps)
+    return float(cfg.total_steps) * work
+
+
+Unit = tuple[list, bool, float]  # (jobs: (index, overrides) each, grouped, cost of one job)
+
+
+def spread(units: list[Unit], n: int) -> list[Unit]:
+    """The units (jobs, grouped, cost of one job) with the largest groups halved until there
+    are at least `n` of them to run in parallel (or no group is left to split), the costliest
+    first, so that the longest units do not start last (the longest-processing-time order):
+    2 configs x 50 seeds on 16 cores train as 16 groups, not as 2 processes. A piece of one
+    job runs as a plain job."""
+
+    def costliest_first(units: list[Unit]) -> list[Unit]:
+        return sorted(units, key=lambda u: -len(u[0]) * u[2])
+
+    order = costliest_first(units)
+    while len(order) < n:
+        splittable = [u for u in order if u[1] and len(u[0]) > 1]
+        if not splittable:
+            break
+        big = max(splittable, key=lambda u: len(u[0]) * u[2])
+        order.remove(big)
+        items, _, each = big
         half = (len(items) + 1) // 2
-        units += [(part, len(part) > 1) for part in (items[:half], items[half:])]
-        units.sort(key=lambda u: -len(u[0]))
-    return units
+        order = costliest_first(
+            [*order, *((part, len(part) > 1, each) for part in (items[:half], items[half:]))]
+        )
+    return order
 
 
 def _sweep_config(hydra_context, config, overrides, idx):
@@ -219,8 +242,18 @@ def execute_unit(
 
 
 def warm_up() -> None:
-    """In a worker process, before its first unit: the imports every group needs."""
+    """In a worker process, before its first unit: the imports every group needs, made with
+    the cyclic collector off and then frozen (pgrun.cli.settle_collector: the collector would
+    walk their few hundred thousand objects again and again for nothing)."""
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()
     import pgrun.batched  # noqa: F401 (torch, gymnasium, the trainer)
+
+    gc.freeze()
+    if enabled:
+        gc.enable()
 
 
 def _value(ret: JobReturn) -> Any:
@@ -332,30 +365,30 @@ class BatchedLauncher(Launcher):
         groups: dict[tuple[str, ...], list[tuple[int, Sequence[str]]]] = {}
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             groups.setdefault(group_key(overrides), []).append((idx, overrides))
-        units: list[tuple[list, bool]] = []
+        units: list[Unit] = []
         alone: dict[str, int] = {}
         for items in groups.values():
-            if len(items) == 1:
-                units.append((items, False))
-                continue
-            cfg = _sweep_config(self.hydra_context, self.config, items[0][1], items[0][0])
             try:
-                reason = blocker(cfg)
+                cfg = _sweep_config(self.hydra_context, self.config, items[0][1], items[0][0])
+                each = cost(cfg)
+                reason = None if len(items) == 1 else blocker(cfg)
             except Exception as exc:  # noqa: BLE001 (a bad config: its jobs report it)
-                reason = f"its config does not compose ({type(exc).__name__})"
-            if reason is None:
-                units.append((items, True))
+                each, reason = 0.0, f"its config does not compose ({type(exc).__name__})"
+            if len(items) == 1:
+                units.append((items, False, each))
+            elif reason is None:
+                units.append((items, True, each))
             else:
                 alone[reason] = alone.get(reason, 0) + len(items)
-                units += [([item], False) for item in items]
+                units += [([item], False, each) for item in items]
         for reason, count in alone.items():
             log.info(f"pgrun: {count} jobs run one process each: {reason}")
         n_jobs = self.processes()
         units = spread(units, n_jobs)
-        grouped = sum(len(i) for i, g in units if g)
+        grouped = sum(len(i) for i, g, _ in units if g)
         log.info(
             f"pgrun: {len(job_overrides)} jobs, {grouped} of them in "
-            f"{sum(1 for _, g in units if g)} groups of seeds, {n_jobs} processes; "
+            f"{sum(1 for _, g, _ in units if g)} groups of seeds, {n_jobs} processes; "
             f"sweep output dir: {sweep_dir}"
         )
         state = Singleton.get_state()
@@ -363,10 +396,10 @@ class BatchedLauncher(Launcher):
             delayed(execute_unit)(
                 items, grouped, self.hydra_context, self.config, self.task_function, state
             )
-            for items, grouped in units
+            for items, grouped, _ in units
         )
         by_idx = {}
-        for (items, _), rets in zip(units, done, strict=True):
+        for (items, _, _), rets in zip(units, done, strict=True):
             for (idx, _), ret in zip(items, rets, strict=True):
                 by_idx[idx] = ret
         return [by_idx[i] for i in sorted(by_idx)]

@@ -262,12 +262,30 @@ def test_a_seed_variant_is_the_config_hydra_composes(first, then, seed):
 def test_groups_are_split_to_fill_the_cores():
     """2 configs x 6 seeds on 8 processes: the groups are halved until every process has one
     (every job once, pieces of one job run plain); more processes than jobs change nothing."""
-    units = [([(i, []) for i in range(6)], True), ([(i, []) for i in range(6, 12)], True)]
+    units = [([(i, []) for i in range(6)], True, 1.0), ([(i, []) for i in range(6, 12)], True, 1.0)]
     out = spread(units, 8)
     assert len(out) == 8
-    assert sorted(i for items, _ in out for i, _ in items) == list(range(12))
-    assert all(grouped == (len(items) > 1) for items, grouped in out)
-    assert len(spread(units, 2)) == 2 and len(spread([([(0, [])], False)], 4)) == 1
+    assert sorted(i for items, _, _ in out for i, _ in items) == list(range(12))
+    assert all(grouped == (len(items) > 1) for items, grouped, _ in out)
+    assert len(spread(units, 2)) == 2 and len(spread([([(0, [])], False, 1.0)], 4)) == 1
+
+
+def test_the_costliest_units_start_first():
+    """Units start in the order of their estimated cost (jobs x env steps x work per batch), so
+    that on 2 processes the 4-inner-step group does not start last behind three cheaper ones;
+    on more processes the costliest group is the one halved."""
+    from pgrun.batched_launcher import cost
+
+    variants = ["vanilla", "rtg", "rtg_baseline", "off_policy"]
+    costs = {v: cost(cfg_of(f"variant={v}", "total_steps=40000")) for v in variants}
+    assert costs["off_policy"] == 2.5 * costs["vanilla"] == 2.5 * 80000
+    units = [([(i, [v])], False, costs[v]) for i, v in enumerate(variants)]
+    assert [u[0][0][1] for u in spread(units, 2)] == [["off_policy"], ["vanilla"], ["rtg"],
+                                                      ["rtg_baseline"]]  # fmt: skip
+    groups = [([(i, []), (i + 10, [])], True, costs[v]) for i, v in enumerate(variants)]
+    out = spread(groups, 5)
+    assert len(out) == 5 and [len(u[0]) for u in out] == [1, 1, 2, 2, 2]
+    assert {i for u in out[:2] for i, _ in u[0]} == {3, 13}  # off_policy's group, halved
 
 
 def test_sweep_through_the_launcher(tmp_path):
