@@ -32,6 +32,7 @@ lambda = 1 telescopes to G_{i,t} - V_{i,t}; lambda = 0 is delta_{i,t}.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 WEIGHTS = ("total", "rtg")
@@ -129,8 +130,22 @@ def episode_time(
 
 def _discounted_sum(x: torch.Tensor, discount: float, done: torch.Tensor) -> torch.Tensor:
     """y_{i,t} = x_{i,t} + discount (1 - done_{i,t}) y_{i,t+1}: the backward recursion, one
-    step at a time (the textbook loop; episodes of any length anywhere in a row)."""
+    step at a time (the textbook loop; episodes of any length anywhere in a row).
+
+    On the CPU, outside autograd, the loop runs in numpy on time-major copies: the same
+    multiply and add per step in the same dtype (so the same bits), at a few microseconds a
+    step instead of torch's per-call overhead (about 2.5 ms for T = 128)."""
     keep = discount * (~done).to(x.dtype)
+    if x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
+        xs = x.detach().numpy().T.copy()  # (T, N)
+        ks = keep.numpy().T.copy()
+        ys = np.empty_like(xs)
+        acc = np.zeros_like(xs[0])
+        for t in range(xs.shape[0] - 1, -1, -1):
+            np.multiply(ks[t], acc, out=acc)
+            np.add(xs[t], acc, out=acc)
+            ys[t] = acc
+        return torch.from_numpy(np.ascontiguousarray(ys.T))
     out = torch.empty_like(x)
     acc = torch.zeros_like(x[:, 0])
     for t in range(x.shape[1] - 1, -1, -1):

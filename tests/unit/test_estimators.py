@@ -289,3 +289,25 @@ def test_shape_errors_name_the_argument(call, name):
 def test_unknown_knob_values_raise(kwargs, name):
     with pytest.raises(ValueError, match=name):
         advantages(REW3, MASK3, **kwargs)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.99])
+def test_the_backward_recursion_is_the_textbook_loop_to_the_bit(gamma):
+    """_discounted_sum's numpy loop (CPU, no autograd) gives exactly torch's per-step loop
+    y_t = x_t + gamma (1 - done_t) y_{t+1}; with autograd it is that loop, and differentiable."""
+    from pgrun.estimators import _discounted_sum
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 200, generator=g)
+    done = torch.rand(16, 200, generator=g) < 0.05
+    keep = gamma * (~done).float()
+    want, acc = torch.empty_like(x), torch.zeros(16)
+    for t in range(199, -1, -1):
+        acc = x[:, t] + keep[:, t] * acc
+        want[:, t] = acc
+    assert torch.equal(_discounted_sum(x, gamma, done), want)
+    leaf = x.clone().requires_grad_()
+    got = _discounted_sum(leaf, gamma, done)
+    assert torch.equal(got.detach(), want)
+    got.sum().backward()
+    assert leaf.grad is not None
