@@ -61,6 +61,9 @@ def per_episode_grads(
             f"adv and batch.mask must both be (N, T): got {tuple(adv.shape)}, "
             f"{tuple(batch.mask.shape)}"
         )
+    stacked = _stacked_grads(policy, batch, adv, logp_old)
+    if stacked is not None:
+        return stacked
     params = list(policy.parameters())
     t = torch.arange(1, batch.mask.shape[1] + 1, device=batch.mask.device)
     ends = ((batch.mask > 0) * t).amax(1).tolist()  # 1 + each row's last valid step
@@ -80,6 +83,41 @@ def per_episode_grads(
             )
         )
     return -torch.stack(rows)
+
+
+def _stacked_grads(policy, batch, adv, logp_old) -> torch.Tensor | None:
+    """per_episode_grads in one forward and one backward pass, for an MLP policy on vector
+    observations (Categorical, or Gaussian over a vector without squashing) on the CPU: the policy copied once
+    per row as stacked weights (pgrun.batched.StackedPolicy, batched matmuls), row i's loss on
+    copy i, so the gradient of copy i is row i's. The same numbers as the loop's up to float
+    rounding (tests/test_diagnostics.py); None for any other policy."""
+    from pgrun.policies import CategoricalPolicy, GaussianPolicy
+
+    enc = policy.encoder
+    if not (
+        type(policy) in (CategoricalPolicy, GaussianPolicy)
+        and not getattr(policy, "squash", False)
+        and len(getattr(policy, "shape", (1,))) == 1  # Gaussian: a vector of actions
+        and enc.kind == "box"
+        and enc.norm is None
+        and batch.obs.dim() == 3
+        and batch.obs.device.type == "cpu"
+    ):
+        return None
+    from pgrun.batched import StackedPolicy
+
+    n = batch.mask.shape[0]
+    with torch.enable_grad():
+        copies = StackedPolicy([policy] * n)
+        logp = copies(batch.obs).log_prob(batch.act)  # (N, T): row i by copy i
+        # pg_loss divides by the N rows: N times it is the sum of the rows' own losses
+        loss = n * pg_loss(logp, adv, batch.mask, logp_old)
+        grads = torch.autograd.grad(loss, copies.params, allow_unused=True)
+    rows = []
+    for p, g, dim in zip(copies.params, grads, copies.dims, strict=True):
+        g = torch.zeros_like(p) if g is None else g
+        rows.append((g.transpose(1, 2) if dim == 2 else g[:, 0]).reshape(n, -1))
+    return -torch.cat(rows, 1)
 
 
 def gradient_stats(g: torch.Tensor) -> dict[str, float]:
