@@ -128,7 +128,8 @@ def main() -> None:
     _stderr, held = sys.stderr, io.StringIO()
     sys.stderr = held
     single = single_run(sys.argv[1:])
-    gc.disable()  # until the run is built or the sweep starts: see settle_collector
+    if single:
+        gc.disable()  # until the run is built: see settle_collector
     skip_mode_probe(sys.argv[1:])
     try:
         run()
@@ -297,8 +298,8 @@ def skip_mode_probe(args: list[str]) -> None:
 
 
 def settle_collector() -> None:
-    """Turn the cyclic garbage collector back on, once, after main() turned it off for the
-    start-up (of a run: before it trains; of a sweep: when it starts). Importing torch, Hydra and gymnasium and composing the config make
+    """Turn the cyclic garbage collector back on, once, after main() turned it off for a
+    single run's start-up. Importing torch, Hydra and gymnasium and composing the config make
     about 300k objects that live as long as the process, and every full collection walks them
     all: during the imports, and again several times as the interpreter exits (about a second
     of a run's start-up and exit). They are frozen (gc.freeze: never walked again; the few

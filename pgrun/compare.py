@@ -990,10 +990,9 @@ class CompareCallback(Callback):
         # `pgrun` holds stderr back until a job starts, to turn Hydra's reports of a bad command
         # line into one line. The command line has been accepted by now, and with joblib or
         # submitit no job starts in this process: give stderr back for the sweep's messages.
-        from pgrun.cli import _release_stderr, settle_collector
+        from pgrun.cli import _release_stderr
 
         _release_stderr()
-        settle_collector()  # what start-up made is frozen, the collector on again
         from pgrun import sweep
 
         sweep.current = Path(config.hydra.sweep.dir).resolve()
