@@ -869,9 +869,9 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
     evaluators = [b[2] for b in built]
     for s, c in zip(states, cfgs, strict=True):
         s.seed = int(c.seed)
-    for s, j in zip(states, jobs, strict=True):
-        if j.resume:
-            s.load_state_dict(checkpoint.load_latest(j.run_dir), j.run_dir)
+    for s, j, saved in zip(states, jobs, resume_points(jobs), strict=True):
+        if saved is not None:
+            s.load_state_dict(saved, j.run_dir)
             log.info(f"resuming {j.run_dir} at iteration {s.iteration}, {s.env_steps:,} env steps")
     results: list[Any] = [None] * K
     loggers = []
@@ -1031,6 +1031,21 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
             if merged is not None:
                 merged.close()
     return results
+
+
+def resume_points(jobs: Sequence[Job]) -> list[dict[str, Any] | None]:
+    """The checkpoint each resumed job continues from (None for a job that starts): the newest
+    iteration that every resumed job of the group has. A group checkpoints its seeds one after
+    the other at the same iterations, so a group killed between two of them has seeds one
+    checkpoint apart; continuing all from the one they share repeats what the group did after
+    it, as it did it. Where they share none, each continues from its newest."""
+    saved = {k: checkpoint.load_readable(j.run_dir) for k, j in enumerate(jobs) if j.resume}
+    shared = [{c["iteration"] for c in cs} for cs in saved.values()]
+    at = max(set.intersection(*shared), default=None) if shared else None
+    out: list[dict[str, Any] | None] = [None] * len(jobs)
+    for k, cs in saved.items():
+        out[k] = cs[0] if at is None else next(c for c in cs if c["iteration"] == at)
+    return out
 
 
 def _value_stats(batch: Batch, targets: Any) -> dict[str, float]:

@@ -168,6 +168,12 @@ def load_latest(run_dir: str | Path) -> dict[str, Any]:
     """The newest readable checkpoint of `run_dir`, by the iteration stored in it. A corrupt or
     truncated file is reported and the previous one is used. Files are read with
     weights_only=True: tensors and plain data, never code."""
+    return load_readable(run_dir)[0]
+
+
+def load_readable(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The readable checkpoints of `run_dir` (as load_latest reads them), newest iteration
+    first."""
     files = checkpoints(run_dir)
     if not files:
         raise CheckpointError(f"{run_dir} has no checkpoint to resume from")
@@ -192,7 +198,8 @@ def load_latest(run_dir: str | Path) -> dict[str, Any]:
         if not isinstance(state, dict) or not isinstance(state.get("iteration"), int):
             raise CheckpointError(f"{path.name} in {run_dir} is not a pgrun checkpoint")
         by_iteration.append((state["iteration"], i, state))
-    return max(by_iteration, key=lambda item: (item[0], -item[1]))[2]
+    by_iteration.sort(key=lambda item: (-item[0], item[1]))
+    return [state for _, _, state in by_iteration]
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ from conftest import run_pgrun
 from hydra import compose, initialize_config_module
 
 import pgrun
+from pgrun import checkpoint, trainer
 from pgrun.batched import Job, Stacked, StackedAdam, clip_per_seed, train_group
 from pgrun.batched_launcher import blocker, group_key, spread
 from pgrun.optim import Adam
@@ -138,31 +139,83 @@ def test_final_returns_have_one_distribution(tmp_path):
     assert abs(a.mean() - b.mean()) <= 3 * se + 1e-6
 
 
-def test_a_stopped_group_resumes_bit_for_bit(tmp_path):
-    """A group stopped after its first checkpoints and resumed (pgrun resume of each job)
-    logs exactly what the same group logs uninterrupted; a job of it resumes alone too."""
+def stop_after(rounds: int):
+    """A pgrun.trainer.StopRequest that asks a group to stop (as SIGINT does) once its loop has
+    looked `rounds` times: the group then checkpoints every seed at the same iteration."""
+    import signal
+
+    class StopAfter(trainer.StopRequest):
+        looked = 0
+
+        @property
+        def signum(self):
+            StopAfter.looked += 1
+            return signal.SIGINT if StopAfter.looked > rounds else None
+
+        @signum.setter
+        def signum(self, value):
+            pass
+
+    return StopAfter
+
+
+def test_a_stopped_group_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """A group stopped after a few iterations (as Ctrl-C or SLURM's signal stops it: every
+    seed checkpointed at the same iteration) and resumed logs exactly what the same group logs
+    uninterrupted; a job of it resumes alone too."""
     overrides = ["variant=ppo", "total_steps=2000", "checkpoint.every=1", "batch_episodes=4"]
 
-    def jobs(root, total=None, resume=False):
+    def jobs(root, resume=False):
         out = []
         for s in (0, 1):
             d = root / f"seed{s}"
             d.mkdir(parents=True, exist_ok=True)
-            extra = [] if total is None else [f"total_steps={total}"]
-            out.append(Job(cfg_of(*overrides, *extra, f"seed={s}"), d, resume))
+            out.append(Job(cfg_of(*overrides, f"seed={s}"), d, resume))
         return out
 
-    whole = jobs(tmp_path / "whole")
-    train_group(whole)
-    train_group(jobs(tmp_path / "cut", total=700))
+    train_group(jobs(tmp_path / "whole"))
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "StopRequest", stop_after(3))
+        stopped = train_group(jobs(tmp_path / "cut"))
+    assert all(type(r).__name__ == "Interrupted" for r in stopped), stopped
     train_group(jobs(tmp_path / "cut", resume=True))
-    for s in (0, 1):  # the first part's end of run (hparams/final_return) aside
+    for s in (0, 1):
         cut, uncut = (scalars(tmp_path / p / f"seed{s}") for p in ("cut", "whole"))
-        assert cut.pop("hparams/final_return")[-1] == uncut.pop("hparams/final_return")[-1]
         assert cut == uncut
     single = tmp_path / "cut" / "seed0"
     result = pgrun.train(cfg_of(*overrides, "total_steps=3000", "seed=0"), single, resume=True)
     assert result["env_steps"] >= 3000
+
+
+def test_a_group_killed_between_its_seeds_checkpoints_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """A group checkpoints its seeds one after the other: a kill -9 between two of them leaves
+    seed 0 at iteration n and seed 1 at n - 1 (here: a stop after a few rounds, then seed
+    1's newest checkpoint removed). The resumed group continues both from the iteration they
+    share and logs exactly what the group logs uninterrupted (continuing each from its own
+    newest would shift the seeds' rounds and change the sums in their last bits)."""
+    overrides = ["variant=rtg", "total_steps=1500", "checkpoint.every=1", "batch_episodes=4"]
+
+    def jobs(root, resume=False):
+        out = []
+        for s in (0, 1):
+            d = root / f"seed{s}"
+            d.mkdir(parents=True, exist_ok=True)
+            out.append(Job(cfg_of(*overrides, f"seed={s}"), d, resume))
+        return out
+
+    train_group(jobs(tmp_path / "whole"))
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "StopRequest", stop_after(4))
+        train_group(jobs(tmp_path / "cut"))
+    seed0, seed1 = tmp_path / "cut" / "seed0", tmp_path / "cut" / "seed1"
+    n = checkpoint.load_latest(seed0)["iteration"]
+    assert checkpoint.load_latest(seed1)["iteration"] == n and not (seed0 / "policy.pt").exists()
+    checkpoint.checkpoints(seed1)[0].unlink()
+    assert checkpoint.load_latest(seed1)["iteration"] == n - 1
+    train_group(jobs(tmp_path / "cut", resume=True))
+    for s in (0, 1):
+        cut, uncut = (scalars(tmp_path / p / f"seed{s}") for p in ("cut", "whole"))
+        assert cut == uncut, s
 
 
 def test_stacked_adam_is_k_adams():
