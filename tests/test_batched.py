@@ -218,6 +218,43 @@ def test_a_group_killed_between_its_seeds_checkpoints_resumes_bit_for_bit(tmp_pa
         assert cut == uncut, s
 
 
+def test_a_batched_sweep_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
+    """`pgrun -m hydra/launcher=batched`, killed (SIGKILL to its process group: the sweep's
+    process and the group's) once both seeds have checkpoints, then `pgrun resume=<sweep
+    dir>`: every job logs exactly what the same sweep logs uninterrupted."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import PGRUN, pgrun_env
+
+    args = ["-m", "hydra/launcher=batched", "hydra.launcher.n_jobs=1", "seed=0,1",
+            "variant=rtg", "total_steps=4000", "batch_episodes=4", "checkpoint.every=1",
+            "progress=false"]  # fmt: skip
+    whole = run_pgrun([*args, f"hydra.sweep.dir={tmp_path / 'whole'}"], tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(
+        [str(PGRUN), *args, f"hydra.sweep.dir={cut}"], cwd=tmp_path, env=pgrun_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    jobs = [cut / "seed=0", cut / "seed=1"]  # named by what varies
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if all(d.is_dir() and checkpoint.checkpoints(d) for d in jobs):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the sweep ended before it was killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not any((d / "policy.pt").exists() for d in jobs)
+    again = run_pgrun([f"resume={cut}"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    for d in jobs:
+        assert scalars(d) == scalars(tmp_path / "whole" / d.name), d.name
+
+
 def test_stacked_adam_is_k_adams():
     """One StackedAdam over K = 3 seeds' weights takes each seed's Adam step bit for bit, with
     each seed's own learning rate; a seed that is not stepped keeps weights, moments and t."""
