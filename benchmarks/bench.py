@@ -151,6 +151,7 @@ class Settings:
     sb3_budget_cap: int | None  # cap on SB3's total timesteps (smoke runs only)
     sweep: bool  # run row 5
     ns: tuple[int, ...]  # the N of row 2
+    ppo_only: bool = False  # row 1: pgrun rtg_baseline and SB3 PPO only (the speed-up figure)
     repeats: int = 3  # row 4: `pgrun --help` and `pgrun --cfg job` are timed best of this many
 
 
@@ -405,6 +406,9 @@ def solve_rows(settings: Settings) -> list[Row]:
     else:
         methods["SB3 PPO (RL-Zoo)"] = lambda s: solve_sb3("ppo", s, settings)
         methods["SB3 A2C (RL-Zoo)"] = lambda s: solve_sb3("a2c", s, settings)
+    if settings.ppo_only:
+        kept = ("pgrun rtg_baseline", "pgrun rtg_baseline, envpool", "SB3 PPO (RL-Zoo)")
+        methods = {name: run for name, run in methods.items() if name in kept}
 
     results: dict[str, list[Solve]] = {name: [] for name in methods}
     for seed in range(settings.seeds):  # interleaved: every method's seed s, then s + 1
@@ -438,35 +442,39 @@ def solve_rows(settings: Settings) -> list[Row]:
             verdict(ok),
         )
     )
-    text, _, _ = describe("pgrun off_policy")
-    rows.append(Row("1. CartPole-v1 solved: pgrun off_policy", text))
     fastest = {"gymnasium": pg_times}
     if "pgrun rtg_baseline, envpool" in results:
         text, fastest["envpool"], _ = describe("pgrun rtg_baseline, envpool")
         rows.append(Row("1. CartPole-v1 solved: pgrun rtg_baseline, env.backend=envpool", text))
-    text, pg_trpo, _ = describe("pgrun trpo")
-    rows.append(Row("1. CartPole-v1 solved: pgrun trpo (experiment=cartpole_trpo)", text))
-    if trpo_note is not None:
-        rows.append(Row("1. CartPole-v1 solved: SB3-contrib TRPO", trpo_note))
-    else:
-        text, sb3_trpo, _ = describe("SB3-contrib TRPO (RL-Zoo)")
-        rows.append(Row("1. CartPole-v1 solved: SB3-contrib TRPO (RL-Zoo)", text, "reference"))
-        if pg_trpo and sb3_trpo:
-            ratio = statistics.median(sb3_trpo) / statistics.median(pg_trpo)
-            rows.append(
-                Row("1. speed-up: SB3-contrib TRPO / pgrun trpo (median times)", f"{ratio:.1f}x")
-            )
+    if not settings.ppo_only:  # --ppo-only leaves out off_policy, trpo, SB3's TRPO and A2C
+        text, _, _ = describe("pgrun off_policy")
+        rows.append(Row("1. CartPole-v1 solved: pgrun off_policy", text))
+        text, pg_trpo, _ = describe("pgrun trpo")
+        rows.append(Row("1. CartPole-v1 solved: pgrun trpo (experiment=cartpole_trpo)", text))
+        if trpo_note is not None:
+            rows.append(Row("1. CartPole-v1 solved: SB3-contrib TRPO", trpo_note))
         else:
-            rows.append(
-                Row("1. speed-up: SB3-contrib TRPO / pgrun trpo", "n/a (a method never solved)")
-            )
+            text, sb3_trpo, _ = describe("SB3-contrib TRPO (RL-Zoo)")
+            rows.append(Row("1. CartPole-v1 solved: SB3-contrib TRPO (RL-Zoo)", text, "reference"))
+            if pg_trpo and sb3_trpo:
+                ratio = statistics.median(sb3_trpo) / statistics.median(pg_trpo)
+                rows.append(
+                    Row(
+                        "1. speed-up: SB3-contrib TRPO / pgrun trpo (median times)", f"{ratio:.1f}x"
+                    )
+                )
+            else:
+                rows.append(
+                    Row("1. speed-up: SB3-contrib TRPO / pgrun trpo", "n/a (a method never solved)")
+                )
     if sb3_note is not None:
         rows.append(Row("1. CartPole-v1 solved: SB3 PPO / A2C", sb3_note))
         return rows
     text, ppo_times, _ = describe("SB3 PPO (RL-Zoo)")
     rows.append(Row("1. CartPole-v1 solved: SB3 PPO (RL-Zoo)", text, "reference"))
-    text, _, _ = describe("SB3 A2C (RL-Zoo)")
-    rows.append(Row("1. CartPole-v1 solved: SB3 A2C (RL-Zoo)", text, "reference"))
+    if not settings.ppo_only:
+        text, _, _ = describe("SB3 A2C (RL-Zoo)")
+        rows.append(Row("1. CartPole-v1 solved: SB3 A2C (RL-Zoo)", text, "reference"))
     ratios = {
         backend: statistics.median(ppo_times) / statistics.median(times)
         for backend, times in fastest.items()
@@ -902,6 +910,12 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings, set[int
     )
     parser.add_argument("--no-sb3", action="store_true", help="leave out the SB3 rows")
     parser.add_argument(
+        "--ppo-only",
+        action="store_true",
+        help="row 1 with pgrun rtg_baseline and SB3 PPO only (the speed-up figure, a few "
+        "minutes): no off_policy, trpo, A2C or SB3-contrib TRPO",
+    )
+    parser.add_argument(
         "--rows",
         help="comma-separated rows to measure, e.g. 2,4 (default: all; "
         "--quick and --smoke leave out row 5 unless it is named here)",
@@ -919,6 +933,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings, set[int
         settings = Settings(2, not args.no_sb3, 0.5, 200, None, None, False, (16, 32, 64, 256))
     else:
         settings = Settings(10, not args.no_sb3, 2.0, 1000, None, None, True, (16, 32, 64, 256))
+    settings.ppo_only = args.ppo_only
     if args.seeds is not None:
         if args.seeds < 1:
             parser.error("--seeds takes an integer >= 1")

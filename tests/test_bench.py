@@ -43,7 +43,7 @@ def table_rows(stdout: str) -> list[list[str]]:
 def test_help_lists_the_flags(tmp_path):
     proc = run_bench("--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    for flag in ("--seeds", "--quick", "--smoke", "--no-sb3", "--rows"):
+    for flag in ("--seeds", "--quick", "--smoke", "--no-sb3", "--rows", "--ppo-only"):
         assert flag in proc.stdout
 
 
@@ -109,7 +109,9 @@ def test_smoke_run_prints_one_row_per_benchmark(tmp_path):
 def test_sb3_rows_are_skipped_with_a_note_when_it_is_missing(monkeypatch):
     bench = load_bench()
     real_have = bench.have
-    monkeypatch.setattr(bench, "have", lambda m: m != "stable_baselines3" and real_have(m))
+    # without stable-baselines3 there is no sb3-contrib either (it depends on it)
+    missing = ("stable_baselines3", "sb3_contrib")
+    monkeypatch.setattr(bench, "have", lambda m: m not in missing and real_have(m))
     monkeypatch.setattr(
         bench,
         "solve_pgrun",
