@@ -332,6 +332,7 @@ class BatchedLauncher(Launcher):
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
+        self._warming: Any = None
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -343,11 +344,16 @@ class BatchedLauncher(Launcher):
         # The worker processes start now and import torch, gymnasium and the trainer (seconds)
         # while this process checks the sweep's jobs; launch() then finds them ready (joblib
         # keeps its processes for the next call with the same settings).
+        import warnings
+
         from joblib import Parallel, delayed
 
         self._warming = Parallel(n_jobs=self.processes(), backend="loky", return_as="generator")(
             delayed(warm_up)() for _ in range(self.processes())
         )
+        # a sweep stopped before launch() (a job's config does not compose) leaves the warm-up
+        # unread: joblib would say so at exit
+        warnings.filterwarnings("ignore", message=r".*tasks have been successfully executed")
 
     def processes(self) -> int:
         return self.n_jobs if self.n_jobs > 0 else (os.cpu_count() or 1)
@@ -358,6 +364,10 @@ class BatchedLauncher(Launcher):
         from joblib import Parallel, delayed
 
         assert self.config is not None and self.hydra_context is not None
+        if self._warming is not None:
+            for _ in self._warming:  # the processes are ready
+                pass
+            self._warming = None
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
