@@ -74,20 +74,23 @@ def fast_step(env: Any) -> Step | None:
             x += np.multiply(tau, x_dot, out=tmp)
             theta_dot += np.multiply(tau, thetaacc, out=tmp)
             theta += np.multiply(tau, theta_dot, out=tmp)
-        terminated = (x < -x_lim) | (x > x_lim) | (theta < -theta_lim) | (theta > theta_lim)
+        # (x < -x_lim) | (x > x_lim) | ...: the same flags, NaN included (never terminated)
+        terminated = (np.abs(x) > x_lim) | (np.abs(theta) > theta_lim)
         env.steps += 1
         truncated = env.steps >= env.max_episode_steps
         if env._sutton_barto_reward:
             reward = -np.array(terminated, dtype=np.float32)
         else:
             reward = np.ones_like(terminated, dtype=np.float32)
-        # the copies that ended at the previous step start again (next-step autoreset)
+        # the copies that ended at the previous step start again (next-step autoreset); with
+        # none, gymnasium's draw of no numbers leaves the RNG as it is
         done = env.prev_done
-        state[:, done] = env.np_random.uniform(low=env.low, high=env.high, size=(4, done.sum()))
-        env.steps[done] = 0
-        reward[done] = 0.0
-        terminated[done] = False
-        truncated[done] = False
+        if done.any():
+            state[:, done] = env.np_random.uniform(low=env.low, high=env.high, size=(4, done.sum()))
+            env.steps[done] = 0
+            reward[done] = 0.0
+            terminated[done] = False
+            truncated[done] = False
         env.prev_done = np.logical_or(terminated, truncated)
         return state.T.astype(np.float32), reward, terminated, truncated, {}
 
