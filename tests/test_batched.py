@@ -139,6 +139,16 @@ def test_final_returns_have_one_distribution(tmp_path):
     assert abs(a.mean() - b.mean()) <= 3 * se + 1e-6
 
 
+def seed_jobs(root: Path, overrides: list[str], resume: bool = False) -> list[Job]:
+    """Seeds 0 and 1 of `overrides` as the jobs of a group, in root/seed0 and root/seed1."""
+    out = []
+    for s in (0, 1):
+        d = root / f"seed{s}"
+        d.mkdir(parents=True, exist_ok=True)
+        out.append(Job(cfg_of(*overrides, f"seed={s}"), d, resume))
+    return out
+
+
 def stop_after(rounds: int):
     """A pgrun.trainer.StopRequest that asks a group to stop (as SIGINT does) once its loop has
     looked `rounds` times: the group then checkpoints every seed at the same iteration."""
@@ -165,20 +175,12 @@ def test_a_stopped_group_resumes_bit_for_bit(tmp_path, monkeypatch):
     uninterrupted; a job of it resumes alone too."""
     overrides = ["variant=ppo", "total_steps=2000", "checkpoint.every=1", "batch_episodes=4"]
 
-    def jobs(root, resume=False):
-        out = []
-        for s in (0, 1):
-            d = root / f"seed{s}"
-            d.mkdir(parents=True, exist_ok=True)
-            out.append(Job(cfg_of(*overrides, f"seed={s}"), d, resume))
-        return out
-
-    train_group(jobs(tmp_path / "whole"))
+    train_group(seed_jobs(tmp_path / "whole", overrides))
     with monkeypatch.context() as m:
         m.setattr(trainer, "StopRequest", stop_after(3))
-        stopped = train_group(jobs(tmp_path / "cut"))
+        stopped = train_group(seed_jobs(tmp_path / "cut", overrides))
     assert all(type(r).__name__ == "Interrupted" for r in stopped), stopped
-    train_group(jobs(tmp_path / "cut", resume=True))
+    train_group(seed_jobs(tmp_path / "cut", overrides, resume=True))
     for s in (0, 1):
         cut, uncut = (scalars(tmp_path / p / f"seed{s}") for p in ("cut", "whole"))
         assert cut == uncut
@@ -195,24 +197,16 @@ def test_a_group_killed_between_its_seeds_checkpoints_resumes_bit_for_bit(tmp_pa
     newest would shift the seeds' rounds and change the sums in their last bits)."""
     overrides = ["variant=rtg", "total_steps=1500", "checkpoint.every=1", "batch_episodes=4"]
 
-    def jobs(root, resume=False):
-        out = []
-        for s in (0, 1):
-            d = root / f"seed{s}"
-            d.mkdir(parents=True, exist_ok=True)
-            out.append(Job(cfg_of(*overrides, f"seed={s}"), d, resume))
-        return out
-
-    train_group(jobs(tmp_path / "whole"))
+    train_group(seed_jobs(tmp_path / "whole", overrides))
     with monkeypatch.context() as m:
         m.setattr(trainer, "StopRequest", stop_after(4))
-        train_group(jobs(tmp_path / "cut"))
+        train_group(seed_jobs(tmp_path / "cut", overrides))
     seed0, seed1 = tmp_path / "cut" / "seed0", tmp_path / "cut" / "seed1"
     n = checkpoint.load_latest(seed0)["iteration"]
     assert checkpoint.load_latest(seed1)["iteration"] == n and not (seed0 / "policy.pt").exists()
     checkpoint.checkpoints(seed1)[0].unlink()
     assert checkpoint.load_latest(seed1)["iteration"] == n - 1
-    train_group(jobs(tmp_path / "cut", resume=True))
+    train_group(seed_jobs(tmp_path / "cut", overrides, resume=True))
     for s in (0, 1):
         cut, uncut = (scalars(tmp_path / p / f"seed{s}") for p in ("cut", "whole"))
         assert cut == uncut, s
