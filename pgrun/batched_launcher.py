@@ -117,9 +117,9 @@ class SeedVariants:
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]):
         seeds = [i for i, o in enumerate(sweep_overrides) if _SEED.fullmatch(o)]
-        if len(seeds) != 1 or len(group_key(sweep_overrides)) != len(sweep_overrides) - 1:
-            return self.loader.load_sweep_config(master_config, sweep_overrides)
         key = group_key(sweep_overrides)
+        if len(seeds) != 1 or len(key) != len(sweep_overrides) - 1:
+            return self.loader.load_sweep_config(master_config, sweep_overrides)
         if key not in self.composed:
             cfg = self.loader.load_sweep_config(master_config, sweep_overrides)
             self.composed[key] = (copy.deepcopy(cfg), sweep_overrides[seeds[0]])
@@ -170,7 +170,7 @@ Unit = tuple[list, bool, float]  # (jobs: (index, overrides) each, grouped, cost
 
 
 def spread(units: list[Unit], n: int) -> list[Unit]:
-    """The units (jobs, grouped, cost of one job) with the largest groups halved until there
+    """The units (jobs, grouped, cost of one job) with the costliest groups halved until there
     are at least `n` of them to run in parallel (or no group is left to split), the costliest
     first, so that the longest units do not start last (the longest-processing-time order):
     2 configs x 50 seeds on 16 cores train as 16 groups, not as 2 processes. A piece of one
@@ -247,13 +247,12 @@ def warm_up() -> None:
     walk their few hundred thousand objects again and again for nothing)."""
     import gc
 
-    enabled = gc.isenabled()
+    from pgrun.cli import settle_collector
+
     gc.disable()
     import pgrun.batched  # noqa: F401 (torch, gymnasium, the trainer)
 
-    gc.freeze()
-    if enabled:
-        gc.enable()
+    settle_collector()
 
 
 def _value(ret: JobReturn) -> Any:

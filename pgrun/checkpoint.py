@@ -95,40 +95,43 @@ def write_atomic(path: str | Path, obj: Any) -> Path:
 _stored: dict[tuple, tuple[Any, int] | None] = {}  # stored_iteration's answers, by file version
 
 
+def _version(path: Path) -> tuple | None:
+    """The key of a file's version (its path, inode, size and modification time), or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return str(path), st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _store(key: tuple, answer: tuple[Any, int] | None) -> None:
+    if len(_stored) > 4096:
+        _stored.clear()
+    _stored[key] = answer
+
+
 def stored_iteration(path: Path) -> tuple[Any, int] | None:
     """(run_id, iteration) saved in the checkpoint `path`, read without loading its tensors
     (memory-mapped), or None when the file is unreadable. A file is read once per version
     (its inode, size and modification time): every save of a run asks about the run's
     earlier checkpoints again."""
-    try:
-        st = os.stat(path)
-    except OSError:
+    key = _version(path)
+    if key is None:
         return None
-    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
     if key not in _stored:
-        if len(_stored) > 4096:
-            _stored.clear()
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            _stored[key] = state.get("run_id"), int(state["iteration"])
+            _store(key, (state.get("run_id"), int(state["iteration"])))
         except Exception:
-            _stored[key] = None
+            _store(key, None)
     return _stored[key]
 
 
 def _remember(path: Path, state: dict[str, Any]) -> None:
     """stored_iteration's answer for the file just written from `state`, without reading it."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return
-    if "iteration" in state:
-        if len(_stored) > 4096:
-            _stored.clear()
-        _stored[(str(path), st.st_ino, st.st_size, st.st_mtime_ns)] = (
-            state.get("run_id"),
-            int(state["iteration"]),
-        )
+    key = _version(path)
+    if key is not None and "iteration" in state:
+        _store(key, (state.get("run_id"), int(state["iteration"])))
 
 
 def save(run_dir: str | Path, iteration: int, state: dict[str, Any], keep: int = KEEP) -> Path:
