@@ -30,8 +30,9 @@ from torch import nn
 
 from pgrun import guards
 from pgrun.cartpole import fast_step
+from pgrun.draw import batch_draw
 from pgrun.envs import action_converter, obs_converter
-from pgrun.rollout import Batch, collect_episodes, step_draw
+from pgrun.rollout import Batch, collect_episodes
 from pgrun.seeding import RESETS, derive_seed
 
 
@@ -129,13 +130,12 @@ class StepCollector:
 
     def collect(self, policy: nn.Module, iteration: int) -> tuple[Batch, Episodes]:
         device = next(policy.parameters()).device
-        sample = step_draw(policy)
+        draw = batch_draw(policy, self.steps, self.env.num_envs)
         run = self.begin(iteration)
         with torch.inference_mode():
             try:  # checked once the batch is in, or on a failure (pgrun.guards)
                 for t in range(self.steps):
-                    act = sample(torch.from_numpy(run.obs[t]).to(device)).cpu().numpy()
-                    self.advance(run, t, act)
+                    self.advance(run, t, draw(run.obs[t], t))
             except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
                 raise guards.step_failure(exc, run.obs[: t + 2], run.env_id) from None
         return self.finish(run, device)

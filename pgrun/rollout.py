@@ -12,6 +12,7 @@ from torch import nn
 
 from pgrun import guards
 from pgrun.cartpole import fast_step
+from pgrun.draw import batch_draw
 from pgrun.envs import action_converter, obs_converter, time_limit
 
 
@@ -127,17 +128,6 @@ class Batch:
         return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
-def step_draw(policy: nn.Module):
-    """The draw a collector calls once per env step, obs (B, *obs) -> actions (B, ...):
-    policy.act (pgrun's policies: the cheap draw, pgrun.policies), else policy.sample, else
-    policy(obs).sample()."""
-    return (
-        getattr(policy, "act", None)
-        or getattr(policy, "sample", None)
-        or (lambda obs: policy(obs).sample())
-    )
-
-
 def _running_copies_step(env: gym.vector.VectorEnv, obs: np.ndarray, ended: np.ndarray):
     """For a gymnasium SyncVectorEnv, a replacement for env.step that steps only the copies
     whose first episode is still running (`ended` is read at every call); None for other envs.
@@ -196,7 +186,7 @@ def collect_episodes(
     to_batch = obs_converter(env.single_observation_space)
     to_env = action_converter(env.single_action_space)
     device = next(policy.parameters()).device
-    sample = step_draw(policy)
+    draw = batch_draw(policy, T, N)
 
     env_id = env.spec.id if env.spec is not None else type(env).__name__
     try:
@@ -223,7 +213,7 @@ def collect_episodes(
     with torch.inference_mode():
         try:
             for t in range(T):  # noqa: B007 (t is the batch length below)
-                act = sample(torch.from_numpy(obs_buf[t]).to(device)).cpu().numpy()
+                act = draw(obs_buf[t], t)
                 if act_buf is None:
                     act_buf = np.zeros((T, *act.shape), dtype=act.dtype)
                 act_buf[t] = act
