@@ -48,6 +48,8 @@ from pgrun.cartpole import fast_step
 from pgrun.collectors import EpisodeCollector, Episodes, StepCollector
 from pgrun.config import Interrupted
 from pgrun.diagnostics import Diagnostics
+from pgrun.draw import Draw, NumpyDraw, mlp_layers
+from pgrun.draw import noise as draw_noise
 from pgrun.logger import FINAL_METRIC, make_loggers
 from pgrun.losses import clip_fraction, policy_loss, ratio_stats, value_loss
 from pgrun.optim import Adam
@@ -177,6 +179,36 @@ class StackedPolicy(Stacked):
             if g is not None:
                 u[k].uniform_(generator=g)
         return (cdf <= u).sum(-1)
+
+    def batch_draw(self, T: int, N: int, noise: list[torch.Generator | None]) -> Draw:
+        """The draws of a batch of at most T steps, obs (K, N, d) -> (K, N) or (K, N, d): in
+        numpy where pgrun.draw has the policy's layers, each seed's noise drawn at the batch's
+        start from its generator as its single run draws it from torch's (a seed's draws are
+        then bit for bit its single run's); else `act` once per step."""
+        mlp = mlp_layers(self.net)
+        if mlp is None:
+            return lambda obs, t: self.act(torch.from_numpy(obs), noise).numpy()
+        at = {id(layer): i for i, layer in enumerate(self.net)}
+        layers = [
+            (
+                self.by_name[f"net.{at[id(lin)]}.weight"].detach().numpy(),
+                self.by_name[f"net.{at[id(lin)]}.bias"].detach().numpy(),
+                act,
+            )
+            for lin, act in mlp
+        ]
+        K = self.K
+        if not self.gaussian:
+            eps = np.ones((T, K, N, 1), dtype=np.float32)
+        else:
+            eps = np.zeros((T, K, N, *self.modules[0].shape), dtype=np.float32)
+        for k, g in enumerate(noise):
+            if g is not None:
+                eps[:, k] = draw_noise(eps[:, k].shape, self.gaussian, g)
+        if not self.gaussian:
+            return NumpyDraw(layers, False, eps)
+        std = self.by_name["log_std"].detach().exp().numpy()  # (K, 1, d)
+        return NumpyDraw(layers, True, eps, std)
 
 
 class StackedValue(Stacked):
@@ -407,12 +439,12 @@ def collect_episodes_group(
     done_buf = np.zeros((T, K, N), dtype=bool)
     length = np.full(K, T)  # each seed's T_b
     running = np.array([bool(a) for a in active])
-    noise = _draws(states, active)
+    draw = policy.batch_draw(T, N, _draws(states, active))
     t = 0
     with torch.inference_mode():
         try:
             for t in range(T):  # noqa: B007 (t names the failing step)
-                act = policy.act(torch.from_numpy(obs_buf[t]), noise).numpy()
+                act = draw(obs_buf[t], t)
                 if act_buf is None:
                     act_buf = np.zeros((T, *act.shape), dtype=act.dtype)
                 act_buf[t] = act
@@ -456,7 +488,9 @@ def collect_steps_group(
 ) -> list[tuple[Batch, Episodes] | None]:
     """StepCollector.collect for each active seed at once (T steps of its N copies, carried
     between batches by the seed's own collector), one stacked draw per step (and one env step
-    for all, with `merged`)."""
+    for all, with `merged`). StepCollector.advance's bookkeeping runs on the seeds' copies as
+    one (K, N) array, operation for operation, and goes back into each seed's collector and
+    run at the end."""
     K = len(collectors)
     runs = []
     for c, s, on in zip(collectors, states, active, strict=True):
@@ -465,26 +499,71 @@ def collect_steps_group(
         if on and restart and merged is not None:
             merged.load(len(runs) - 1)
     first = next(r for r in runs if r is not None)
-    T = collectors[0].steps
-    obs = np.zeros((K, *first.obs.shape[1:]), dtype=first.obs.dtype)
-    noise = _draws(states, active)
+    T, N = collectors[0].steps, first.obs.shape[1]
+    on = [k for k, r in enumerate(runs) if r is not None]
+    obs = np.zeros((T + 1, K, *first.obs.shape[1:]), dtype=first.obs.dtype)
+    rew = np.zeros((T, K, N), dtype=np.float32)
+    term, trunc, valid = (np.zeros((T, K, N), dtype=bool) for _ in range(3))
+    pending = np.zeros((K, N), dtype=bool)
+    elapsed = np.zeros((K, N), dtype=np.int64)
+    ep_return = np.zeros((K, N), dtype=np.float64)
+    ep_length = np.zeros((K, N), dtype=np.int64)
+    for k in on:
+        c = collectors[k]
+        obs[0, k] = runs[k].obs[0]
+        pending[k], elapsed[k], ep_return[k], ep_length[k] = (
+            c.pending,
+            c.elapsed,
+            c.ep_return,
+            c.ep_length,
+        )
+    act_buf = None
+    to_env, to_batch = collectors[0].to_env, collectors[0].to_batch
+    draw = policy.batch_draw(T, N, _draws(states, active))
+    k = on[0]
+    t = 0
     with torch.inference_mode():
-        for t in range(T):
-            for k, r in enumerate(runs):
-                if r is not None:
-                    obs[k] = r.obs[t]
-            act = policy.act(torch.from_numpy(obs), noise).numpy()
-            stepped = merged.step(collectors[0].to_env(act)) if merged is not None else None
-            for k, r in enumerate(runs):
-                if r is None:
-                    continue
-                got = None if stepped is None else (*(x[k] for x in stepped), {})
-                try:
-                    collectors[k].advance(r, t, act[k], got)
-                except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
-                    raise guards.step_failure(exc, r.obs[: t + 2], r.env_id) from None
+        try:
+            for t in range(T):  # noqa: B007 (t names the failing step)
+                act = draw(obs[t], t)
+                if act_buf is None:
+                    act_buf = np.zeros((T, *act.shape), dtype=act.dtype)
+                act_buf[t] = act
+                if merged is not None:
+                    obs[t + 1], r, te, tr = merged.step(to_env(act))
+                else:
+                    r = np.zeros((K, N), dtype=np.float64)
+                    te, tr = np.zeros((K, N), dtype=bool), np.zeros((K, N), dtype=bool)
+                    for k in on:
+                        o, r[k], te[k], tr[k], _ = collectors[k]._step(to_env(act[k]))
+                        obs[t + 1, k] = to_batch(o)
+                live = ~pending  # a copy that resets on this call takes no step
+                valid[t] = live
+                rew[t] = np.where(live, r, 0.0)
+                term[t], trunc[t] = te & live, tr & live
+                ended = (te | tr) & live
+                ep_return += rew[t]
+                ep_length += live
+                elapsed += live
+                if ended.any():
+                    for k in on:
+                        if ended[k].any():
+                            runs[k].returns.extend(ep_return[k][ended[k]].tolist())
+                            runs[k].lengths.extend(ep_length[k][ended[k]].tolist())
+                    ep_return[ended], ep_length[ended], elapsed[ended] = 0, 0, 0
+                pending = ended
+        except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            raise guards.step_failure(exc, obs[: t + 2, k], runs[k].env_id) from None
+    out: list[tuple[Batch, Episodes] | None] = [None] * K
     device = torch.device("cpu")
-    return [None if r is None else collectors[k].finish(r, device) for k, r in enumerate(runs)]
+    for k in on:
+        c, run = collectors[k], runs[k]
+        run.obs, run.act, run.rew = obs[:, k], act_buf[:, k], rew[:, k]
+        run.term, run.trunc, run.valid = term[:, k], trunc[:, k], valid[:, k]
+        c.pending, c.elapsed = pending[k].copy(), elapsed[k].copy()
+        c.ep_return, c.ep_length = ep_return[k].copy(), ep_length[k].copy()
+        out[k] = c.finish(run, device)
+    return out
 
 
 # ------------------------------------------------------------------------- stacked batches
