@@ -109,7 +109,7 @@ class SeedVariants:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["loader"], name)
 
-    def __getstate__(self) -> dict[str, Any]:  # a worker process composes its own
+    def __getstate__(self) -> dict[str, Any]:  # a worker gets its group's (execute_unit)
         return {"loader": self.loader, "composed": {}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -222,11 +222,16 @@ def execute_unit(
     config: DictConfig,
     task_function: TaskFunction,
     singleton_state: dict[Any, Any],
+    composed: tuple[DictConfig, str] | None = None,
 ) -> list[JobReturn]:
-    """In a worker process: one job (grouped=False), or a group trained together."""
+    """In a worker process: one job (grouped=False), or a group trained together. `composed`:
+    the sweep's composition of the group's first job (SeedVariants), reused here."""
     global pending
     setup_globals()
     Singleton.set_state(singleton_state)
+    loader = hydra_context.config_loader
+    if composed is not None and isinstance(loader, SeedVariants):
+        loader.composed[group_key(items[0][1])] = composed
     if not grouped:
         return [_run_one(i, o, hydra_context, config, task_function) for i, o in items]
     pending = []
@@ -401,10 +406,18 @@ class BatchedLauncher(Launcher):
             f"sweep output dir: {sweep_dir}"
         )
         state = Singleton.get_state()
+        loader = self.hydra_context.config_loader
+        known = loader.composed if isinstance(loader, SeedVariants) else {}
         done = Parallel(n_jobs=n_jobs, backend="loky")(
             delayed(execute_unit)(
-                items, grouped, self.hydra_context, self.config, self.task_function, state
-            )
+                items,
+                grouped,
+                self.hydra_context,
+                self.config,
+                self.task_function,
+                state,
+                known.get(group_key(items[0][1])),
+            )  # fmt: skip
             for items, grouped, _ in units
         )
         by_idx = {}
