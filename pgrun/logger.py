@@ -74,11 +74,13 @@ class TensorBoardLogger(Logger):
     `params` (flat) are the HPARAMS of the run: the experiment and session-start records are
     written when the run starts, the session-end one with the final metrics (hparams()).
     `purge_step` (when resuming): TensorBoard drops the points this run logged at steps
-    >= purge_step before the restart, and the start records are not written again."""
+    >= purge_step before the restart, and the start records are not written again.
+
+    The events are those torch's SummaryWriter writes for the same calls (one per scalar, the
+    same protos; tests/test_loggers.py compares the two files), written by EventFile in this
+    thread and flushed after every call."""
 
     def __init__(self, run_dir: str | Path, params: dict[str, Any], purge_step: int | None = None):
-        from torch.utils.tensorboard import SummaryWriter
-
         from pgrun.views import (
             choose_hparams,
             group_choices,
@@ -88,7 +90,7 @@ class TensorBoardLogger(Logger):
             trial_id,
         )
 
-        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+        self.events = EventFile(Path(run_dir), purge_step)
         # the swept keys first (pgrun/views.py), so the HPARAMS table shows what varies;
         # HPARAMS in the run's own directory (SummaryWriter.add_hparams would make a sub-run)
         swept = swept_keys()
@@ -97,27 +99,104 @@ class TensorBoardLogger(Logger):
         exp, ssi, self._session_end = hparams_summaries(shown, differs, FINAL_METRIC, trial)
         if purge_step is None:  # a resumed run has them from its start
             for summary in (exp, ssi):
-                self.writer.file_writer.add_summary(summary)
+                self.events.summary(summary)
             layout = inner_step_layout(params)
             if layout is not None:
-                self.writer.file_writer.add_summary(layout)
+                self.events.summary(layout)
+        self.events.flush()
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, step)
+        self.events.scalars(metrics, step)
+        self.events.flush()
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
-        self.writer.add_text(tag, text, step)
+        self.events.summary(torch_text_summary(tag, text), step)
+        self.events.flush()
 
     def hparams(self, params: dict[str, Any], metrics: dict[str, float], step: int) -> None:
-        self.scalars(metrics, step)
-        self.writer.file_writer.add_summary(self._session_end)
+        self.events.scalars(metrics, step)
+        self.events.summary(self._session_end)
+        self.events.flush()
 
     def video(self, tag: str, frames: Sequence[np.ndarray], fps: float, step: int) -> None:
-        self.writer.file_writer.add_summary(image_summary(tag, list(frames), fps), step)
+        self.events.summary(image_summary(tag, list(frames), fps), step)
+        self.events.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        self.events.close()
+
+
+class EventFile:
+    """A TensorBoard event file in `log_dir`, written as a run goes: the events
+    tensorboard's EventFileWriter and torch's SummaryWriter write (the file_version record
+    first, then with `purge_step` the records that make TensorBoard drop the points at steps
+    >= purge_step logged before a restart), each framed as a TFRecord and written in this
+    thread. SummaryWriter hands every scalar to a writer thread through a queue and builds it
+    through checks and conversions, about 40 us a scalar; this is a few."""
+
+    def __init__(self, log_dir: Path, purge_step: int | None = None):
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.path = new_event_path(log_dir)
+        self._file = self.path.open("xb")  # never over another
+        self.add(
+            event_pb2.Event(
+                wall_time=time.time(),
+                file_version="brain.Event:2",
+                source_metadata=event_pb2.SourceMetadata(
+                    writer="tensorboard.summary.writer.event_file_writer"
+                ),
+            )
+        )
+        if purge_step is not None:
+            self.add(event_pb2.Event(step=purge_step, file_version="brain.Event:2"))
+            start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self.add(event_pb2.Event(step=purge_step, session_log=start))
+        self.flush()
+
+    def add(self, event) -> None:
+        self._file.write(frame(event.SerializeToString()))
+
+    def summary(self, summary, step: int | None = None) -> None:
+        event = self._event(wall_time=time.time(), summary=summary)
+        if step is not None:
+            event.step = int(step)
+        self.add(event)
+
+    def scalars(self, metrics: dict[str, float], step: int) -> None:
+        """One event per scalar, as SummaryWriter.add_scalar writes it."""
+        value = self._summary.Value
+        for tag, v in metrics.items():
+            self.summary(self._summary(value=[value(tag=tag, simple_value=float(v))]), step)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def torch_text_summary(tag: str, text: str):
+    """The Summary torch's SummaryWriter.add_text(tag, text) writes (its tag `<tag>/text_summary`,
+    the TEXT tab renders it as markdown)."""
+    from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2
+    from tensorboard.plugins.text import plugin_data_pb2
+
+    plugin = summary_pb2.SummaryMetadata.PluginData(
+        plugin_name="text", content=plugin_data_pb2.TextPluginData(version=0).SerializeToString()
+    )
+    tensor = tensor_pb2.TensorProto(
+        dtype="DT_STRING",
+        string_val=[text.encode(encoding="utf_8")],
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)]
+        ),
+    )
+    meta = summary_pb2.SummaryMetadata(plugin_data=plugin)
+    value = summary_pb2.Summary.Value(tag=tag + "/text_summary", metadata=meta, tensor=tensor)
+    return summary_pb2.Summary(value=[value])
 
 
 class CSVLogger(Logger):
@@ -323,21 +402,31 @@ def write_event_file(log_dir: Path, events: Sequence[bytes]) -> Path:
     """An event file in `log_dir` of `events` (serialized Event protos, a file_version one
     first), framed as TFRecords (what _records reads back): its path. Written here rather than by
     tensorboard's RecordWriter, whose import brings in tensorboard's TensorFlow stub."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = new_event_path(log_dir)
+    with path.open("xb") as f:  # never over another
+        f.write(b"".join(frame(data) for data in events))
+    return path
+
+
+def new_event_path(log_dir: Path) -> Path:
+    """A name for a new event file in `log_dir`, after those of this second and process."""
     import socket
 
-    parts = []
-    for data in events:
-        header = struct.pack("<Q", len(data))
-        parts += [header, struct.pack("<I", masked_crc32c(header))]
-        parts += [data, struct.pack("<I", masked_crc32c(data))]
-    log_dir.mkdir(parents=True, exist_ok=True)
     name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
     n = 0
-    while (path := log_dir / f"{name}.{n}").exists():  # a new file, after those of this second
+    while (path := log_dir / f"{name}.{n}").exists():
         n += 1
-    with path.open("xb") as f:  # never over another
-        f.write(b"".join(parts))
     return path
+
+
+def frame(data: bytes) -> bytes:
+    """One TFRecord: the length (8 bytes), its masked CRC-32C, the data, the data's CRC."""
+    header = struct.pack("<Q", len(data))
+    return b"".join(
+        (header, struct.pack("<I", masked_crc32c(header)), data,
+         struct.pack("<I", masked_crc32c(data)))
+    )  # fmt: skip
 
 
 def _crc32c_table() -> list[int]:

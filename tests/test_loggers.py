@@ -188,3 +188,47 @@ def test_event_files_written_without_tensorboards_writer_are_tensorboards_format
     assert read_scalars(path.parent, ["a"]) == ({"a": [(7, 0.5, 2.0)]}, 1.0)
     again = write_event_file(path.parent, [events[0].SerializeToString()])
     assert again != path and path.is_file()  # a second file beside, nothing overwritten
+
+
+def _events_without_wall_time(path: Path) -> list[bytes]:
+    from tensorboard.compat.proto import event_pb2
+
+    from pgrun.logger import _records
+
+    out = []
+    for record in _records(path):
+        event = event_pb2.Event.FromString(record)
+        event.wall_time = 0.0
+        out.append(event.SerializeToString())
+    return out
+
+
+def test_tensorboard_logger_writes_what_torchs_summary_writer_writes(tmp_path):
+    """The same calls through TensorBoardLogger's EventFile and through torch's SummaryWriter
+    (scalars of several kinds, the config text, a video, a resumed run's purge records): the
+    two event files hold the same records, wall times aside."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from pgrun.logger import EventFile, image_summary, torch_text_summary
+
+    frames = [np.full((4, 6, 3), i * 40, dtype=np.uint8) for i in range(3)]
+    calls = [
+        ({"charts/episodic_return": 21.5, "losses/policy": np.float32(-0.25)}, 16),
+        ({"stats/entropy": np.float64(0.69), "charts/SPS": 123456}, 32),
+    ]
+    for purge in (None, 33):
+        ours_dir, theirs_dir = tmp_path / f"ours{purge}", tmp_path / f"theirs{purge}"
+        ours = EventFile(ours_dir, purge)
+        theirs = SummaryWriter(str(theirs_dir), purge_step=purge)
+        theirs.add_text("config", "    a: 1\n    b: x", 0)
+        ours.summary(torch_text_summary("config", "    a: 1\n    b: x"), 0)
+        for metrics, step in calls:
+            ours.scalars(metrics, step)
+            for tag, v in metrics.items():
+                theirs.add_scalar(tag, v, step)
+        theirs.file_writer.add_summary(image_summary("eval/video", frames, 10.0), 48)
+        ours.summary(image_summary("eval/video", frames, 10.0), 48)
+        ours.close()
+        theirs.close()
+        (theirs_file,) = theirs_dir.glob("events.out.tfevents.*")
+        assert _events_without_wall_time(ours.path) == _events_without_wall_time(theirs_file)
