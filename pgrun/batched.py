@@ -46,7 +46,7 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 from pgrun import checkpoint, guards, signals
 from pgrun.cartpole import fast_step
 from pgrun.collectors import EpisodeCollector, Episodes, StepCollector
-from pgrun.config import Interrupted
+from pgrun.config import Interrupted, yaml_text
 from pgrun.diagnostics import Diagnostics
 from pgrun.draw import Draw, NumpyDraw, mlp_layers
 from pgrun.draw import noise as draw_noise
@@ -963,7 +963,7 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
                 list(j.cfg.logger),
                 j.run_dir,
                 res,
-                OmegaConf.to_yaml(j.cfg, resolve=True),
+                yaml_text(res),
                 purge_step=s.env_steps + 1 if j.resume else None,
             )
         )

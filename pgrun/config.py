@@ -10,6 +10,7 @@ This module imports no torch and no gymnasium: ``pgrun --help`` and ``pgrun --cf
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -681,3 +683,25 @@ def rule_name(variant: Any) -> str:
 
 
 register()
+
+
+def yaml_text(container: dict) -> str:
+    """OmegaConf.to_yaml's text for a config already turned into `container`
+    (OmegaConf.to_container with enum_to_str): the same dump and the same quoting of strings
+    that read as numbers or booleans, emitted by libyaml where PyYAML has it (a tenth of the
+    time)."""
+    return yaml.dump(
+        container, Dumper=_yaml_dumper(), default_flow_style=False, allow_unicode=True,
+        sort_keys=False,
+    )  # fmt: skip
+
+
+@functools.cache
+def _yaml_dumper() -> type:
+    from omegaconf._utils import OmegaConfDumper
+
+    class Dumper(getattr(yaml, "CDumper", yaml.Dumper)):
+        pass
+
+    Dumper.add_representer(str, OmegaConfDumper.str_representer)
+    return Dumper

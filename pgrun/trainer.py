@@ -20,7 +20,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pgrun import checkpoint, guards, signals
 from pgrun.collectors import Episodes, collector_from_config
-from pgrun.config import ConfigError, Interrupted
+from pgrun.config import ConfigError, Interrupted, yaml_text
 from pgrun.diagnostics import Diagnostics
 from pgrun.envs import env_from_config, time_limit
 from pgrun.evaluation import Evaluator
@@ -161,7 +161,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, flo
         list(cfg.logger),
         run_dir,
         resolved,
-        OmegaConf.to_yaml(cfg, resolve=True),
+        yaml_text(resolved),
         purge_step=state.env_steps + 1 if resume else None,
     )
     state.started = time.perf_counter()  # the clock of charts/SPS: from here, built and ready

@@ -383,3 +383,18 @@ def test_quick_help_lists_every_group_option_hydra_knows():
         for group, options in listed.items():
             assert options == options_of(group), group
     assert set(listed) == {"env", "policy", "variant", "experiment", "rollout"}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[], ["experiment=half_cheetah_value_baseline"], ["experiment=compare_variants"],
+     ["env=ALE/Pong-v5", "policy=cnn"], ["variant=ppo", "optim.lr=1e-5", "+env.kwargs.a='yes'", "+env.kwargs.b='1e5'"]],
+)  # fmt: skip
+def test_the_config_text_is_omegaconfs_yaml(overrides):
+    """The text a run logs (pgrun.config.yaml_text, libyaml) is OmegaConf.to_yaml's, byte for
+    byte, quoted strings and floats included."""
+    from pgrun.config import yaml_text
+
+    cfg = composed(*overrides)
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    assert yaml_text(container) == OmegaConf.to_yaml(cfg, resolve=True)
