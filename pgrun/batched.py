@@ -582,12 +582,20 @@ def _pad(xs: Sequence[torch.Tensor], T: int) -> torch.Tensor:
 class GroupBatch:
     """The seeds' batches side by side: obs (K, N, T, d), act (K, N, T[, d]), zero-padded
     after each seed's own T_k (the seeds that take no step this iteration hold zeros).
-    batches[k] is seed k's own Batch (N, T_k), adv[k] its (N, T_k) weights."""
+    batches[k] is seed k's own Batch (N, T_k), adv[k] its (N, T_k) weights.
+
+    `at` (K, M) holds each seed's valid steps as flat indices into its (N * T) slots, padded
+    with slot 0 to the longest M_k, and `keep` (K, M) is 1 on the real ones: with batches of
+    first episodes the longest episode of K x N sets T, and about a quarter of the (K, N, T)
+    slots are steps (CartPole's compare_variants), so the whole-batch terms are computed on
+    the steps alone (`terms`)."""
 
     batches: list[Batch | None]
     adv: list[torch.Tensor | None]
     obs: torch.Tensor
     act: torch.Tensor
+    at: torch.Tensor
+    keep: torch.Tensor
 
     @classmethod
     def of(cls, batches, adv) -> GroupBatch:
@@ -595,12 +603,43 @@ class GroupBatch:
         T = max(b.mask.shape[1] for b in real)
         like = real[0]
         fill = [b if b is not None else _empty_like(like) for b in batches]
+        steps = [(_pad([b.mask], T)[0].flatten() > 0).nonzero().squeeze(1) for b in fill]
+        M = max(max(len(s) for s in steps), 1)
+        at = torch.zeros((len(fill), M), dtype=torch.int64)
+        keep = torch.zeros((len(fill), M))
+        for k, s in enumerate(steps):
+            at[k, : len(s)] = s
+            keep[k, : len(s)] = 1.0
         return cls(
             list(batches),
             list(adv),
             _pad([b.obs for b in fill], T),
             _pad([b.act for b in fill], T),
+            at,
+            keep,
         )
+
+    def terms(self, policy: StackedPolicy) -> tuple[torch.Tensor, torch.Tensor]:
+        """log pi(a|s) and the entropy of every slot, (K, N, T) each: computed on the valid
+        steps only (the policy's forward on (K, M) rows), 0 in the other slots, which every
+        loss and statistic masks out."""
+        K, N, T = self.obs.shape[:3]
+
+        def rows(x: torch.Tensor) -> torch.Tensor:  # (K, N, T, ...) -> (K, M, ...)
+            flat = x.reshape(K, N * T, *x.shape[3:])
+            idx = self.at.reshape(K, -1, *([1] * (flat.dim() - 2))).expand(
+                K, self.at.shape[1], *flat.shape[2:]
+            )
+            return flat.gather(1, idx)
+
+        dist = policy(rows(self.obs))
+        logp, entropy = dist.log_prob(rows(self.act)), dist.entropy()
+
+        def slots(x: torch.Tensor) -> torch.Tensor:  # (K, M) -> (K, N, T)
+            out = torch.zeros((K, N * T), dtype=x.dtype)
+            return out.scatter_add(1, self.at, x * self.keep).reshape(K, N, T)
+
+        return slots(logp), slots(entropy)
 
 
 def _empty_like(b: Batch) -> Batch:
@@ -637,8 +676,7 @@ def gradient_step_group(
     failed: dict[int, str],
 ) -> None:
     """GradientStep for every active seed: one step on the sum of the seeds' own losses."""
-    dist = policy(group.obs)
-    logp, entropy = dist.log_prob(group.act), dist.entropy()
+    logp, entropy = group.terms(policy)
     losses = {}
     for k, b in enumerate(group.batches):
         if active[k]:
@@ -703,9 +741,7 @@ def ratio_epochs_group(
     shuffled by its own generator), and a seed whose KL stop fires takes no more steps."""
     K = policy.K
     with torch.no_grad():
-        dist_old = policy(group.obs)
-        logp_old_all = dist_old.log_prob(group.act)
-        entropy_old = dist_old.entropy()
+        logp_old_all, entropy_old = group.terms(policy)
     batches = group.batches
     Ts = [b.mask.shape[1] if b is not None else 0 for b in batches]
     logp_old = [logp_old_all[k, :, : Ts[k]] if active[k] else None for k in range(K)]
@@ -744,17 +780,19 @@ def ratio_epochs_group(
             plan = [list(c) for c in torch.stack(orders).chunk(m, dim=1)]  # (n / m) rows each
         epoch_logp = [torch.empty_like(lo) if lo is not None else None for lo in logp_old]
         for sels in plan:
-            if not m > 1:
-                obs, act = group.obs, group.act
-            elif by_steps:
-                obs, act = _gather_steps(batches, sels)
+            if not m > 1:  # the whole batch: its steps alone
+                logp_all, entropy_whole = group.terms(policy)
+                entropy_all = entropy_whole if rule.entropy_coef else entropy_whole.detach()
             else:
-                rows = torch.arange(K)[:, None]
-                idx = torch.stack(sels)
-                obs, act = group.obs[rows, idx], group.act[rows, idx]
-            dist = policy(obs)
-            logp_all = dist.log_prob(act)
-            entropy_all = dist.entropy() if rule.entropy_coef else None
+                if by_steps:
+                    obs, act = _gather_steps(batches, sels)
+                else:
+                    rows = torch.arange(K)[:, None]
+                    idx = torch.stack(sels)
+                    obs, act = group.obs[rows, idx], group.act[rows, idx]
+                dist = policy(obs)
+                logp_all = dist.log_prob(act)
+                entropy_all = dist.entropy() if rule.entropy_coef else None
             losses = {}
             for k in range(K):
                 if not stepping[k] or (by_steps and sels[k] is None):
@@ -813,7 +851,7 @@ def ratio_epochs_group(
                     hooks[k].after_epoch(ep, epoch_logp[k], logp_old[k], batches[k].mask)
                 )
     with torch.no_grad():
-        logp_new_all = policy(group.obs).log_prob(group.act)
+        logp_new_all = group.terms(policy)[0]
     for k in range(K):
         if not active[k] or k in failed:
             continue
