@@ -21,6 +21,7 @@ import copy
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -405,6 +406,13 @@ class BatchedLauncher(Launcher):
             f"{sum(1 for _, g, _ in units if g)} groups of seeds, {n_jobs} processes; "
             f"sweep output dir: {sweep_dir}"
         )
+        # the comparison at the sweep's end imports matplotlib: meanwhile, in this idle process
+        preload = None
+        if "compare" in (self.config.hydra.callbacks or {}):
+            from pgrun.compare import preload as target
+
+            preload = threading.Thread(target=target, name="pgrun-preload", daemon=True)
+            preload.start()
         state = Singleton.get_state()
         loader = self.hydra_context.config_loader
         known = loader.composed if isinstance(loader, SeedVariants) else {}
@@ -420,6 +428,8 @@ class BatchedLauncher(Launcher):
             )  # fmt: skip
             for items, grouped, _ in units
         )
+        if preload is not None:
+            preload.join()
         by_idx = {}
         for (items, _, _), rets in zip(units, done, strict=True):
             for (idx, _), ret in zip(items, rets, strict=True):

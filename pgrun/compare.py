@@ -552,6 +552,14 @@ def _curves(group: Group, x: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     return grid, curves.mean(axis=0), lower, upper
 
 
+def preload() -> None:
+    """The imports `plot` needs (matplotlib's, about a second), made ahead: the batched
+    launcher calls it in a thread of the sweep's process while the jobs train there."""
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+    import matplotlib.layout_engine  # noqa: F401
+
+
 def plot(groups: Sequence[Group], ranked: Sequence[Ranking], path: Path, x: str = "steps") -> None:
     """comparison.png: a row per env (the curves, mean and 95% band over seeds; the performance
     profile of the final returns; their IQM with its 95% CI; the probability-of-improvement
