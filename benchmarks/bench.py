@@ -29,8 +29,9 @@ is met. The rows:
    (pgrun's default `threads=1`; SB3 is given the same).
 2. Throughput on CartPole-v1 at N copies (N = batch_episodes), counting valid environment
    steps (steps that belong to an episode of a batch), against the raw vector env with random
-   actions, and against the raw env plus the policy's batched forward and sampling (the floor
-   for any runner that steps the env from Python with a torch policy; every step of it counts).
+   actions, and against the raw env plus the policy's per-step draw as pgrun's collectors make
+   it (pgrun.draw: the MLP's forward and the draw in numpy from a copy of the weights), the
+   floor for a runner that steps this env from Python with that draw; every step of it counts.
    - `training run`: a whole default run (`pgrun batch_episodes=N`, 150k env steps; collection,
      updates, diagnostics, logging and checkpoints), env steps / training seconds: the speed a
      user sees, with the episodes growing from about 20 steps to 500 as the policy learns.
@@ -521,15 +522,16 @@ def throughput(
             env.step(a)
         return 256 * n
 
+    from pgrun.draw import batch_draw
+
     obs_holder = [env.reset(seed=0)[0]]
-    sample = policy.act  # the policy's per-step draw, as collect_episodes uses it
 
     def raw_forward() -> int:
         obs = obs_holder[0]
+        draw = batch_draw(policy, 256, n)  # the per-step draw as the collectors make it
         with torch.inference_mode():
-            for _ in range(256):
-                act = sample(torch.from_numpy(obs)).numpy()
-                obs = env.step(act)[0]
+            for t in range(256):
+                obs = env.step(draw(obs.astype(np.float32, copy=False), t))[0]
         obs_holder[0] = obs
         return 256 * n
 
