@@ -100,10 +100,16 @@ class Stacked:
         self.K = len(self.modules)
         self.names = [n for n, _ in self.modules[0].named_parameters()]
         self.dims = [p.dim() for p in self.modules[0].parameters()]
-        self.params = [
-            torch.stack([_to_stacked(p) for p in ps]).contiguous().requires_grad_()
-            for ps in zip(*(m.parameters() for m in self.modules), strict=True)
-        ]
+        if all(m is self.modules[0] for m in self.modules):  # K copies of one module
+            self.params = [
+                _to_stacked(p).expand(self.K, *_to_stacked(p).shape).contiguous().requires_grad_()
+                for p in self.modules[0].parameters()
+            ]
+        else:
+            self.params = [
+                torch.stack([_to_stacked(p) for p in ps]).contiguous().requires_grad_()
+                for ps in zip(*(m.parameters() for m in self.modules), strict=True)
+            ]
         self.by_name = dict(zip(self.names, self.params, strict=True))
 
     def single(self, j: int, k: int) -> torch.Tensor:
