@@ -20,6 +20,8 @@ the Distribution; `act(obs)`, the rollout's draw once per time step, from the sa
 by a cheaper route (an inverse-CDF draw from one uniform per row instead of torch.multinomial,
 Gaussian noise into a buffer kept between steps); and `mode(obs)`, the deterministic action used
 for evaluation. The update's log-probabilities always come from `policy(obs)`, the Distribution.
+The collectors draw from the MLP policies in numpy instead (pgrun.draw), and with `act` for the
+rest.
 """
 
 from __future__ import annotations
