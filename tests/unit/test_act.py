@@ -18,26 +18,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from fixed_policies import M, Z, linear
 
-from pgrun.policies import inverse_cdf, make_policy
-
-M = 40_000
-Z = 4.5
-BOX3 = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
-
-
-class Spaces(gym.Env):
-    def __init__(self, observation_space, action_space):
-        self.observation_space, self.action_space = observation_space, action_space
-
-
-def linear(action_space, bias, **kwargs):
-    """A linear policy on BOX3 observations whose output is `bias` for every observation."""
-    policy = make_policy(Spaces(BOX3, action_space), hidden_sizes=[], **kwargs)
-    with torch.no_grad():
-        policy.net[0].weight.zero_()
-        policy.net[0].bias.copy_(torch.tensor(bias))
-    return policy
+from pgrun.policies import inverse_cdf
 
 
 def draw(policy, rows=M):

@@ -16,28 +16,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from fixed_policies import BOX3, M, Spaces, Z, linear
 
 from pgrun.batched import StackedPolicy
 from pgrun.draw import NumpyDraw, batch_draw, noise
 from pgrun.policies import make_policy
-
-M = 40_000
-Z = 4.5
-BOX3 = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
-
-
-class Spaces(gym.Env):
-    def __init__(self, observation_space, action_space):
-        self.observation_space, self.action_space = observation_space, action_space
-
-
-def linear(action_space, bias, **kwargs):
-    """A linear policy on BOX3 observations whose output is `bias` for every observation."""
-    policy = make_policy(Spaces(BOX3, action_space), hidden_sizes=[], **kwargs)
-    with torch.no_grad():
-        policy.net[0].weight.zero_()
-        policy.net[0].bias.copy_(torch.tensor(bias))
-    return policy
 
 
 def one_step(policy, rows=M):
