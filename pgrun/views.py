@@ -235,12 +235,13 @@ def hparams_summaries(hparams: Mapping[str, Any], differs: set[str], metric: str
     experiment lists the columns in the order of `hparams`, those in `differs` marked as
     differing: TensorBoard lists those first and shows the first five columns. `group`: the
     trial id (trial_id). (Built from the protos: tensorboard's own summary helpers need
-    TensorFlow.)"""
+    TensorFlow, and its hparams.metadata module imports tensorboard's TensorFlow stub, a tenth
+    of a second of a run's start; `hparams_metadata` is its create_summary_metadata.)"""
     import time
 
     from google.protobuf import struct_pb2
     from tensorboard.compat.proto import summary_pb2
-    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
     def data_type(value: Any) -> int:
         if isinstance(value, bool):
@@ -251,7 +252,7 @@ def hparams_summaries(hparams: Mapping[str, Any], differs: set[str], metric: str
 
     def summary(tag: str, data) -> summary_pb2.Summary:
         out = summary_pb2.Summary()
-        out.value.add(tag=tag, metadata=metadata.create_summary_metadata(data))
+        out.value.add(tag=tag, metadata=hparams_metadata(data))
         return out
 
     infos = [
@@ -272,12 +273,29 @@ def hparams_summaries(hparams: Mapping[str, Any], differs: set[str], metric: str
         start.hparams[k].CopyFrom(value)
     end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS)
     return (
-        summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)),
+        summary("_hparams_/experiment", plugin_data_pb2.HParamsPluginData(experiment=experiment)),
         summary(
-            metadata.SESSION_START_INFO_TAG,
+            "_hparams_/session_start_info",
             plugin_data_pb2.HParamsPluginData(session_start_info=start),
         ),
         summary(
-            metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end)
+            "_hparams_/session_end_info", plugin_data_pb2.HParamsPluginData(session_end_info=end)
         ),
+    )
+
+
+def hparams_metadata(data):
+    """The SummaryMetadata of an HPARAMS record holding `data` (an HParamsPluginData), as
+    tensorboard.plugins.hparams.metadata.create_summary_metadata makes it: plugin "hparams",
+    content version 0."""
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = plugin_data_pb2.HParamsPluginData()
+    content.CopyFrom(data)
+    content.version = 0
+    return summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(
+            plugin_name="hparams", content=content.SerializeToString()
+        )
     )

@@ -232,3 +232,28 @@ def test_tensorboard_logger_writes_what_torchs_summary_writer_writes(tmp_path):
         theirs.close()
         (theirs_file,) = theirs_dir.glob("events.out.tfevents.*")
         assert _events_without_wall_time(ours.path) == _events_without_wall_time(theirs_file)
+
+
+def test_hparams_records_are_tensorboards_and_a_runs_loggers_skip_its_tensorflow_stub(tmp_path):
+    """The HPARAMS records carry the tags and metadata tensorboard's hparams plugin makes
+    (its create_summary_metadata); building a run's loggers imports neither that module nor
+    tensorboard's TensorFlow stub (a tenth of a second of every run's start)."""
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    from pgrun.views import hparams_summaries
+
+    records = hparams_summaries({"variant": "rtg", "seed": 0}, {"seed"}, "hparams/final_return")
+    tags = [metadata.EXPERIMENT_TAG, metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG]
+    for summary, tag in zip(records, tags, strict=True):
+        (value,) = summary.value
+        assert value.tag == tag
+        data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+        assert value.metadata == metadata.create_summary_metadata(data)
+    code = (
+        "import sys; from pathlib import Path; from pgrun.logger import make_loggers; "
+        f"make_loggers(['tensorboard', 'csv'], Path({str(tmp_path)!r}), {{'seed': 0}}, 'seed: 0')"
+        ".close(); print(sorted(m for m in sys.modules if 'tensorflow_stub' in m "
+        "or m == 'tensorboard.plugins.hparams.metadata'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
