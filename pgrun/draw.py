@@ -18,8 +18,8 @@ the batch's start (the weights do not change during a collection):
 The draws are the policy's distribution up to float rounding of its probabilities (numpy's exp
 and tanh are not torch's), so they are not bit for bit the torch draws of `policy.act`; they
 are deterministic, and the update's log-probabilities still come from torch (`policy(obs)`).
-`stacked_draw` does the same for K seeds' stacked weights (pgrun.batched): np.matmul on
-(K, N, in) @ (K, in, out) multiplies slice by slice with the same BLAS call as one seed's
+pgrun.batched.StackedPolicy.batch_draw does the same for K seeds' stacked weights: np.matmul
+on (K, N, in) @ (K, in, out) multiplies slice by slice with the same BLAS call as one seed's
 (N, in) @ (in, out), so a seed's draws in a group are bit for bit its draws alone.
 
 Other policies (a CNN, one-hot or normalised observations, MultiDiscrete and MultiBinary
