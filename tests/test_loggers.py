@@ -247,8 +247,13 @@ def test_hparams_records_are_tensorboards_and_a_runs_loggers_skip_its_tensorflow
     for summary, tag in zip(records, tags, strict=True):
         (value,) = summary.value
         assert value.tag == tag
-        data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-        assert value.metadata == metadata.create_summary_metadata(data)
+        ours = value.metadata.plugin_data
+        data = plugin_data_pb2.HParamsPluginData.FromString(ours.content)
+        theirs = metadata.create_summary_metadata(data).plugin_data
+        # compared as messages: the session start's hparams are a map, serialized in any order
+        assert ours.plugin_name == theirs.plugin_name == "hparams"
+        assert data == plugin_data_pb2.HParamsPluginData.FromString(theirs.content)
+        assert data.version == 0
     code = (
         "import sys; from pathlib import Path; from pgrun.logger import make_loggers; "
         f"make_loggers(['tensorboard', 'csv'], Path({str(tmp_path)!r}), {{'seed': 0}}, 'seed: 0')"
