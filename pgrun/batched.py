@@ -101,15 +101,13 @@ class Stacked:
         self.names = [n for n, _ in self.modules[0].named_parameters()]
         self.dims = [p.dim() for p in self.modules[0].parameters()]
         if all(m is self.modules[0] for m in self.modules):  # K copies of one module
-            self.params = [
-                _to_stacked(p).expand(self.K, *_to_stacked(p).shape).contiguous().requires_grad_()
-                for p in self.modules[0].parameters()
-            ]
+            per_param = [[_to_stacked(p)] * self.K for p in self.modules[0].parameters()]
         else:
-            self.params = [
-                torch.stack([_to_stacked(p) for p in ps]).contiguous().requires_grad_()
+            per_param = [
+                [_to_stacked(p) for p in ps]
                 for ps in zip(*(m.parameters() for m in self.modules), strict=True)
             ]
+        self.params = [torch.stack(ps).contiguous().requires_grad_() for ps in per_param]
         self.by_name = dict(zip(self.names, self.params, strict=True))
 
     def single(self, j: int, k: int) -> torch.Tensor:
