@@ -329,6 +329,19 @@ def job_log(run_dir: Path) -> Iterator[None]:
             root.addHandler(old)
 
 
+def stop_warm_up() -> None:
+    """Stop the worker processes setup() started, without waiting for their imports: for a
+    sweep refused before launch (a job's config does not compose)."""
+    import warnings
+
+    from joblib.externals.loky import reusable_executor
+
+    warnings.filterwarnings("ignore", message=r".*still being processed by the workers")
+    executor = reusable_executor._executor
+    if executor is not None:
+        executor.shutdown(wait=False, kill_workers=True)
+
+
 class BatchedLauncher(Launcher):
     """hydra/launcher=batched (configs/hydra/launcher/batched.yaml)."""
 

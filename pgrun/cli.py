@@ -18,6 +18,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -113,7 +114,7 @@ def main() -> None:
         return
     signals.raise_on_signals()
     try:
-        sys.argv[1:] = prepare(env_id_argv(sys.argv[1:]))
+        sys.argv[1:] = prepare(env_id_argv(flags_first(sys.argv[1:])))
     except UserError as exc:
         print(f"pgrun: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -127,6 +128,7 @@ def main() -> None:
         register()
     _stderr, held = sys.stderr, io.StringIO()
     sys.stderr = held
+    one_line_sweep_errors()
     single = single_run(sys.argv[1:])
     if single:
         gc.disable()  # until the run is built: see settle_collector
@@ -169,6 +171,16 @@ def main() -> None:
         end_process()
 
 
+# Hydra's flags that take no value
+_SWITCHES = ("-m", "--multirun", "-r", "--run", "--resolve")
+
+
+def flags_first(args: list[str]) -> list[str]:
+    """`args` with the switches (-m, --resolve...) before the overrides: Hydra's parser takes
+    them only there, and `pgrun variant=rtg -m seed=0,1` is as natural to type."""
+    return [a for a in args if a in _SWITCHES] + [a for a in args if a not in _SWITCHES]
+
+
 # Flags with which Hydra prints something and runs nothing.
 _NO_RUN = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion")
 
@@ -178,7 +190,9 @@ def prepare(args: list[str]) -> list[str]:
 
     - `resume=RUN_DIR`: the run's own overrides (resume_argv), RUN_DIR locked by this process;
     - `hydra.run.dir=DIR`: DIR made or claimed and locked (refused when it holds a run);
-    - `-m` without hydra.sweep.dir: a new, unique outputs/multirun/<date>_<time>.<ms>.
+    - `-m` without hydra.sweep.dir: a new, unique outputs/multirun/<date>_<time>.<ms>;
+    - the sweep's directory (and a resumed sweep's) locked by this process, so that a second
+      pgrun into it is refused, while the jobs' own directories are locked by whoever runs them.
     The default directory of a single run is made by the run_dir resolver (pgrun.config)."""
     if any(a.split("=", 1)[0] in _NO_RUN for a in args):
         return args
@@ -186,14 +200,21 @@ def prepare(args: list[str]) -> list[str]:
     target = resume_target(args)
     if target is not None:
         args = resume_argv(args)
-        if not (target / MULTIRUN_FILE).is_file():  # a sweep's jobs lock their own
-            rundir.acquire(target)
+        rundir.acquire(target)  # a sweep's too: its jobs lock their own as well
         return args
     if multirun:
-        if _given(args, "hydra.sweep.dir") is None:
+        given = _given(args, "hydra.sweep.dir")
+        if given is None:
             made = rundir.create_unique("outputs/multirun", "", lock=False)
             args = [*args, f"hydra.sweep.dir={quote(os.path.abspath(made))}"]
             _made_sweep.append(made)
+            rundir.acquire(made)
+        elif "${" not in given:  # two sweeps into one directory: the second is refused
+            path = Path(given).expanduser()
+            if not path.exists():
+                path.mkdir(parents=True, exist_ok=True)
+                _made_sweep.append(path)
+            rundir.acquire(path)
         return args
     explicit = _given(args, "hydra.run.dir")
     if explicit is not None:
@@ -216,15 +237,42 @@ def _given(args: list[str], key: str) -> str | None:
     return unquote(values[-1]) if values else None
 
 
+def one_line_sweep_errors() -> None:
+    """A sweep composes every job's config before it launches any (Hydra's
+    Sweeper.validate_batch_is_legal), after stderr was given back for the sweep's messages. A
+    job that does not compose (`seed=0,abc`, `variant=rtg,nope`) is reported as a single run's
+    bad override is: one line, exit status 2, before any job ran."""
+    from hydra.errors import ConfigCompositionException
+    from hydra.plugins.sweeper import Sweeper
+
+    check = Sweeper.validate_batch_is_legal
+    if getattr(check, "one_line", False):
+        return
+
+    def validate_batch_is_legal(self: Sweeper, batch: Any) -> None:
+        try:
+            check(self, batch)
+        except ConfigCompositionException as exc:
+            report = "\n".join(str(e) for e in (exc, exc.__cause__) if e is not None)
+            _release_stderr()
+            print(f"pgrun: error: {one_line(report)}", file=sys.stderr)
+            if "pgrun.batched_launcher" in sys.modules:  # its processes were importing torch
+                sys.modules["pgrun.batched_launcher"].stop_warm_up()
+            raise SystemExit(2) from None
+
+    validate_batch_is_legal.one_line = True  # type: ignore[attr-defined]
+    Sweeper.validate_batch_is_legal = validate_batch_is_legal  # type: ignore[method-assign]
+
+
 def _discard_unstarted() -> None:
     """After a failure before training started: remove the directories this process made for
     the run (nothing in them can be resumed)."""
     for lock in list(rundir._held.values()):
         if not any(lock.run_dir.glob("checkpoint-*.pt")):
             rundir.discard(lock.run_dir)
-    for made in _made_sweep:
-        if made.is_dir() and not any(made.iterdir()):
-            made.rmdir()
+    for made in _made_sweep:  # empty, or only the sweep's record of a sweep that never launched
+        if made.is_dir() and {p.name for p in made.iterdir()} <= {MULTIRUN_FILE}:
+            rundir.remove_made(made)
 
 
 def _interrupted(signum: int) -> None:

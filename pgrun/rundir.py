@@ -247,6 +247,17 @@ def claim(path: str | os.PathLike, how_to_start_over: str) -> Path:
     return path
 
 
+def remove_made(path: Path) -> None:
+    """Remove `path`, a directory this process made, and the parents it leaves empty below the
+    working directory (e.g. outputs/runs made for this run alone)."""
+    shutil.rmtree(path, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    parent = path.absolute().parent
+    while parent != cwd and cwd in parent.parents and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+
+
 def discard(run_dir: str | os.PathLike) -> None:
     """Remove what this process added to `run_dir` (the directory itself if it made it, and the
     parents it left empty below the working directory), then release the lock. For a run that
@@ -259,12 +270,7 @@ def discard(run_dir: str | os.PathLike) -> None:
         release(lock)
         return
     if lock.made_dir:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        cwd = Path.cwd().resolve()
-        parent = run_dir.absolute().parent
-        while parent != cwd and cwd in parent.parents and not any(parent.iterdir()):
-            parent.rmdir()  # e.g. outputs/runs made for this run alone
-            parent = parent.parent
+        remove_made(run_dir)
     else:
         for entry in run_dir.iterdir():
             if entry.name not in lock.before:

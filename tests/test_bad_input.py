@@ -150,6 +150,14 @@ CASES: dict[str, Case] = {
         ["resume=run", "seed=3"], ["seed=3", "total_steps"], needs_run="run"
     ),
     "resume as a sweep": Case(["-m", "resume=run"], ["-m"], needs_run="run"),
+    # a sweep checks every job's config before it launches any (the battery puts -m after an
+    # override, total_steps=200 -m ...: pgrun moves it first, where Hydra's parser takes it)
+    "sweep wrong type": Case(["-m", "seed=0,abc"], ["seed=abc", "Integer"]),
+    "sweep unknown variant": Case(["-m", "variant=rtg,nope"], ["variant/nope", "rtg_baseline"]),
+    "sweep unknown key": Case(["-m", "foo=1,2"], ["'foo'", "not in"]),
+    "batched sweep wrong type": Case(
+        ["-m", "seed=0,abc", "hydra/launcher=batched"], ["seed=abc", "Integer"]
+    ),
     "resume other version": Case(
         ["resume=old"], ["another config or pgrun version"], needs_run="old"
     ),

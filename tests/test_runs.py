@@ -290,6 +290,30 @@ def test_sweeps_started_together_get_a_directory_each(tmp_path):
         consistent(job)
 
 
+def test_a_second_sweep_into_a_sweep_in_use_is_refused(tmp_path):
+    """A sweep's directory has one pgrun at a time: a second sweep into it, or a resume of it
+    while it runs, is refused in one line before it writes anything, and the first sweep's
+    jobs finish as if alone."""
+    sweep = tmp_path / "sweep"
+    first = start_pgrun(["-m", "seed=0,1", *LONG, f"hydra.sweep.dir={sweep}"], tmp_path)
+    try:
+        wait_for(lambda: lock_pid(sweep) == first.pid, first)
+        wait_for(lambda: any(sweep.glob("*seed=0*/checkpoint-*.pt")), first)
+        before = files(sweep)
+        for args in (["-m", "seed=0,1", *QUICK, f"hydra.sweep.dir={sweep}"], [f"resume={sweep}"]):
+            line = one_error_line(run_pgrun(args, cwd=tmp_path))
+            assert "being written by another pgrun" in line and f"pid {first.pid}" in line, line
+        after = files(sweep)  # the first sweep goes on, its records untouched
+        kept = [name for name in before if "checkpoint-" not in name]  # rotated as it goes
+        assert set(kept) <= set(after)
+        assert all(after[name] == before[name] for name in kept if "/.hydra/" in name)
+        assert after["multirun.yaml"] == before["multirun.yaml"]
+        assert not any(name.endswith("failed.txt") for name in after), sorted(after)
+    finally:
+        stop(first)
+    assert not (tmp_path / "outputs").exists()
+
+
 # --- signals at the edges -------------------------------------------------------------------------
 
 SLOW_ENV = """
