@@ -81,7 +81,16 @@ def forward(layers: Sequence[Layer], x: np.ndarray) -> np.ndarray:
 
 def categorical(logits: np.ndarray, u: np.ndarray) -> np.ndarray:
     """One draw per row of softmax(logits) (..., n) with u (..., 1) ~ U[0, 1): the number of
-    cdf_j <= u among j < n - 1 (pgrun.policies.inverse_cdf) -> (...,) int64."""
+    cdf_j <= u among j < n - 1 (pgrun.policies.inverse_cdf) -> (...,) int64.
+
+    Two actions (CartPole, Acrobot's are three) take the same operations on the two columns,
+    without the reductions along the last axis, which cost numpy more than the arithmetic at
+    these sizes: the same numbers, a third of the time."""
+    if logits.shape[-1] == 2:
+        l0, l1 = logits[..., 0], logits[..., 1]
+        m = np.maximum(l0, l1)
+        e0, e1 = np.exp(l0 - m), np.exp(l1 - m)
+        return (e0 / (e0 + e1) <= u[..., 0]).astype(np.int64)
     z = logits - logits.max(-1, keepdims=True)
     np.exp(z, out=z)
     z /= z.sum(-1, keepdims=True)
