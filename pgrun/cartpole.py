@@ -32,16 +32,26 @@ def fast_step(env: Any) -> Step | None:
     n = env.num_envs
     tmp = np.empty(n)  # scratch for the products
     cos, sin = np.empty(n), np.empty(n)
-    temp, thetaacc, xacc = np.empty(n), np.empty(n), np.empty(n)
+    temp = np.empty(n)
+    # the four time derivatives (x_dot, xacc, theta_dot, thetaacc): the accelerations are
+    # computed into rows 1 and 3, and Euler's update is then one operation on the whole state
+    deriv = np.empty((4, n))
+    xacc, thetaacc = deriv[1], deriv[3]
+    forces = np.array([-env.force_mag, env.force_mag])  # by action: sign(a - 0.5) * force_mag
+    ones = np.ones(n, dtype=np.float32)
+    limits = np.array([[env.x_threshold], [env.theta_threshold_radians]])  # for rows x, theta
+    over, beyond = np.empty((2, n)), np.empty((2, n), dtype=bool)
     gravity, length, masspole = env.gravity, env.length, env.masspole
     total_mass, pml, tau = env.total_mass, env.polemass_length, env.tau
-    force_mag, euler = env.force_mag, env.kinematics_integrator == "euler"
-    x_lim, theta_lim = env.x_threshold, env.theta_threshold_radians
+    euler = env.kinematics_integrator == "euler"
 
     def step(action: np.ndarray):
         state = env.state
-        x, x_dot, theta, theta_dot = state  # rows of env.state: updated in place
-        force = np.where(action == 1, force_mag, -force_mag)  # sign(a - 0.5) * force_mag
+        theta, theta_dot = state[2], state[3]  # rows of env.state: updated in place
+        if action.dtype.kind in "iu":
+            force = forces[action]
+        else:
+            force = np.where(action == 1, forces[1], forces[0])
         np.cos(theta, out=cos)
         np.sin(theta, out=sin)
         # temp = (force + pml * theta_dot^2 * sin) / total_mass
@@ -64,29 +74,27 @@ def fast_step(env: Any) -> Step | None:
         np.multiply(tmp, cos, out=tmp)
         np.divide(tmp, total_mass, out=tmp)
         np.subtract(temp, tmp, out=xacc)
-        if euler:
-            x += np.multiply(tau, x_dot, out=tmp)
-            x_dot += np.multiply(tau, xacc, out=tmp)
-            theta += np.multiply(tau, theta_dot, out=tmp)
-            theta_dot += np.multiply(tau, thetaacc, out=tmp)
-        else:  # semi-implicit Euler
-            x_dot += np.multiply(tau, xacc, out=tmp)
-            x += np.multiply(tau, x_dot, out=tmp)
-            theta_dot += np.multiply(tau, thetaacc, out=tmp)
-            theta += np.multiply(tau, theta_dot, out=tmp)
+        if euler:  # every row from the derivatives before the step
+            deriv[0::2] = state[1::2]
+            state += np.multiply(tau, deriv, out=deriv)
+        else:  # semi-implicit Euler: the velocities first, then the positions from them
+            state[1::2] += np.multiply(tau, deriv[1::2], out=deriv[1::2])
+            state[0::2] += np.multiply(tau, state[1::2], out=deriv[0::2])
         # (x < -x_lim) | (x > x_lim) | ...: the same flags, NaN included (never terminated)
-        terminated = (np.abs(x) > x_lim) | (np.abs(theta) > theta_lim)
+        np.greater(np.abs(state[0::2], out=over), limits, out=beyond)
+        terminated = np.logical_or(beyond[0], beyond[1])
         env.steps += 1
         truncated = env.steps >= env.max_episode_steps
         if env._sutton_barto_reward:
             reward = -np.array(terminated, dtype=np.float32)
         else:
-            reward = np.ones_like(terminated, dtype=np.float32)
+            reward = ones.copy()
         # the copies that ended at the previous step start again (next-step autoreset); with
         # none, gymnasium's draw of no numbers leaves the RNG as it is
         done = env.prev_done
-        if done.any():
-            state[:, done] = env.np_random.uniform(low=env.low, high=env.high, size=(4, done.sum()))
+        ended = np.count_nonzero(done)
+        if ended:
+            state[:, done] = env.np_random.uniform(low=env.low, high=env.high, size=(4, ended))
             env.steps[done] = 0
             reward[done] = 0.0
             terminated[done] = False
