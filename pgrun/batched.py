@@ -375,7 +375,7 @@ class CartPoleGroup:
         prev = big.prev_done.copy()
         big.prev_done[:] = False  # the autoresets below, each from its seed's RNG
         obs, rew, term, trunc, _ = self._step(act.reshape(-1))
-        if prev.any():
+        if np.count_nonzero(prev):
             for k in np.flatnonzero(prev.reshape(K, N).any(1)):
                 idx = np.flatnonzero(prev[self.block(k)]) + k * N
                 env = self.envs[k]
@@ -465,7 +465,7 @@ def collect_episodes_group(
                 finished = running & ended.all(1)
                 length[finished] = t + 1
                 running &= ~finished
-                if not running.any():
+                if not np.count_nonzero(running):
                     break
         except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
             k = int(np.flatnonzero(running)[0]) if running.any() else 0
@@ -549,7 +549,7 @@ def collect_steps_group(
                 ep_return += rew[t]
                 ep_length += live
                 elapsed += live
-                if ended.any():
+                if np.count_nonzero(ended):
                     for k in on:
                         if ended[k].any():
                             runs[k].returns.extend(ep_return[k][ended[k]].tolist())

@@ -177,7 +177,7 @@ class StepCollector:
         self.ep_return += run.rew[t]
         self.ep_length += live
         self.elapsed += live
-        if ended.any():
+        if np.count_nonzero(ended):  # cheaper than ended.any() at this size
             run.returns.extend(self.ep_return[ended].tolist())
             run.lengths.extend(self.ep_length[ended].tolist())
             self.ep_return[ended], self.ep_length[ended], self.elapsed[ended] = 0, 0, 0
