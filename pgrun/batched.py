@@ -116,10 +116,11 @@ class Stacked:
         return x.T if self.dims[j] == 2 else x[0]
 
     @torch.no_grad()
-    def write_back(self) -> None:
-        """Copy each seed's slice into its own module (what policy.pt and checkpoints save)."""
-        for k, module in enumerate(self.modules):
-            for j, p in enumerate(module.parameters()):
+    def write_back(self, seeds: Sequence[int] | None = None) -> None:
+        """Copy each seed's slice (of `seeds`, all by default) into its own module (what
+        policy.pt and checkpoints save)."""
+        for k in range(self.K) if seeds is None else seeds:
+            for j, p in enumerate(self.modules[k].parameters()):
                 p.copy_(self.single(j, k))
 
     def mlp(self, net: nn.Sequential, prefix: str, x: torch.Tensor) -> torch.Tensor:
@@ -276,9 +277,11 @@ class StackedAdam:
             v.copy_(torch.where(keep, v_new, v))
             p.copy_(torch.where(keep, p_new, p))
 
-    def write_back(self) -> None:
-        """Each seed's moments and step count into its own optimizer (its checkpoint)."""
-        for k, opt in enumerate(self.singles):
+    def write_back(self, seeds: Sequence[int] | None = None) -> None:
+        """Each seed's moments and step count (of `seeds`, all by default) into its own
+        optimizer (its checkpoint)."""
+        for k in range(len(self.singles)) if seeds is None else seeds:
+            opt = self.singles[k]
             opt.t = self.t[k]
             for j in range(len(self.m)):
                 opt.m[j].copy_(self.stacked_single(self.m[j], j, k))
@@ -1057,6 +1060,7 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
                         stats[k].update(
                             hooks[k].before_update(states[k].policy, batches[k], targets[k].adv)
                         )
+                stepped = [k for k in range(K) if active[k]]  # the seeds this update changes
                 group = GroupBatch.of(batches, [t.adv if t else None for t in targets])
                 failed: dict[int, str] = {}
                 if ratio:
@@ -1085,8 +1089,8 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
                         value, value_opt, batches, targets, fitting, cfg0.value.steps,
                         cfg0.value.minibatches, cfg0.optim.max_grad_norm, gens, failed,
                     )  # fmt: skip
-                    value.write_back()
-                policy.write_back()
+                    value.write_back(stepped)
+                policy.write_back(stepped)
                 for k, what in failed.items():
                     s = states[k]
                     kept = checkpoint.checkpoints(jobs[k].run_dir)
@@ -1117,7 +1121,7 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
                         final[k] = s.final_return()
                 for k in range(K):
                     if final[k] is not None and results[k] is None:
-                        _finish(states[k], opt, value_opt if has_value else None, jobs[k],
+                        _finish(states[k], opt, value_opt if has_value else None, jobs[k], k,
                                 resolved[k])  # fmt: skip
                         results[k] = {
                             "final_return": final[k],
@@ -1128,7 +1132,7 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
                 if stop.signum is not None:
                     for k in range(K):
                         if results[k] is None and final[k] is None:
-                            _save(states[k], opt, value_opt if has_value else None, jobs[k])
+                            _save(states[k], opt, value_opt if has_value else None, jobs[k], k)
                             results[k] = Interrupted(
                                 stop.signum, states[k].iteration, states[k].env_steps
                             )
@@ -1138,7 +1142,7 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
                     s = states[k]
                     due = save_every[k] > 0 and s.iteration % save_every[k] == 0
                     if active[k] and due:
-                        _save(s, opt, value_opt if has_value else None, jobs[k])
+                        _save(s, opt, value_opt if has_value else None, jobs[k], k)
     finally:
         with signals.deferred("closing the runs"):
             for k in range(K):
@@ -1181,16 +1185,18 @@ def _value_stats(batch: Batch, targets: Any) -> dict[str, float]:
     return stats
 
 
-def _save(state: TrainState, opt: StackedAdam, value_opt: StackedAdam | None, job: Job) -> None:
-    """The seed's checkpoint, its optimizers' states taken from the stacked ones."""
-    opt.write_back()
+def _save(
+    state: TrainState, opt: StackedAdam, value_opt: StackedAdam | None, job: Job, k: int
+) -> None:
+    """Seed k's checkpoint, its optimizers' states taken from the stacked ones."""
+    opt.write_back([k])
     if value_opt is not None:
-        value_opt.write_back()
+        value_opt.write_back([k])
     checkpoint.save(job.run_dir, state.iteration, state.state_dict())
 
 
-def _finish(state, opt, value_opt, job: Job, resolved: dict) -> None:
+def _finish(state, opt, value_opt, job: Job, k: int, resolved: dict) -> None:
     """The end of a seed's run: its last checkpoint and policy.pt, as train writes them."""
-    _save(state, opt, value_opt, job)
+    _save(state, opt, value_opt, job, k)
     policy_file = {"state_dict": state.policy.state_dict(), "config": resolved}
     checkpoint.write_atomic(job.run_dir / "policy.pt", policy_file)
