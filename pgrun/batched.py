@@ -626,10 +626,12 @@ class GroupBatch:
             keep,
         )
 
-    def terms(self, policy: StackedPolicy) -> tuple[torch.Tensor, torch.Tensor]:
-        """log pi(a|s) and the entropy of every slot, (K, N, T) each: computed on the valid
-        steps only (the policy's forward on (K, M) rows), 0 in the other slots, which every
-        loss and statistic masks out."""
+    def terms(
+        self, policy: StackedPolicy, entropy: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """log pi(a|s) and the entropy (None without `entropy`) of every slot, (K, N, T) each:
+        computed on the valid steps only (the policy's forward on (K, M) rows), 0 in the other
+        slots, which every loss and statistic masks out."""
         K, N, T = self.obs.shape[:3]
 
         def rows(x: torch.Tensor) -> torch.Tensor:  # (K, N, T, ...) -> (K, M, ...)
@@ -640,13 +642,13 @@ class GroupBatch:
             return flat.gather(1, idx)
 
         dist = policy(rows(self.obs))
-        logp, entropy = dist.log_prob(rows(self.act)), dist.entropy()
+        logp = dist.log_prob(rows(self.act))
 
         def slots(x: torch.Tensor) -> torch.Tensor:  # (K, M) -> (K, N, T)
             out = torch.zeros((K, N * T), dtype=x.dtype)
             return out.scatter_add(1, self.at, x * self.keep).reshape(K, N, T)
 
-        return slots(logp), slots(entropy)
+        return slots(logp), slots(dist.entropy()) if entropy else None
 
 
 def _empty_like(b: Batch) -> Batch:
@@ -788,8 +790,11 @@ def ratio_epochs_group(
         epoch_logp = [torch.empty_like(lo) if lo is not None else None for lo in logp_old]
         for sels in plan:
             if not m > 1:  # the whole batch: its steps alone
-                logp_all, entropy_whole = group.terms(policy)
-                entropy_all = entropy_whole if rule.entropy_coef else entropy_whole.detach()
+                # the entropy only counts in the loss with a bonus (the statistics take the
+                # collecting policy's, entropy_old): without one it is not computed
+                logp_all, entropy_all = group.terms(policy, entropy=bool(rule.entropy_coef))
+                if entropy_all is None:
+                    entropy_all = torch.zeros_like(logp_all)
             else:
                 if by_steps:
                     obs, act = _gather_steps(batches, sels)
@@ -858,7 +863,7 @@ def ratio_epochs_group(
                     hooks[k].after_epoch(ep, epoch_logp[k], logp_old[k], batches[k].mask)
                 )
     with torch.no_grad():
-        logp_new_all = group.terms(policy)[0]
+        logp_new_all = group.terms(policy, entropy=False)[0]
     for k in range(K):
         if not active[k] or k in failed:
             continue
