@@ -689,19 +689,34 @@ def pgrun_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "pgrun.cli"]
 
 
+# Starts the measured command and reports its wall time, peak RSS and status. Linux keeps a
+# process's peak RSS across exec, and a child starts with its parent's (fork and vfork alike):
+# started from this process, which has trained and imported much by then, the command would
+# report this process's peak. Started from this small one, it reports its own.
+_MEASURE = """
+import os, subprocess, sys, time
+out, cmd = sys.argv[1], sys.argv[2:]
+start = time.perf_counter()
+proc = subprocess.Popen(cmd)
+_, status, usage = os.wait4(proc.pid, 0)
+wall = time.perf_counter() - start
+with open(out, "w") as f:
+    f.write(f"{wall} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
+"""
+
+
 def run_process(cmd: list[str], cwd: str) -> tuple[float, float, int, str]:
     """Run `cmd`; (wall seconds, peak RSS in MB of the process itself, exit status, output)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    with tempfile.TemporaryFile("w+") as output:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)  # the rusage of this child alone
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile("w+") as output, tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "result"
+        measure = [sys.executable, "-c", _MEASURE, str(result), *cmd]
+        subprocess.run(measure, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
         output.seek(0)
         text = output.read()
-    return wall, usage.ru_maxrss / 1024, proc.returncode, text  # ru_maxrss: KiB on Linux
+        wall, rss_kib, status = result.read_text().split()
+    return float(wall), int(rss_kib) / 1024, int(status), text  # ru_maxrss: KiB on Linux
 
 
 def training_seconds(output: str) -> float | None:
