@@ -112,12 +112,18 @@ def main() -> None:
     parser.add_argument("--before", required=True, help="the older git revision")
     parser.add_argument("--after", default=None, help="the newer one (default: this tree)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", default=None, help="comma-separated workload names")
+    parser.add_argument(
+        "--only", default=None, help="workload names separated by ';' (names hold commas)"
+    )
     args = parser.parse_args()
+    wanted = [w.strip() for w in (args.only or "").split(";") if w.strip()]
+    unknown = [w for w in wanted if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"--only: no workload {unknown[0]!r}; the workloads: {'; '.join(WORKLOADS)}")
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"before": checkout(args.before, Path(tmp) / "before")}
         trees["after"] = checkout(args.after, Path(tmp) / "after") if args.after else ROOT
-        names = [n for n in WORKLOADS if not args.only or n in args.only.split(",")]
+        names = [n for n in WORKLOADS if not wanted or n in wanted]
         results: dict[str, dict[str, list[float]]] = {n: {"before": [], "after": []} for n in names}
         try:
             for r in range(args.rounds):
