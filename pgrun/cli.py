@@ -208,7 +208,7 @@ def prepare(args: list[str]) -> list[str]:
             made = rundir.create_unique("outputs/multirun", "", lock=False)
             args = [*args, f"hydra.sweep.dir={quote(os.path.abspath(made))}"]
             _made_sweep.append(made)
-            rundir.acquire(made)
+            rundir.acquire(made)  # not create_unique's lock: a run's, which a failure removes
         elif "${" not in given:  # two sweeps into one directory: the second is refused
             path = Path(given).expanduser()
             if not path.exists():
