@@ -160,10 +160,15 @@ class StackedPolicy(Stacked):
         return std.reshape(self.K, *([1] * lead), std.shape[-1])
 
     def __call__(self, obs: torch.Tensor) -> Distribution:
+        """The K seeds' distributions, without torch's argument checks: they cost as much as
+        the log-probabilities on a whole batch, and every step checks each seed's loss,
+        gradient and parameters for finiteness instead (a seed that fails stops alone, where a
+        check of the stacked logits would stop them all)."""
         out = self.features(obs)
         if not self.gaussian:
-            return Categorical(logits=out)
-        return Independent(Normal(out, self._std(out.dim() - 2)), 1)
+            return Categorical(logits=out, validate_args=False)
+        std = self._std(out.dim() - 2)
+        return Independent(Normal(out, std, validate_args=False), 1, validate_args=False)
 
     def act(self, obs: torch.Tensor, noise: list[torch.Generator | None]) -> torch.Tensor:
         """The rollout's draw of every seed, obs (K, N, d) -> (K, N) int64 or (K, N, d): each

@@ -399,6 +399,31 @@ def test_sweep_through_the_launcher(tmp_path):
     assert (again.stdout + again.stderr).count("finished before, not run again") == 4
 
 
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_a_seed_with_non_finite_weights_leaves_the_others_log_probs(env_id):
+    """A seed whose parameters went non-finite stays in the stack (it no longer steps): the
+    stacked distribution still gives the other seeds their log-probabilities, where torch's
+    argument check of the stacked logits would have raised for all of them."""
+    import gymnasium as gym
+
+    from pgrun.batched import StackedPolicy
+    from pgrun.policies import make_policy
+
+    env = gym.make(env_id)
+    policies = [make_policy(env, [8]) for _ in range(2)]
+    with torch.no_grad():
+        for p in policies[1].parameters():
+            p.fill_(float("nan"))
+    stacked = StackedPolicy(policies)
+    obs = torch.zeros(2, 5, env.observation_space.shape[0])
+    act = torch.zeros((2, 5, *env.action_space.shape), dtype=torch.float32)
+    if isinstance(env.action_space, gym.spaces.Discrete):
+        act = act.long()
+    logp = stacked(obs).log_prob(act)
+    assert torch.allclose(logp[0], policies[0](obs[0]).log_prob(act[0]))
+    assert torch.isnan(logp[1]).all()
+
+
 def test_a_seed_that_diverges_fails_alone():
     """A non-finite loss of one seed names that seed only; it takes no step (weights, moments
     and step count untouched) while the other seed steps."""
