@@ -22,7 +22,7 @@ from slurm import MAX_ARRAY_SIZE, Cluster  # noqa: E402
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="SLURM runs on Linux")
 
-STEPS = "total_steps=150000"  # about ten seconds of training a job: time to signal it
+STEPS = "total_steps=600000"  # 5-10 s of training a job (150k took 1.2 s): time to signal it
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.mem_gb=1"]
 TIMEOUT = 600
 
