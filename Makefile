@@ -16,7 +16,7 @@ help: ## list the targets
 # What CartPole needs (pgrun and its dependencies), then everything else on top of it.
 # RUN_IMPORTS: what `make run` imports, Hydra's plugin scan and its lazy imports included (the
 # scan warns about pgrun's SLURM launcher, whose extra `make run` does not install: not shown).
-RUN_IMPORTS := import warnings; warnings.filterwarnings('ignore', 'Error importing'); import pgrun.cli, pgrun.compare, pgrun.trainer, torch.utils.tensorboard, \
+RUN_IMPORTS := import warnings; warnings.filterwarnings('ignore', module='hydra.core.plugins'); import pgrun.cli, pgrun.compare, pgrun.trainer, torch.utils.tensorboard, \
 	torch.utils.serialization, gymnasium.envs.classic_control, hydra._internal.logging_config, \
 	omegaconf._impl, antlr4.LL1Analyzer, tensorboard.plugins.hparams.metadata; \
 	from hydra.core.plugins import Plugins; Plugins.instance()
