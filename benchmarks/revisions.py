@@ -16,6 +16,9 @@ Workloads (CartPole-v1 unless named, torch on one thread):
   ppo episodes    experiment=cartpole_ppo, 20k env steps: env steps / training second
   ppo steps       experiment=cartpole_ppo_steps (rollout=steps), 20k env steps, where the
                   revision has it
+  group           one group of K = 8 rtg_baseline seeds at N = 16 (pgrun.batched.train_group),
+                  8k env steps each, either collector: env steps / second with the build and
+                  the files, as row 6 of bench.py measures it
 """
 
 from __future__ import annotations
@@ -77,12 +80,35 @@ while time.perf_counter() - start < 5.0:
 print(json.dumps(steps / (time.perf_counter() - start)))
 """
 
+GROUP = """
+import json, sys, tempfile, time, torch
+from pathlib import Path
+from hydra import compose, initialize_config_module
+from pgrun.batched import Job, train_group
+torch.set_num_threads(1)
+root, jobs = Path(tempfile.mkdtemp()), []
+with initialize_config_module(config_module="pgrun.configs", version_base="1.3"):
+    for seed in range(8):
+        cfg = compose(config_name="config", overrides=sys.argv[1:] + [
+            "progress=false", "logger=[csv]", "diagnostics.every=0", f"seed={seed}"])
+        (root / str(seed)).mkdir()
+        jobs.append(Job(cfg, root / str(seed)))
+start = time.perf_counter()
+steps = sum(r["env_steps"] for r in train_group(jobs))
+print(json.dumps(steps / (time.perf_counter() - start)))
+"""
+
 WORKLOADS = {
     "train (rtg_baseline)": (TRAIN, ["variant=rtg_baseline", "total_steps=30000"]),
     "collect+update, untrained": (COLLECT, []),
     "halfcheetah collect": (CHEETAH, []),
     "ppo, rollout=episodes": (TRAIN, ["experiment=cartpole_ppo", "total_steps=20000"]),
     "ppo, rollout=steps": (TRAIN, ["experiment=cartpole_ppo_steps", "total_steps=20000"]),
+    "group, rollout=episodes": (GROUP, ["variant=rtg_baseline", "total_steps=8000"]),
+    "group, rollout=steps": (
+        GROUP,
+        ["variant=rtg_baseline", "rollout=steps", "total_steps=8000"],
+    ),
 }
 
 

@@ -22,9 +22,13 @@ import numpy as np
 Step = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]]
 
 
-def fast_step(env: Any) -> Step | None:
+def fast_step(env: Any, reset: Callable[[np.ndarray], np.ndarray] | None = None) -> Step | None:
     """A replacement for `env.step` where env is exactly a gymnasium CartPoleVectorEnv (not a
-    subclass, not wrapped); None for any other env. Call env.reset before the first step."""
+    subclass, not wrapped); None for any other env. Call env.reset before the first step.
+
+    `reset(idx)` gives the new states (4, len(idx)) of the copies idx (ascending) that
+    autoreset; by default they are drawn as gymnasium draws them, from env.np_random
+    (pgrun.batched.CartPoleGroup draws each seed's copies from its own seed's env)."""
     from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 
     if type(env) is not CartPoleVectorEnv:
@@ -94,7 +98,10 @@ def fast_step(env: Any) -> Step | None:
         done = env.prev_done
         ended = np.count_nonzero(done)
         if ended:
-            state[:, done] = env.np_random.uniform(low=env.low, high=env.high, size=(4, ended))
+            if reset is None:
+                state[:, done] = env.np_random.uniform(low=env.low, high=env.high, size=(4, ended))
+            else:
+                state[:, done] = reset(np.flatnonzero(done))
             env.steps[done] = 0
             reward[done] = 0.0
             terminated[done] = False

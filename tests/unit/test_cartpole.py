@@ -49,3 +49,40 @@ def test_other_envs_keep_their_step():
     env = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync")
     assert fast_step(env) is None
     env.close()
+
+
+@pytest.mark.parametrize("n", [16, 700], ids=["N16", "N700"])
+def test_a_group_steps_each_seed_as_its_own_env(n):
+    """pgrun.batched.CartPoleGroup: K = 3 seeds' envs stepped as one of 3 N copies, each
+    copy's autoreset drawn from its own seed's env RNG (drawn ahead, a row of at least 4096
+    doubles per seed), against the three envs stepped alone with the same random actions:
+    every observation, reward and flag equal to the last bit, over enough steps that every
+    seed's row is used up and drawn again, with each seed reset (a new
+    generator) at its own times in between."""
+    from pgrun.batched import CartPoleGroup
+
+    K = 3
+    alone = [CartPoleVectorEnv(num_envs=n, max_episode_steps=40) for _ in range(K)]
+    merged = [CartPoleVectorEnv(num_envs=n, max_episode_steps=40) for _ in range(K)]
+    for k in range(K):
+        alone[k].reset(seed=100 + k)
+        merged[k].reset(seed=100 + k)
+    group = CartPoleGroup(merged)
+    for k in range(K):
+        group.load(k)
+    rng = np.random.default_rng(1)
+    resets = 0
+    for t in range(3000):
+        for k in range(K):
+            if t == 700 * (k + 1):  # seed k's next batch restarts its copies
+                alone[k].reset(seed=200 + k)
+                merged[k].reset(seed=200 + k)
+                group.load(k)
+        act = rng.integers(0, 2, size=(K, n))
+        got = group.step(act)
+        for k in range(K):
+            want = alone[k].step(act[k])
+            for a, b in zip(want[:4], got, strict=True):
+                assert np.array_equal(a, b[k]), (t, k)
+        resets += int(np.count_nonzero(group.big.prev_done))
+    assert resets * 4 > 2 * K * group.size  # every row used up and drawn again
