@@ -228,6 +228,11 @@ def execute_unit(
     """In a worker process: one job (grouped=False), or a group trained together. `composed`:
     the sweep's composition of the group's first job (SeedVariants), reused here."""
     global pending
+    from pgrun import signals
+
+    signals.worker_listens()
+    if signals.sweep_stopping:  # the sweep was interrupted before this unit began
+        return []
     setup_globals()
     Singleton.set_state(singleton_state)
     loader = hydra_context.config_loader
@@ -253,8 +258,10 @@ def warm_up() -> None:
     walk their few hundred thousand objects again and again for nothing)."""
     import gc
 
+    from pgrun import signals
     from pgrun.cli import settle_collector
 
+    signals.worker_listens()
     gc.disable()
     import pgrun.batched  # noqa: F401 (torch, gymnasium, the trainer)
 
@@ -329,6 +336,14 @@ def job_log(run_dir: Path) -> Iterator[None]:
             root.addHandler(old)
 
 
+def worker_pids() -> list[int]:
+    """The pids of the launcher's worker processes (joblib's loky executor's)."""
+    from joblib.externals.loky import reusable_executor
+
+    executor = reusable_executor._executor
+    return list(getattr(executor, "_processes", None) or {}) if executor is not None else []
+
+
 def stop_warm_up() -> None:
     """Stop the worker processes setup() started, without waiting for their imports: for a
     sweep refused before launch (a job's config does not compose)."""
@@ -366,9 +381,12 @@ class BatchedLauncher(Launcher):
 
         from joblib import Parallel, delayed
 
-        self._warming = Parallel(n_jobs=self.processes(), backend="loky", return_as="generator")(
-            delayed(warm_up)() for _ in range(self.processes())
-        )
+        from pgrun import signals
+
+        with signals.spawning():
+            self._warming = Parallel(
+                n_jobs=self.processes(), backend="loky", return_as="generator"
+            )(delayed(warm_up)() for _ in range(self.processes()))
         # a sweep stopped before launch() (a job's config does not compose) leaves the warm-up
         # unread: joblib would say so at exit
         warnings.filterwarnings("ignore", message=r".*tasks have been successfully executed")
@@ -429,18 +447,30 @@ class BatchedLauncher(Launcher):
         state = Singleton.get_state()
         loader = self.hydra_context.config_loader
         known = loader.composed if isinstance(loader, SeedVariants) else {}
-        done = Parallel(n_jobs=n_jobs, backend="loky")(
-            delayed(execute_unit)(
-                items,
-                grouped,
-                self.hydra_context,
-                self.config,
-                self.task_function,
-                state,
-                known.get(group_key(items[0][1])),
-            )  # fmt: skip
-            for items, grouped, _ in units
-        )
+        from pgrun import signals
+
+        # Ctrl-C (SIGINT, SIGTERM) while the units run: each unit finishes its iteration and
+        # checkpoints its jobs (pgrun.signals.forwarding), then the sweep stops
+        with signals.forwarding(worker_pids) as stopped:
+            try:
+                done = Parallel(n_jobs=n_jobs, backend="loky")(
+                    delayed(execute_unit)(
+                        items,
+                        grouped,
+                        self.hydra_context,
+                        self.config,
+                        self.task_function,
+                        state,
+                        known.get(group_key(items[0][1])),
+                    )  # fmt: skip
+                    for items, grouped, _ in units
+                )
+            except Exception:
+                if not stopped:
+                    raise
+                done = []  # a worker the stop reached before its set-up: it had no job yet
+        if stopped:
+            raise signals.Interruption(stopped[0])
         if preload is not None:
             preload.join()
         by_idx = {}

@@ -129,6 +129,8 @@ def main() -> None:
     _stderr, held = sys.stderr, io.StringIO()
     sys.stderr = held
     one_line_sweep_errors()
+    if "hydra/launcher=joblib" in sys.argv[1:]:
+        forward_stops_to_joblib()
     single = single_run(sys.argv[1:])
     if single:
         gc.disable()  # until the run is built: see settle_collector
@@ -136,11 +138,19 @@ def main() -> None:
     try:
         run()
     except KeyboardInterrupt as exc:  # SIGINT or SIGTERM (pgrun.signals.Interruption)
+        signals.quiet_exit()  # stopping: a further signal must not cut the report short
         _release_stderr()
         signum = getattr(exc, "signum", signals.signal.SIGINT)
         if sweep.current is not None:  # a sweep waiting for its jobs (joblib, submitit)
             _discard_unstarted()
-            print(f"pgrun: interrupted{sweep.continue_hint()}", file=sys.stderr)
+            if not sweep.current.is_dir():  # it had not launched: its directory is removed
+                name = signals.signal.Signals(signum).name
+                print(
+                    f"pgrun: interrupted ({name}) before any job started: nothing was kept",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"pgrun: interrupted{sweep.continue_hint()}", file=sys.stderr)
             sys.exit(128 + signum)
         _interrupted(signum)
     except SystemExit as exc:
@@ -167,6 +177,7 @@ def main() -> None:
         sys.exit(1)
     finally:
         _release_stderr()
+        signals.quiet_exit()
     if single:
         end_process()
 
@@ -262,6 +273,38 @@ def one_line_sweep_errors() -> None:
 
     validate_batch_is_legal.one_line = True  # type: ignore[attr-defined]
     Sweeper.validate_batch_is_legal = validate_batch_is_legal  # type: ignore[method-assign]
+
+
+_WORKER_LAUNCHERS = ("JoblibLauncher", "BatchedLauncher")  # jobs in worker processes
+
+
+def forward_stops_to_joblib() -> None:
+    """hydra/launcher=joblib: a first SIGINT or SIGTERM while its jobs run is passed on to its
+    worker processes (pgrun.signals.forwarding), and the sweep waits for them to checkpoint
+    before it stops; joblib would otherwise end them at once, losing their last iterations."""
+    try:
+        from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+    except ImportError:  # without the sweep extra: Hydra reports the missing launcher
+        return
+    launch = JoblibLauncher.launch
+    if getattr(launch, "forwarding", False):
+        return
+
+    def forwarding_launch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        from pgrun.batched_launcher import worker_pids
+
+        with signals.forwarding(worker_pids) as stopped:
+            try:
+                rets = launch(self, *args, **kwargs)
+            except Exception:
+                if not stopped:
+                    raise
+        if stopped:
+            raise signals.Interruption(stopped[0])
+        return rets
+
+    forwarding_launch.forwarding = True  # type: ignore[attr-defined]
+    JoblibLauncher.launch = forwarding_launch  # type: ignore[method-assign]
 
 
 def _discard_unstarted() -> None:
@@ -508,6 +551,11 @@ def run(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun and hydra_cfg.launcher._target_.endswith(_WORKER_LAUNCHERS):
+        signals.worker_listens()  # the sweep's process may ask this worker to stop
+        if signals.sweep_stopping:
+            log.info(f"{_display(run_dir)}: not started: the sweep was interrupted")
+            return None
     if multirun and "SUBMITIT_FOLDER" in os.environ:  # a job that submitit started
         from pgrun.launcher import link_scheduler_log
 

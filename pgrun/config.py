@@ -333,6 +333,9 @@ class Interrupted(Exception):
         super().__init__(f"signal {signum} at iteration {iteration}")
         self.signum, self.iteration, self.env_steps = signum, iteration, env_steps
 
+    def __reduce__(self):  # pickled by its fields (a worker process returns it to its sweep's)
+        return type(self), (self.signum, self.iteration, self.env_steps)
+
 
 # pgrun.update_rules.RULES, and auto
 UPDATE_RULES = ("auto", "gradient", "ratio_epochs", "npg", "trpo")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -57,6 +59,108 @@ def deferred(what: str) -> Iterator[None]:
         signal.signal(sig, note)
     try:
         yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def spawning() -> Iterator[None]:
+    """While worker processes are started: SIGINT and SIGTERM ignored, a disposition the
+    workers inherit until their first code sets its own (worker_listens), so that a Ctrl-C
+    while they import does not print a traceback from each of them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def quiet_exit() -> None:
+    """The command is done (its runs complete, or stopped and reported): SIGINT and SIGTERM are
+    ignored while the interpreter exits, where a KeyboardInterrupt would only print a traceback
+    from the thread joins of a launcher's exit."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+# ------------------------------------------------------------------ a sweep's worker processes
+
+SWEEP_STOP = signal.SIGUSR1
+"""What a sweep's process sends its worker processes (the joblib and batched launchers') when it
+gets SIGINT or SIGTERM: stop after the current iteration and save a checkpoint, as the signal
+would stop a run of its own. It is a signal of its own so that a worker that got the first
+signal itself too (Ctrl-C reaches the terminal's whole process group) does not take the second
+as one that stops it at once: it never escalates."""
+
+sweep_stopping = False
+"""In a worker process: its sweep's process asked it to stop (no further job is started)."""
+
+
+def note_sweep_stop(signum: int, frame) -> None:
+    global sweep_stopping
+    sweep_stopping = True
+
+
+def _worker_signal(signum: int, frame) -> None:
+    """SIGINT or SIGTERM in a worker outside a training loop: the first is noted as a stop of
+    the sweep (a job being prepared stops after its first iteration, with a checkpoint; the
+    next job is not started), a second (also the second in a loop) ends the worker at once:
+    its sweep's process is stopping too, and an exception would only print a traceback from
+    wherever the worker is (its exit, a library's clean-up). A killed writer's temporary files
+    and locks are cleared by the next one."""
+    if sweep_stopping:
+        os._exit(128 + signum)
+    note_sweep_stop(signum, frame)
+
+
+def worker_listens() -> None:
+    """In a sweep's worker process, before its jobs: SWEEP_STOP, and a first SIGINT or SIGTERM
+    outside a training loop, are noted (pgrun.trainer's StopRequest stops the loop on it; a job
+    not started yet is not started), where a KeyboardInterrupt would end the job, and the
+    launcher then every other job at once."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(SWEEP_STOP, note_sweep_stop)
+        for sig in SIGNALS:
+            signal.signal(sig, _worker_signal)
+
+
+@contextlib.contextmanager
+def forwarding(workers) -> Iterator[list[int]]:
+    """In a sweep's process while its jobs run in worker processes (`workers()`: their pids): a
+    first SIGINT or SIGTERM is passed to the workers as SWEEP_STOP and recorded in the list
+    this yields, while the sweep waits for its jobs to checkpoint and return; a second acts as
+    before (Interruption: the launcher stops its workers at once)."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+
+    def first(signum: int, frame) -> None:
+        got.append(signum)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        name = signal.Signals(signum).name
+        print(
+            f"pgrun: {name}: the running jobs stop after their iteration and save a checkpoint "
+            f"({name} again stops them at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        for pid in workers():
+            with contextlib.suppress(OSError):
+                os.kill(pid, SWEEP_STOP)
+
+    for sig in SIGNALS:
+        signal.signal(sig, first)
+    try:
+        yield got
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -95,14 +95,26 @@ class StopRequest:
 
     def _handle(self, signum: int, frame) -> None:
         self.signum = signum
-        for sig, handler in self._previous.items():  # the next signal acts as usual
-            signal.signal(sig, handler)
+        signals.note_sweep_stop(signum, frame)  # in a sweep's worker: no further job starts
+        for sig in STOP_SIGNALS:  # the next signal acts as usual
+            signal.signal(sig, self._previous[sig])
         log.warning(f"{signal.Signals(signum).name}: stopping after this iteration")
+
+    def _sweep_stop(self, signum: int, frame) -> None:
+        """A sweep's worker: its sweep's process was interrupted (pgrun.signals.SWEEP_STOP),
+        once or more: stop after this iteration, never at once."""
+        signals.note_sweep_stop(signum, frame)
+        if self.signum is None:
+            self.signum = signal.SIGINT
+            log.warning("the sweep was interrupted: stopping after this iteration")
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            self._previous[signals.SWEEP_STOP] = signal.signal(signals.SWEEP_STOP, self._sweep_stop)
+            if signals.sweep_stopping:  # asked before this loop began
+                self._sweep_stop(signals.SWEEP_STOP, None)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -125,6 +125,59 @@ def test_ctrl_c_stops_a_basic_sweep_and_resume_continues_it(tmp_path: Path):
     assert (row["seeds"], row["failed"]) == ("2", "0"), row
 
 
+@pytest.mark.parametrize("launcher", ["batched", "joblib"])
+def test_ctrl_c_checkpoints_the_jobs_of_a_parallel_sweep(tmp_path: Path, launcher: str):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while the jobs train
+    in worker processes: the sweep's process waits for each running job to end its iteration
+    and save a checkpoint (which joblib's ending its workers at once lost), then stops with
+    status 130 and the continue hint, without a traceback; every job then resumes from its
+    checkpoint and finishes."""
+    root = tmp_path / "sweep"
+    process = subprocess.Popen(
+        pgrun_cmd(
+            "-m",
+            "variant=ppo",
+            "seed=0,1",
+            "total_steps=60000",
+            "checkpoint.every=1000",
+            f"hydra/launcher={launcher}",
+            f"hydra.sweep.dir={root}",
+        ),  # fmt: skip
+        cwd=tmp_path,
+        env=pgrun_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        # both jobs logging: both are in their training loops (no regular checkpoint before
+        # iteration 1000)
+        wait_for(
+            "both jobs' first iterations",
+            lambda: all(
+                (job(root, s) / "metrics.csv").is_file()
+                and len((job(root, s) / "metrics.csv").read_text().splitlines()) > 2
+                for s in (0, 1)
+            ),
+        )
+        os.killpg(process.pid, signal.SIGINT)
+        proc = finish(process, timeout=TIMEOUT)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert proc.returncode == 130, describe(proc)
+    assert "Traceback" not in proc.stderr, describe(proc)
+    assert f"continue the sweep with: pgrun resume={root.relative_to(tmp_path)}" in proc.stderr
+    for seed in (0, 1):
+        assert list(job(root, seed).glob("checkpoint-*.pt")), (seed, describe(proc))
+        assert sweep.job_state(job(root, seed)) == "interrupted"
+    proc = run_pgrun([f"resume={root}"], cwd=tmp_path, timeout=TIMEOUT)
+    assert proc.returncode == 0, describe(proc)
+    (row,) = summary(root).values()
+    assert (row["seeds"], row["failed"]) == ("2", "0"), row
+
+
 def test_failed_jobs_run_again_only_when_asked(tmp_path: Path):
     """A job that pgrun failed stays failed on resume; --rerun-failed sets its record aside
     (kept under .hydra/) and runs it again; a job the scheduler ended always runs again."""
