@@ -1018,7 +1018,9 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
             evaluator.close()
         raise
     states = [b[0] for b in built]
-    reason = space_blocker(states[0].collector.env)
+    from pgrun.batched_launcher import blocker  # what the launcher checks, for direct callers
+
+    reason = blocker(cfg0) or space_blocker(states[0].collector.env)
     if reason is not None:
         for state, _, evaluator in built:
             state.collector.env.close()

@@ -72,19 +72,24 @@ def blocker(cfg: DictConfig) -> str | None:
     if plain(cfg.env.backend) != "gymnasium":
         return f"env.backend={plain(cfg.env.backend)} (a group steps gymnasium envs)"
     if cfg.env.normalize_obs:
-        return "env.normalize_obs=true"
+        return (
+            "env.normalize_obs=true (each seed's observation statistics; "
+            "env.normalize_obs=false batches them)"
+        )
     if cfg.env.atari_preprocessing or cfg.env.frame_stack != 1:
-        return "Atari frames"
+        return "Atari frames (a group stacks MLP policies)"
     if cfg.policy.squash:
-        return "policy.squash=true"
+        return "policy.squash=true (a group has no stacked squashed Gaussian)"
     if plain(cfg.optim.name) != "adam":
-        return f"optim.name={plain(cfg.optim.name)}"
+        return f"optim.name={plain(cfg.optim.name)} (a group has Adam's stacked form)"
     if plain(cfg.device) != "cpu":
         return f"device={plain(cfg.device)} (a group trains on the CPU)"
     from pgrun.config import rule_name
 
     if rule_name(cfg.variant) not in ("gradient", "ratio_epochs"):
-        return f"variant.rule={rule_name(cfg.variant)}"
+        return (
+            f"variant.rule={rule_name(cfg.variant)} (a group stacks the gradient and ratio rules)"
+        )
     return None
 
 
