@@ -120,12 +120,9 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except signals.Interruption as exc:
         _interrupted(exc.signum)
-    try:
-        from pgrun.launcher import register
-    except ImportError:  # without the sweep extra: no SLURM launcher
-        pass
-    else:
-        register()
+    from hydra_plugins.pgrun_launcher import register
+
+    register()  # hydra/launcher=batched and slurm (the latter says so without the sweep extra)
     _stderr, held = sys.stderr, io.StringIO()
     sys.stderr = held
     one_line_sweep_errors()

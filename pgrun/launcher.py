@@ -65,17 +65,6 @@ class JobFailed(RuntimeError):
     """Raised at the end of a pgrun job that failed, so that its process exits non-zero."""
 
 
-def register() -> None:
-    """Make the classes of hydra/launcher=slurm and hydra/launcher=batched known to Hydra. Hydra finds plugins by walking the
-    hydra_plugins package on disk, which misses an editable install's."""
-    from hydra.core.plugins import Plugins
-
-    from hydra_plugins.pgrun_launcher import BatchedLauncher, SlurmLauncher
-
-    Plugins.instance().register(SlurmLauncher)
-    Plugins.instance().register(BatchedLauncher)
-
-
 def link_scheduler_log(run_dir: Path) -> None:
     """In a submitit job: `run_dir/scheduler.log` -> this job's submitit log (relative)."""
     try:

@@ -38,3 +38,13 @@ else:
 
         def launch(self, job_overrides, initial_job_idx):  # never reached
             raise NotImplementedError
+
+
+def register() -> None:
+    """Make the classes of hydra/launcher=slurm and hydra/launcher=batched known to Hydra (pgrun's
+    command calls it). Hydra finds plugins by walking the hydra_plugins package on disk, which
+    misses an editable install's."""
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance().register(SlurmLauncher)
+    Plugins.instance().register(BatchedLauncher)
