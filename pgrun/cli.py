@@ -223,6 +223,7 @@ def prepare(args: list[str]) -> list[str]:
                 path.mkdir(parents=True, exist_ok=True)
                 _made_sweep.append(path)
             rundir.acquire(path)
+            _refuse_a_sweeps_directory(path)
         return args
     explicit = _given(args, "hydra.run.dir")
     if explicit is not None:
@@ -231,6 +232,22 @@ def prepare(args: list[str]) -> list[str]:
             args = [a for a in args if not a.startswith("hydra.run.dir=")]
             args.append(f"hydra.run.dir={quote(explicit)}")
     return args
+
+
+def _refuse_a_sweeps_directory(path: Path) -> None:
+    """A new sweep into a directory that holds one already would take the old jobs for its own
+    wherever their names agree (a job is named by the overrides that vary: `seed=0` of a ppo
+    sweep and of an rtg one), report them finished and replace the sweep's record: refused,
+    as a hydra.run.dir that holds a run is. `pgrun resume=<dir>` continues the sweep there."""
+    held = (path / MULTIRUN_FILE).is_file() or any(
+        d.is_dir() and rundir.holds_run(d) for d in path.iterdir()
+    )
+    if held:
+        where = rundir.shell(path)
+        raise UserError(
+            f"hydra.sweep.dir={where} holds a sweep already: continue it with "
+            f"pgrun resume={where}, or give a new hydra.sweep.dir"
+        )
 
 
 _plain_path = re.compile(r"[A-Za-z0-9_./~+-]*")  # a value Hydra's grammar takes unquoted

@@ -314,6 +314,26 @@ def test_a_second_sweep_into_a_sweep_in_use_is_refused(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+def test_a_new_sweep_into_a_finished_sweeps_directory_is_refused(tmp_path):
+    """A new sweep into the directory of one that ran (its multirun.yaml, its jobs) would take
+    the old jobs for its own where their names agree (`seed=0` of a ppo sweep and of an rtg
+    one), report them finished and replace multirun.yaml: it is refused in one line naming
+    the resume, and the old sweep stays as it was; `pgrun resume=<dir>` still continues it."""
+    sweep = tmp_path / "sweep"
+    proc = run_pgrun(["-m", "seed=0,1", *QUICK, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    before = files(sweep)
+    proc = run_pgrun(
+        ["-m", "variant=rtg", "seed=0,1", *QUICK, f"hydra.sweep.dir={sweep}"], tmp_path
+    )
+    line = one_error_line(proc)
+    assert "holds a sweep already" in line and "pgrun resume=" in line, line
+    assert files(sweep) == before
+    again = run_pgrun([f"resume={sweep}"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (again.stdout + again.stderr).count("finished before, not run again") == 2
+
+
 # --- signals at the edges -------------------------------------------------------------------------
 
 SLOW_ENV = """
