@@ -69,7 +69,12 @@ def blocker(cfg: DictConfig) -> str | None:
     (pgrun.batched.space_blocker)."""
     if plain(cfg.policy.get("name", "mlp")) != "mlp":
         return f"policy={cfg.policy.name} (a group stacks MLP policies)"
-    if plain(cfg.env.backend) != "gymnasium":
+    backend = plain(cfg.env.backend)
+    if backend == "auto":  # gymnasium for most ids (imports gymnasium, not envpool)
+        from pgrun.envs import resolve_backend
+
+        backend = resolve_backend(backend, str(cfg.env.id), plain(cfg.env.vectorization))
+    if backend != "gymnasium":
         return f"env.backend={plain(cfg.env.backend)} (a group steps gymnasium envs)"
     if cfg.env.normalize_obs:
         return (

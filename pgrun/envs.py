@@ -12,6 +12,7 @@ import contextlib
 import ctypes.util
 import importlib
 import importlib.util
+import logging
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -169,13 +170,16 @@ def _make_kwargs(
 BACKENDS = ("gymnasium", "envpool", "auto")
 
 
-def resolve_backend(backend: str, env_id: str) -> str:
+def resolve_backend(backend: str, env_id: str, vectorization: str = "auto") -> str:
     """ "gymnasium" or "envpool" for env.backend=`backend`: auto is envpool where the envpool extra
-    is installed and takes `env_id` (pgrun.envpool_env), else gymnasium."""
+    is installed and takes `env_id` (pgrun.envpool_env) and no gymnasium vectorization is asked
+    for, else gymnasium."""
     if backend not in BACKENDS:
         raise EnvError(f"env.backend={backend!r}: use one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
+    if vectorization != "auto":  # sync, async, vector_entry_point: gymnasium's ways
+        return "gymnasium"
     from pgrun.envpool_env import envpool_task
 
     try:
@@ -218,7 +222,7 @@ def make_env(
         frame_stack: observations are the last `frame_stack` frames (1: no stacking).
         kwargs: passed on to the environment's constructor.
     """
-    if resolve_backend(backend, env_id) == "envpool":
+    if resolve_backend(backend, env_id, vectorization) == "envpool":
         if vectorization != "auto":
             raise EnvError(
                 f"env.vectorization={vectorization} is gymnasium's; env.backend=envpool steps "
@@ -315,8 +319,11 @@ def env_from_config(
     """
     vectorization = cfg.env.vectorization
     vectorization = str(getattr(vectorization, "value", vectorization))
-    backend = cfg.env.get("backend", "gymnasium")
-    backend = resolve_backend(str(getattr(backend, "value", backend)), cfg.env.id)
+    asked = cfg.env.get("backend", "gymnasium")
+    asked = str(getattr(asked, "value", asked))
+    backend = resolve_backend(asked, cfg.env.id, vectorization)
+    if asked == "auto" and not per_copy_seeds:  # said once, for the run's env
+        logging.getLogger("pgrun").info(f"env.backend=auto: {backend} for {cfg.env.id}")
     if (
         per_copy_seeds
         and backend == "gymnasium"

@@ -307,6 +307,9 @@ def test_grouping_and_what_cannot_be_batched():
     assert blocker(cfg_of("variant=rtg")) is None
     assert "optim.name=sgd" in blocker(cfg_of("optim.name=sgd"))
     assert "policy=cnn" in blocker(cfg_of("policy=cnn"))
+    # env.backend=auto where it resolves to gymnasium (an id envpool lacks) is batched
+    assert blocker(cfg_of("env=Pendulum-v1", "env.backend=auto")) is None
+    assert "env.backend=envpool" in blocker(cfg_of("env.backend=envpool"))
 
 
 @pytest.mark.parametrize(

@@ -207,6 +207,7 @@ def test_auto_picks_envpool_where_it_takes_the_id():
     assert resolve_backend("auto", "ALE/Pong-v5") == "envpool"
     assert resolve_backend("auto", "Pendulum-v1") == "gymnasium"
     assert resolve_backend("gymnasium", "CartPole-v1") == "gymnasium"
+    assert resolve_backend("auto", "CartPole-v1", "async") == "gymnasium"  # a gymnasium option
     with pytest.raises(EnvError, match="gymnasium, envpool, auto"):
         resolve_backend("fast", "CartPole-v1")
 
