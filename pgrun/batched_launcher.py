@@ -296,7 +296,7 @@ def _train(jobs: list, waiting: list[JobReturn]) -> None:
         try:
             results = train_group(jobs)
         except NotBatchable as exc:
-            log.info(f"pgrun: {len(jobs)} jobs run one process each: {exc}")
+            log.info(f"{len(jobs)} jobs run one process each: {exc}")
             results = []
             for j in jobs:
                 try:
@@ -438,12 +438,12 @@ class BatchedLauncher(Launcher):
                 alone[reason] = alone.get(reason, 0) + len(items)
                 units += [([item], False, each) for item in items]
         for reason, count in alone.items():
-            log.info(f"pgrun: {count} jobs run one process each: {reason}")
+            log.info(f"{count} jobs run one process each: {reason}")
         n_jobs = self.processes()
         units = spread(units, n_jobs)
         grouped = sum(len(i) for i, g, _ in units if g)
         log.info(
-            f"pgrun: {len(job_overrides)} jobs, {grouped} of them in "
+            f"{len(job_overrides)} jobs, {grouped} of them in "
             f"{sum(1 for _, g, _ in units if g)} groups of seeds, {n_jobs} processes; "
             f"sweep output dir: {sweep_dir}"
         )

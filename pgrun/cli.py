@@ -289,6 +289,8 @@ def one_line_sweep_errors() -> None:
     Sweeper.validate_batch_is_legal = validate_batch_is_legal  # type: ignore[method-assign]
 
 
+_warned: set[str] = set()  # the config warnings this process has given (run)
+
 _WORKER_LAUNCHERS = ("JoblibLauncher", "BatchedLauncher")  # jobs in worker processes
 
 
@@ -596,7 +598,8 @@ def run(cfg: DictConfig) -> float | None:
 
         spec = env_spec(cfg.env.id)
         warning = value_gamma_warning(cfg, cfg.env.horizon or spec.max_episode_steps)
-        if warning:
+        if warning and warning not in _warned:  # once per process: a group's seeds share it
+            _warned.add(warning)
             log.warning(warning)
         if ":" in str(cfg.variant.weights):  # an own estimator: try it before anything runs
             from pgrun.plugins import try_on_env
