@@ -170,7 +170,7 @@ class EnvpoolVectorEnv(gym.vector.VectorEnv):
     ):
         if num_threads < 0:
             raise EnvError(f"env.num_threads={num_threads}: use an integer >= 0 (0: envpool's)")
-        self._envpool = _import_envpool()
+        # the id and options first: envpool's import takes seconds before a refusal otherwise
         self._task, self._options = envpool_kwargs(
             env_id,
             horizon=horizon,
@@ -178,6 +178,7 @@ class EnvpoolVectorEnv(gym.vector.VectorEnv):
             frame_stack=frame_stack,
             kwargs=kwargs,
         )
+        self._envpool = _import_envpool()
         self.env_id, self.num_envs, self.num_threads = env_id, int(num_envs), int(num_threads)
         self._pool = None
         self._seed = 0 if seed is None else int(seed)
