@@ -34,6 +34,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from pgrun import signals
+
 log = logging.getLogger("pgrun")
 
 pending: list | None = None
@@ -238,8 +240,6 @@ def execute_unit(
     """In a worker process: one job (grouped=False), or a group trained together. `composed`:
     the sweep's composition of the group's first job (SeedVariants), reused here."""
     global pending
-    from pgrun import signals
-
     signals.worker_listens()
     if signals.sweep_stopping:  # the sweep was interrupted before this unit began
         return []
@@ -268,7 +268,6 @@ def warm_up() -> None:
     walk their few hundred thousand objects again and again for nothing)."""
     import gc
 
-    from pgrun import signals
     from pgrun.cli import settle_collector
 
     signals.worker_listens()
@@ -391,8 +390,6 @@ class BatchedLauncher(Launcher):
 
         from joblib import Parallel, delayed
 
-        from pgrun import signals
-
         with signals.spawning():
             self._warming = Parallel(
                 n_jobs=self.processes(), backend="loky", return_as="generator"
@@ -457,30 +454,23 @@ class BatchedLauncher(Launcher):
         state = Singleton.get_state()
         loader = self.hydra_context.config_loader
         known = loader.composed if isinstance(loader, SeedVariants) else {}
-        from pgrun import signals
-
         # Ctrl-C (SIGINT, SIGTERM) while the units run: each unit finishes its iteration and
-        # checkpoints its jobs (pgrun.signals.forwarding), then the sweep stops
-        with signals.forwarding(worker_pids) as stopped:
-            try:
-                done = Parallel(n_jobs=n_jobs, backend="loky")(
-                    delayed(execute_unit)(
-                        items,
-                        grouped,
-                        self.hydra_context,
-                        self.config,
-                        self.task_function,
-                        state,
-                        known.get(group_key(items[0][1])),
-                    )  # fmt: skip
-                    for items, grouped, _ in units
-                )
-            except Exception:
-                if not stopped:
-                    raise
-                done = []  # a worker the stop reached before its set-up: it had no job yet
-        if stopped:
-            raise signals.Interruption(stopped[0])
+        # checkpoints its jobs, then the sweep stops (pgrun.signals.forwarding)
+        done = signals.wait_forwarding(
+            lambda: Parallel(n_jobs=n_jobs, backend="loky")(
+                delayed(execute_unit)(
+                    items,
+                    grouped,
+                    self.hydra_context,
+                    self.config,
+                    self.task_function,
+                    state,
+                    known.get(group_key(items[0][1])),
+                )  # fmt: skip
+                for items, grouped, _ in units
+            ),
+            worker_pids,
+        )
         if preload is not None:
             preload.join()
         by_idx = {}

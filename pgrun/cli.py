@@ -309,15 +309,7 @@ def forward_stops_to_joblib() -> None:
     def forwarding_launch(self: Any, *args: Any, **kwargs: Any) -> Any:
         from pgrun.batched_launcher import worker_pids
 
-        with signals.forwarding(worker_pids) as stopped:
-            try:
-                rets = launch(self, *args, **kwargs)
-            except Exception:
-                if not stopped:
-                    raise
-        if stopped:
-            raise signals.Interruption(stopped[0])
-        return rets
+        return signals.wait_forwarding(lambda: launch(self, *args, **kwargs), worker_pids)
 
     forwarding_launch.forwarding = True  # type: ignore[attr-defined]
     JoblibLauncher.launch = forwarding_launch  # type: ignore[method-assign]

@@ -15,7 +15,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def worker_listens() -> None:
 
 
 @contextlib.contextmanager
-def forwarding(workers) -> Iterator[list[int]]:
+def forwarding(workers: Callable[[], Iterable[int]]) -> Iterator[list[int]]:
     """In a sweep's process while its jobs run in worker processes (`workers()`: their pids): a
     first SIGINT or SIGTERM is passed to the workers as SWEEP_STOP and recorded in the list
     this yields, while the sweep waits for its jobs to checkpoint and return; a second acts as
@@ -164,3 +165,19 @@ def forwarding(workers) -> Iterator[list[int]]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def wait_forwarding(call: Callable[[], Any], workers: Callable[[], Iterable[int]]) -> Any:
+    """call() (a launcher waiting for its workers' jobs) inside `forwarding`; once it returns
+    after a first signal, Interruption for that signal (the sweep stops as a run does). An
+    error of the pool after the signal (a worker it reached before its set-up ended with it,
+    having no job yet) is part of the stop."""
+    with forwarding(workers) as stopped:
+        try:
+            result = call()
+        except Exception:
+            if not stopped:
+                raise
+    if stopped:
+        raise Interruption(stopped[0])
+    return result
