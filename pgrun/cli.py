@@ -63,6 +63,11 @@ def _record_failure(exc: Exception, run_dir: Path) -> None:
 _display = rundir.display
 
 
+_EXTRA_CONFIGS = re.compile(
+    r"Could not (find|load) 'hydra/(launcher/(joblib|submitit_local|submitit_slurm)|sweeper/optuna)'"
+)
+
+
 def one_line(report: str) -> str:
     """Hydra's multi-line report of a bad command line (unknown key, wrong type, missing
     preset), reduced to one line: its sentences joined, the available options listed."""
@@ -83,6 +88,8 @@ def one_line(report: str) -> str:
         else:
             parts.append(line.rstrip("."))
     text = "; ".join(parts).replace("{options}", ", ".join(options))
+    if _EXTRA_CONFIGS.search(text):  # a launcher or sweeper of the sweep extra, not installed
+        text += "; it comes with the sweep extra: pip install -e '.[sweep]' (or make install)"
     unknown = re.search(r"Key '(\w+)' not in '(\w+)'", text)
     if unknown:  # a typo'd key: name the closest one of the schema
         import dataclasses

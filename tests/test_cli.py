@@ -394,3 +394,25 @@ def test_unknown_keys_and_wrong_types_fail_without_a_traceback(bad_runs, overrid
     launch = bad_runs[override]
     assert_one_error_line(launch.result(), NOT_IN_SCHEMA[override])
     assert_no_run_dir(launch.root)
+
+
+def test_a_launcher_of_the_sweep_extra_names_its_install():
+    """Without the sweep extra, Hydra cannot find hydra/launcher=joblib (or load the config
+    that slurm builds on): the one line says which install brings it; another unknown
+    launcher gets no such advice."""
+    from pgrun.cli import one_line
+
+    missing = (
+        "In 'hydra/config': Could not find 'hydra/launcher/joblib'\n\n"
+        "Available options in 'hydra/launcher':\n\tbasic\n\tbatched\n"
+    )
+    line = one_line(missing)
+    assert "\n" not in line and "basic, batched" in line
+    assert line.endswith(
+        "it comes with the sweep extra: pip install -e '.[sweep]' (or make install)"
+    )
+    slurm = "In 'hydra/launcher/slurm': Could not load 'hydra/launcher/submitit_slurm'\n"
+    assert "sweep extra" in one_line(slurm)
+    assert "sweep extra" not in one_line(
+        "In 'hydra/config': Could not find 'hydra/launcher/nope'\n"
+    )
