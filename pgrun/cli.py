@@ -129,7 +129,7 @@ def main() -> None:
         _interrupted(exc.signum)
     from hydra_plugins.pgrun_launcher import register
 
-    register()  # hydra/launcher=batched and slurm (the latter says so without the sweep extra)
+    register()  # hydra/launcher=batched, and slurm with the sweep extra
     _stderr, held = sys.stderr, io.StringIO()
     sys.stderr = held
     one_line_sweep_errors()
