@@ -537,22 +537,19 @@ def collect_steps_group(
     first = next(r for r in runs if r is not None)
     T, N = collectors[0].steps, first.obs.shape[1]
     on = [k for k, r in enumerate(runs) if r is not None]
+    stepping = np.array([r is not None for r in runs])  # (K,) the seeds in `on`
     obs = np.zeros((T + 1, K, *first.obs.shape[1:]), dtype=first.obs.dtype)
     rew = np.zeros((T, K, N), dtype=np.float32)
     term, trunc, valid = (np.zeros((T, K, N), dtype=bool) for _ in range(3))
     pending = np.zeros((K, N), dtype=bool)
-    elapsed = np.zeros((K, N), dtype=np.int64)
+    # A collector's `elapsed` and `ep_length` are zeroed together (a restart, an episode's
+    # end) and both count the live steps: they are equal, and one array serves for both.
     ep_return = np.zeros((K, N), dtype=np.float64)
     ep_length = np.zeros((K, N), dtype=np.int64)
     for k in on:
         c = collectors[k]
         obs[0, k] = runs[k].obs[0]
-        pending[k], elapsed[k], ep_return[k], ep_length[k] = (
-            c.pending,
-            c.elapsed,
-            c.ep_return,
-            c.ep_length,
-        )
+        pending[k], ep_return[k], ep_length[k] = c.pending, c.ep_return, c.ep_length
     act_buf = None
     to_env, to_batch = collectors[0].to_env, collectors[0].to_batch
     draw = policy.batch_draw(T, N, _draws(states, active))
@@ -565,28 +562,28 @@ def collect_steps_group(
                 if act_buf is None:
                     act_buf = np.zeros((T, *act.shape), dtype=act.dtype)
                 act_buf[t] = act
+                live = np.logical_not(pending, out=valid[t])  # a resetting copy takes no step
                 if merged is not None:
-                    obs[t + 1], r, te, tr = merged.step(to_env(act))
+                    # the merged step gives a copy that resets on this call (its env's
+                    # prev_done, which is `pending`) reward 0 and no flags already
+                    obs[t + 1], rew[t], term[t], trunc[t] = merged.step(to_env(act))
+                    ended = term[t] | trunc[t]
                 else:
                     r = np.zeros((K, N), dtype=np.float64)
                     te, tr = np.zeros((K, N), dtype=bool), np.zeros((K, N), dtype=bool)
                     for k in on:
                         o, r[k], te[k], tr[k], _ = collectors[k]._step(to_env(act[k]))
                         obs[t + 1, k] = to_batch(o)
-                live = ~pending  # a copy that resets on this call takes no step
-                valid[t] = live
-                rew[t] = np.where(live, r, 0.0)
-                term[t], trunc[t] = te & live, tr & live
-                ended = (te | tr) & live
+                    rew[t] = np.where(live, r, 0.0)
+                    term[t], trunc[t] = te & live, tr & live
+                    ended = (te | tr) & live
                 ep_return += rew[t]
                 ep_length += live
-                elapsed += live
                 if np.count_nonzero(ended):
-                    for k in on:
-                        if ended[k].any():
-                            runs[k].returns.extend(ep_return[k][ended[k]].tolist())
-                            runs[k].lengths.extend(ep_length[k][ended[k]].tolist())
-                    ep_return[ended], ep_length[ended], elapsed[ended] = 0, 0, 0
+                    for k in np.flatnonzero(ended.any(1) & stepping).tolist():
+                        runs[k].returns.extend(ep_return[k][ended[k]].tolist())
+                        runs[k].lengths.extend(ep_length[k][ended[k]].tolist())
+                    ep_return[ended], ep_length[ended] = 0, 0
                 pending = ended
         except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
             raise guards.step_failure(exc, obs[: t + 2, k], runs[k].env_id) from None
@@ -596,7 +593,7 @@ def collect_steps_group(
         c, run = collectors[k], runs[k]
         run.obs, run.act, run.rew = obs[:, k], act_buf[:, k], rew[:, k]
         run.term, run.trunc, run.valid = term[:, k], trunc[:, k], valid[:, k]
-        c.pending, c.elapsed = pending[k].copy(), elapsed[k].copy()
+        c.pending, c.elapsed = pending[k].copy(), ep_length[k].copy()
         c.ep_return, c.ep_length = ep_return[k].copy(), ep_length[k].copy()
         out[k] = c.finish(run, device)
     return out
