@@ -133,7 +133,33 @@ def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
                 importlib.import_module(module)
             except ImportError:
                 raise _needs(env_id, what, extra) from None
+            if module == "mujoco":
+                _log_mujoco_warnings()
     return spec
+
+
+_mujoco_seen: set[str] = set()
+
+
+def _log_mujoco_warnings() -> None:
+    """MuJoCo's warnings into pgrun's log, each message once per process. MuJoCo's own handler
+    prints every one to stderr and appends it to MUJOCO_LOG.TXT in the working directory, a
+    file outside the run; and gymnasium's MuJoCo models use a compiler attribute MuJoCo 4
+    deprecates, a warning per copy that the user can do nothing about (logged at debug level).
+    A handler set before (the user's own) is kept."""
+    import mujoco
+
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_mujoco_warning)
+
+
+def _mujoco_warning(message: str) -> None:
+    message = " ".join(str(message).split())
+    if message in _mujoco_seen:
+        return
+    _mujoco_seen.add(message)
+    level = logging.DEBUG if "is deprecated" in message else logging.WARNING
+    logging.getLogger("pgrun.envs").log(level, f"MuJoCo: {message}")
 
 
 def env_wrappers(

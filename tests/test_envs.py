@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes.util
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -268,6 +269,32 @@ def test_mujoco_trains_evaluates_and_records(launched):
     assert [s for s, _ in scalars(acc, "eval/episodic_return")] == steps  # every iteration
     lengths = [v for _, v in scalars(acc, "eval/episodic_length")]
     check_videos(run_dir, acc, steps, lengths)
+
+
+@NEEDS["mujoco"]
+def test_mujoco_warnings_go_to_the_log_once_and_to_no_file(tmp_path, monkeypatch, caplog, capfd):
+    import mujoco
+
+    from pgrun import envs
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(envs, "_mujoco_seen", set())
+    caplog.set_level(logging.DEBUG, logger="pgrun.envs")
+    make_env("HalfCheetah-v5", num_envs=3, seed=0).close()  # its model's deprecated attribute
+    xml = '<mujoco><worldbody><body><joint type="slide"/><geom size=".1"/></body></worldbody></mujoco>'
+    model = mujoco.MjModel.from_xml_string(xml)
+    for _ in range(2):  # two unstable simulations: the same message
+        data = mujoco.MjData(model)
+        data.qfrc_applied[:] = 1e30
+        mujoco.mj_step(model, data)
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    assert "WARNING" not in capfd.readouterr().err  # MuJoCo's own handler prints there
+    got = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "pgrun.envs"]
+    deprecated = [m for lvl, m in got if "settotalmass" in m]
+    assert len(deprecated) == 1 and deprecated[0].startswith("MuJoCo: ")  # once, not per copy
+    assert [lvl for lvl, m in got if "settotalmass" in m] == [logging.DEBUG]
+    unstable = [(lvl, m) for lvl, m in got if "simulation is unstable" in m]
+    assert [lvl for lvl, _ in unstable] == [logging.WARNING]
 
 
 @NEEDS["atari"]
