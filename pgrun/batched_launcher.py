@@ -35,6 +35,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from pgrun import signals
+from pgrun.rundir import display
 
 log = logging.getLogger("pgrun")
 
@@ -442,7 +443,7 @@ class BatchedLauncher(Launcher):
         log.info(
             f"{len(job_overrides)} jobs, {grouped} of them in "
             f"{sum(1 for _, g, _ in units if g)} groups of seeds, {n_jobs} processes; "
-            f"sweep output dir: {sweep_dir}"
+            f"sweep output dir: {display(sweep_dir)}"
         )
         # the comparison at the sweep's end imports matplotlib: meanwhile, in this idle process
         preload = None
