@@ -350,6 +350,9 @@ class CartPoleGroup:
         self.size = max(4096, 8 * self.N)  # uniforms drawn at a time per seed: 2 steps' worth
         self.ahead = np.empty((self.K, self.size))
         self.used = np.full(self.K, self.size, dtype=np.int64)  # all used: draw at first need
+        self.row_start = np.arange(self.K) * self.size  # flat index of each seed's row
+        self.ranks = np.arange(self.K * self.N)
+        self.rows4 = np.arange(4)[:, None]
         self.source: list[Any] = [None] * self.K  # the generator each row was drawn from
 
     @staticmethod
@@ -397,17 +400,19 @@ class CartPoleGroup:
         that one gather serves every seed where a call per seed cost about 8 us each. Nothing
         else draws from a merged env's generator while the group steps it; a reset reseeds it,
         and `load` then discards the seed's row."""
-        K, N = self.K, self.N
-        seed_of = idx // N
-        counts = np.bincount(seed_of, minlength=K)
-        short = np.flatnonzero(self.used + 4 * counts > self.size)
-        for k in short.tolist():
-            self._draw_ahead(k)
-        first = np.cumsum(counts) - counts  # where each seed's copies start in idx
-        rank = np.arange(idx.size) - first[seed_of]
-        cols = (self.used[seed_of] + rank) + np.arange(4)[:, None] * counts[seed_of]
-        self.used += 4 * counts
-        return self.low + self.span * self.ahead[seed_of, cols]
+        seed_of = idx // self.N
+        counts = np.bincount(seed_of, minlength=self.K)
+        used = self.used + 4 * counts
+        if (used > self.size).any():
+            for k in np.flatnonzero(used > self.size).tolist():
+                self._draw_ahead(k)
+            used = self.used + 4 * counts
+        # the flat index in `ahead` of copy i's first double: its seed's row and next unused
+        # double, plus its rank among its seed's copies in idx (which starts at cumsum - counts)
+        start = self.row_start + self.used - (np.cumsum(counts) - counts)
+        at = (start[seed_of] + self.ranks[: idx.size]) + self.rows4 * counts[seed_of]
+        self.used = used
+        return self.low + self.span * self.ahead.take(at)
 
     def _draw_ahead(self, k: int) -> None:
         """Refill seed k's row: the doubles not yet used first, then the next ones of its
