@@ -343,7 +343,7 @@ class CartPoleGroup:
             sutton_barto_reward=first._sutton_barto_reward,
         )
         self.big.reset(seed=0)  # allocates its state; every block is loaded before it steps
-        self._step = fast_step(self.big)  # autoresets from one RNG (batches of first episodes)
+        self._step = fast_step(self.big, autoreset=False)  # batches of first episodes
         self._own_step = fast_step(self.big, reset=self._reset_states)  # each from its seed's
         # The autoresets' uniforms, drawn ahead from each seed's env RNG (see _reset_states)
         self.low, self.span = float(first.low), float(first.high) - float(first.low)
@@ -384,7 +384,7 @@ class CartPoleGroup:
     def step(self, act: np.ndarray, own_resets: bool = True):
         """act (K, N) int -> obs (K, N, 4) float32, rew (K, N) float32, terminated, truncated
         (K, N) bool: CartPoleVectorEnv.step of every copy, the autoresets drawn per seed (with
-        `own_resets`; without, from one RNG: for batches of first episodes, which mask every
+        `own_resets`; without, no autoresets: for batches of first episodes, which mask every
         step after a copy's end and reset each seed's copies from its seed at the next batch)."""
         K, N = self.K, self.N
         step = self._own_step if own_resets else self._step

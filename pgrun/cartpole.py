@@ -22,13 +22,23 @@ import numpy as np
 Step = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]]
 
 
-def fast_step(env: Any, reset: Callable[[np.ndarray], np.ndarray] | None = None) -> Step | None:
+def fast_step(
+    env: Any,
+    reset: Callable[[np.ndarray], np.ndarray] | None = None,
+    autoreset: bool = True,
+) -> Step | None:
     """A replacement for `env.step` where env is exactly a gymnasium CartPoleVectorEnv (not a
     subclass, not wrapped); None for any other env. Call env.reset before the first step.
 
     `reset(idx)` gives the new states (4, len(idx)) of the copies idx (ascending) that
     autoreset; by default they are drawn as gymnasium draws them, from env.np_random
-    (pgrun.batched.CartPoleGroup draws each seed's copies from its own seed's env)."""
+    (pgrun.batched.CartPoleGroup draws each seed's copies from its own seed's env).
+
+    Without `autoreset` a copy whose episode has ended goes on from its last state (its
+    flags, rewards and states are then meaningless, and the env's RNG is not drawn from):
+    for a batch of first episodes, which masks every step after a copy's end and resets the
+    env with a seed before the next batch. The env still marks the ended copies (prev_done),
+    so a later env.step resets them as gymnasium does."""
     from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 
     if type(env) is not CartPoleVectorEnv:
@@ -96,7 +106,7 @@ def fast_step(env: Any, reset: Callable[[np.ndarray], np.ndarray] | None = None)
         # the copies that ended at the previous step start again (next-step autoreset); with
         # none, gymnasium's draw of no numbers leaves the RNG as it is
         done = env.prev_done
-        ended = np.count_nonzero(done)
+        ended = np.count_nonzero(done) if autoreset else 0
         if ended:
             if reset is None:
                 state[:, done] = env.np_random.uniform(low=env.low, high=env.high, size=(4, ended))

@@ -195,7 +195,8 @@ def collect_episodes(
         raise guards.reset_failure(exc, env_id) from None
     guards.check_reset(obs, env.single_observation_space, N, env_id)
     ended = np.zeros(N, dtype=bool)  # copy i's first episode has ended
-    step = _running_copies_step(env, obs, ended) or fast_step(env) or env.step
+    # CartPole's fast step skips the autoresets: the steps after a copy's end are masked out
+    step = _running_copies_step(env, obs, ended) or fast_step(env, autoreset=False) or env.step
     obs = to_batch(obs)
     # Step t reads obs_buf[t] and writes obs_buf[t + 1], the observation it led to: for an
     # episode that ends at step t that is its final observation (the env resets the copy on
