@@ -37,8 +37,8 @@ def fast_step(
     Without `autoreset` a copy whose episode has ended goes on from its last state (its
     flags, rewards and states are then meaningless, and the env's RNG is not drawn from):
     for a batch of first episodes, which masks every step after a copy's end and resets the
-    env with a seed before the next batch. The env still marks the ended copies (prev_done),
-    so a later env.step resets them as gymnasium does."""
+    env with a seed before the next batch. The ended copies stay marked (prev_done), so a
+    later env.step resets them as gymnasium does."""
     from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 
     if type(env) is not CartPoleVectorEnv:
@@ -116,7 +116,8 @@ def fast_step(
             reward[done] = 0.0
             terminated[done] = False
             truncated[done] = False
-        env.prev_done = np.logical_or(terminated, truncated)
+        ends = np.logical_or(terminated, truncated)
+        env.prev_done = ends if autoreset else np.logical_or(ends, done, out=ends)
         return state.T.astype(np.float32), reward, terminated, truncated, {}
 
     return step

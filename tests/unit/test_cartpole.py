@@ -43,6 +43,32 @@ def test_fast_step_is_gymnasiums_step_to_the_last_bit(options, integrator):
     assert ends > 500
 
 
+def test_without_autoreset_each_copy_is_gymnasiums_until_its_first_end():
+    """fast_step(autoreset=False), for batches of first episodes: against gymnasium's step with
+    the same actions, every copy's observation, reward and flags are equal to the last bit up
+    to and including the step its first episode ends; the env's RNG is not drawn from; the
+    ended copies are marked, and the env's own step then resets them."""
+    n = 32
+    ref, fast = CartPoleVectorEnv(num_envs=n), CartPoleVectorEnv(num_envs=n)
+    for env in (ref, fast):
+        env.reset(seed=3)
+    rng_before = fast.np_random.bit_generator.state
+    step = fast_step(fast, autoreset=False)
+    rng = np.random.default_rng(1)
+    running = np.ones(n, dtype=bool)
+    for _ in range(200):
+        act = rng.integers(0, 2, size=n)
+        want, got = ref.step(act), step(act)
+        for a, b in zip(want[:4], got[:4], strict=True):
+            assert np.array_equal(a[running], b[running])
+        running &= ~(want[2] | want[3])
+    assert not running.any()  # every copy ended (a random policy lasts about 20 steps)
+    assert fast.np_random.bit_generator.state == rng_before
+    assert fast.prev_done.all()
+    obs, *_ = fast.step(np.zeros(n, dtype=np.int64))  # gymnasium's step: the autoresets
+    assert np.abs(obs).max() <= 0.05 and not fast.prev_done.any()
+
+
 def test_other_envs_keep_their_step():
     import gymnasium as gym
 
