@@ -1160,7 +1160,7 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
                 for k in range(K):
                     if final[k] is not None and results[k] is None:
                         _finish(states[k], opt, value_opt if has_value else None, jobs[k], k,
-                                resolved[k])  # fmt: skip
+                                resolved[k], loggers[k], final[k])  # fmt: skip
                         results[k] = {
                             "final_return": final[k],
                             "env_steps": states[k].env_steps,
@@ -1184,10 +1184,6 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
     finally:
         with signals.deferred("closing the runs"):
             for k in range(K):
-                if isinstance(results[k], dict):
-                    loggers[k].hparams(
-                        loggers[k].params, {FINAL_METRIC: final[k]}, states[k].env_steps
-                    )
                 loggers[k].close()
                 states[k].collector.env.close()
                 evaluators[k].close()
@@ -1233,8 +1229,12 @@ def _save(
     checkpoint.save(job.run_dir, state.iteration, state.state_dict())
 
 
-def _finish(state, opt, value_opt, job: Job, k: int, resolved: dict) -> None:
-    """The end of a seed's run: its last checkpoint and policy.pt, as train writes them."""
+def _finish(state, opt, value_opt, job: Job, k: int, resolved: dict, logger, final) -> None:
+    """The end of a seed's run, when it ends (its group may train on): its last checkpoint,
+    final metric and policy.pt, in train's order (policy.pt, which marks the run finished,
+    last: a group killed before it resumes the seed from its last checkpoint). The group's
+    StopRequest holds a SIGINT until the iteration ends."""
     _save(state, opt, value_opt, job, k)
+    logger.hparams(logger.params, {FINAL_METRIC: final}, state.env_steps)
     policy_file = {"state_dict": state.policy.state_dict(), "config": resolved}
     checkpoint.write_atomic(job.run_dir / "policy.pt", policy_file)

@@ -206,6 +206,8 @@ def load_run(path: Path, root: Path) -> Run:
         run.seconds = np.array([e[2] for e in events]) - run.start_time
     if FINAL_TAG in series:
         run.final_return = float(series[FINAL_TAG][-1][1])
+    elif (path / "policy.pt").is_file():  # finished, killed before its final metric was logged
+        run.final_return = _checkpointed_return(path)
 
     failed = path / FAILED_FILE
     if failed.is_file():
@@ -216,6 +218,18 @@ def load_run(path: Path, root: Path) -> Run:
     elif len(run.steps) == 0:
         run.failure = f"no {RETURN_TAG} logged"
     return run
+
+
+def _checkpointed_return(path: Path) -> float | None:
+    """The final return in the last checkpoint of a finished run (what its final metric logs),
+    or None where it has none that can be read."""
+    from pgrun import checkpoint
+    from pgrun.sweep import finished_return
+
+    try:
+        return finished_return(path)
+    except (checkpoint.CheckpointError, OSError, KeyError, IndexError):
+        return None
 
 
 def missing_runs(root: Path, found: Sequence[Run]) -> list[Run]:

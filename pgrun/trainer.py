@@ -244,12 +244,14 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, flo
                     checkpoint.save(run_dir, state.iteration, state.state_dict())  # checkpoint
         final_return = state.final_return()
         checkpoint.save(run_dir, state.iteration, state.state_dict())
-        policy_file = {"state_dict": policy.state_dict(), "config": resolved}
-        checkpoint.write_atomic(run_dir / "policy.pt", policy_file)
+        # the final metric before policy.pt, which marks the run finished (pgrun.sweep): a run
+        # killed between the two resumes from its last checkpoint and writes both again
+        with signals.deferred("finishing the run"):
+            logger.hparams(logger.params, {FINAL_METRIC: final_return}, state.env_steps)
+            policy_file = {"state_dict": policy.state_dict(), "config": resolved}
+            checkpoint.write_atomic(run_dir / "policy.pt", policy_file)
     finally:
         with signals.deferred("closing the run"):  # a complete run keeps its policy.pt
-            if final_return is not None:
-                logger.hparams(logger.params, {FINAL_METRIC: final_return}, state.env_steps)
             logger.close()
             collector.env.close()
             evaluator.close()

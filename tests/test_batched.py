@@ -122,6 +122,35 @@ def test_each_seed_stops_on_its_own(tmp_path):
         assert (tmp_path / f"group{s}" / "policy.pt").is_file()
 
 
+def test_a_run_has_its_final_return_on_disk_before_policy_pt_marks_it_finished(
+    tmp_path, monkeypatch
+):
+    """policy.pt marks a job finished (a resumed sweep does not run it again), so the final
+    return the comparison reads must be logged before it: alone, and in a group whose first
+    seeds to stop wait for the others (a kill -9 in that wait lost those seeds' results)."""
+    from pgrun.compare import FINAL_TAG
+    from pgrun.logger import read_scalars
+
+    written, real = [], checkpoint.write_atomic
+
+    def spy(path, obj):
+        path = Path(path)
+        if path.name == "policy.pt":
+            final = read_scalars(path.parent, (FINAL_TAG,))[0].get(FINAL_TAG, [])
+            written.append((path.parent.name, [value for _, value, _ in final]))
+        return real(path, obj)
+
+    monkeypatch.setattr(checkpoint, "write_atomic", spy)
+    overrides = ["variant=rtg_baseline", "total_steps=6000", "stop_return=40"]
+    _, _, results = alone_and_grouped(tmp_path, overrides, seeds=(0, 1, 2))
+    assert sorted(name for name, _ in written) == [*(f"alone{s}" for s in range(3)),
+                                                   *(f"group{s}" for s in range(3))]  # fmt: skip
+    finals = dict(written)
+    for s, result in enumerate(results):
+        assert finals[f"group{s}"] == [pytest.approx(result["final_return"])]
+        assert len(finals[f"alone{s}"]) == 1
+
+
 def test_final_returns_have_one_distribution(tmp_path):
     """Eight seeds of rtg_baseline: the mean final return in a group and alone differ by less
     than 3 standard errors of the difference (a two-sided z test at the 0.3 % level)."""

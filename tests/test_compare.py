@@ -271,6 +271,31 @@ def test_pgrun_compare_command_rewrites_a_sweep(sweep: Path, tmp_path: Path):
         assert len(files) == 1, files
 
 
+def test_a_finished_job_without_its_final_metric_reads_it_from_its_checkpoint(
+    sweep: Path, tmp_path: Path
+):
+    """A job whose policy.pt (finished) came before its final metric, as a group's seed killed
+    while its group trained on left it before: the comparison takes the final return from the
+    last checkpoint (what the metric logs) instead of calling the job failed."""
+    from pgrun.compare import FINAL_TAG, load_run
+    from pgrun.sweep import finished_return
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    job = job_dir(copy, VARIANTS[0], SEEDS[0])
+    logged = load_run(job, copy).final_return
+    for f in job.glob("events.out.tfevents.*"):
+        f.unlink()
+    with (job / "metrics.csv").open() as f:
+        rows = [r for r in csv.reader(f) if r[1] != FINAL_TAG]
+    with (job / "metrics.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    run = load_run(job, copy)
+    assert run.ok and run.final_return == finished_return(job) == pytest.approx(logged)
+    (job / "policy.pt").unlink()  # not finished: no final return, as before
+    assert load_run(job, copy).failure == "no final return: the job did not finish"
+
+
 # --------------------------------------------------------------------------------------------
 # The real TensorBoard server over the sweep
 
