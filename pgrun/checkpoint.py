@@ -65,6 +65,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_UMASK = os.umask(0o022)  # the process's umask, read once (reading it means setting it)
+os.umask(_UMASK)
+
+
 class WriteError(UserError):
     """A file of the run could not be written (disk full, read-only, quota)."""
 
@@ -76,6 +80,7 @@ def write_atomic(path: str | Path, obj: Any) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() makes the run's other files, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()

@@ -75,6 +75,21 @@ def test_a_full_disk_leaves_the_previous_file_whole_and_nothing_else(tmp_path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.pt"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_checkpoints_get_the_mode_of_the_runs_other_files(tmp_path, monkeypatch, umask):
+    """A colleague who can read a run's metrics on a shared disk can load its checkpoints and
+    policy.pt: they are made as open() makes a file, 0666 less the umask (not mkstemp's 0600)."""
+    monkeypatch.setattr(checkpoint, "_UMASK", umask)  # the process's, read at import
+    old = os.umask(umask)
+    try:
+        checkpoint.write_atomic(tmp_path / "policy.pt", 1)
+        (tmp_path / "metrics.csv").write_text("")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes["policy.pt"] == modes["metrics.csv"] == 0o666 & ~umask
+
+
 def test_temporary_files_are_unique_per_writer(tmp_path, monkeypatch):
     """Each write goes through its own temporary file (made with O_EXCL by mkstemp), so two
     processes writing the same checkpoint never share one."""
