@@ -41,7 +41,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pgrun import stats
-from pgrun.config import slug
+from pgrun.config import fit_file_name, slug
 from pgrun.views import exclude_constant_overrides, layout_summary, text_summary
 
 log = logging.getLogger("pgrun")
@@ -906,7 +906,7 @@ def write_aggregates(groups: Sequence[Group], root: Path) -> None:
         )
     for i, g in enumerate(done):
         walls = min(r.start_time for r in g.finished) + g.seconds
-        writer = _EventWriter(out / slug(g.label))
+        writer = _EventWriter(out / fit_file_name(slug(g.label)))
         tags = [AGGREGATE_TAG, *(band_tag(g.label, k) for k in ("mean", "lower", "upper"))]
         curves = np.stack([g.mean, g.mean, g.lower, g.upper], axis=1)  # (G, 4): one per tag
         for step, wall, values in zip(g.steps, walls, curves, strict=True):

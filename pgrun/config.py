@@ -652,7 +652,24 @@ def job_subdir(overrides: Any, exclude: Any, num: int) -> str:
     from pgrun.views import job_name
 
     name = job_name([str(o) for o in overrides], [str(k) for k in exclude])
-    return slug(name) if name else f"job{num}"
+    return fit_file_name(slug(name)) if name else f"job{num}"
+
+
+FILE_NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs, NFS)
+
+
+def fit_file_name(name: str) -> str:
+    """`name`, or where it is too long for a file name (many swept keys, long lists) its start
+    and a digest of the whole: the same name for the same job every time (a resume finds it),
+    different ones for different jobs. Names that fit are kept as they are."""
+    raw = name.encode()
+    if len(raw) <= FILE_NAME_MAX:
+        return name
+    import hashlib
+
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    head = raw[: FILE_NAME_MAX - len(digest) - 1].decode(errors="ignore")
+    return f"{head}~{digest}"
 
 
 def load_variant(name: str) -> VariantConfig:

@@ -178,3 +178,19 @@ def test_job_directories_from_pgruns_naming_are_what_omegaconf_resolves(tmp_path
     # no constant keys left out here: the callback adds those when a multirun starts
     name = "variant=vanilla,experiment=compare_variants,total_steps=500,seed=0"
     assert len(direct) == 20 and direct[0].path == tmp_path / name
+
+
+def test_a_job_name_too_long_for_a_file_keeps_its_start_and_a_digest():
+    """A sweep over long values (a 90-layer policy.hidden_sizes) names its jobs within the file
+    system's 255 bytes: the start of the name and a digest of the whole, the same every time
+    (a resume finds the job), different for jobs that differ only past the cut. Names that
+    fit are as before."""
+    from pgrun.config import FILE_NAME_MAX, job_subdir
+
+    sizes = ",".join(["16"] * 90)
+    names = [job_subdir([f"policy.hidden_sizes=[{sizes}]", f"seed={s}"], [], 0) for s in (0, 1)]
+    assert all(len(n.encode()) == FILE_NAME_MAX for n in names)
+    assert names[0] != names[1] and names[0][:200] == names[1][:200]
+    assert names[0].startswith("policy.hidden_sizes=-16,16,")
+    assert job_subdir([f"policy.hidden_sizes=[{sizes}]", "seed=0"], [], 0) == names[0]
+    assert job_subdir(["variant=rtg", "seed=3"], [], 0) == "variant=rtg,seed=3"
