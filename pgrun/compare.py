@@ -80,6 +80,8 @@ class Run:
     final_return: float | None = None
     failure: str | None = None
     """One line saying why the job failed; None for a finished run."""
+    seed: int | None = None
+    """Its config's seed (None where unknown)."""
 
     @property
     def ok(self) -> bool:
@@ -196,6 +198,7 @@ def load_run(path: Path, root: Path) -> Run:
     env_id, threshold, random = env_settings(path / ".hydra" / "config.yaml")
     name = path.relative_to(root).as_posix() if path != root else path.name
     run = Run(path, name, overrides, env_id, threshold, random_return=random)
+    run.seed = _seed_of(overrides, path / ".hydra" / "config.yaml")
 
     series, start = read_scalars(path, (RETURN_TAG, FINAL_TAG))
     if RETURN_TAG in series:
@@ -218,6 +221,43 @@ def load_run(path: Path, root: Path) -> Run:
     elif len(run.steps) == 0:
         run.failure = f"no {RETURN_TAG} logged"
     return run
+
+
+def _seed_of(overrides: Sequence[str], config: Path | None = None) -> int | None:
+    """A run's seed: its `seed=` override, else its saved config's (None where neither
+    holds an integer)."""
+    for o in overrides:
+        if _key(o) == "seed":
+            value = o.split("=", 1)[1]
+            return int(value) if value.lstrip("-").isdigit() else None
+    saved = read_yaml(config) if config is not None and config.is_file() else None
+    seed = saved.get("seed") if isinstance(saved, dict) else None
+    return seed if isinstance(seed, int) else None
+
+
+def drop_repeated_seeds(runs: Sequence[Run]) -> tuple[list[Run], list[str]]:
+    """The runs with one per setting and seed, and a line for each setting and seed that had
+    more: the same seed trains the same run, so its repeats are not more evidence, and
+    counting them would narrow the intervals and sharpen the verdicts. The one kept is the
+    newest finished run (else the newest)."""
+    by: dict[tuple, list[Run]] = {}
+    for run in runs:
+        if run.seed is not None:
+            key = tuple(sorted(o for o in run.overrides if _key(o) != "seed"))
+            by.setdefault((key, run.seed), []).append(run)
+    dropped: set[int] = set()
+    notes = []
+    for (key, seed), same in by.items():
+        if len(same) < 2:
+            continue
+        kept = max(same, key=lambda r: (r.ok, r.start_time, r.name))
+        dropped |= {id(r) for r in same if r is not kept}
+        setting = ",".join(key) or "all runs"
+        notes.append(
+            f"{setting}: {len(same)} runs of seed {seed}, counted once ({kept.name}): the same "
+            "seed trains the same run; use other seeds"
+        )
+    return [r for r in runs if id(r) not in dropped], notes
 
 
 def _checkpointed_return(path: Path) -> float | None:
@@ -255,7 +295,9 @@ def missing_runs(root: Path, found: Sequence[Run]) -> list[Run]:
             else "never started: no directory"
         )
         name = job.path.relative_to(root).as_posix()
-        missing.append(Run(job.path, name, job.overrides, job_env, None, failure=reason))
+        run = Run(job.path, name, job.overrides, job_env, None, failure=reason)
+        run.seed = _seed_of(job.overrides)
+        missing.append(run)
     return missing
 
 
@@ -436,7 +478,8 @@ class Verdict:
         ci = "[–, –]" if math.isnan(self.low) else f"[{self.low:.2f}, {self.high:.2f}]"
         seeds = {n for pair in self.sizes for n in pair}
         if len(seeds) == 1:
-            count = f"{seeds.pop()} seeds each"
+            n = seeds.pop()
+            count = f"{n} seed{'s' if n != 1 else ''} each"
         elif len(self.sizes) == 1:
             count = f"{self.sizes[0][0]} and {self.sizes[0][1]} seeds"
         else:
@@ -534,7 +577,9 @@ def _scale(groups: Sequence[Group], env: str) -> tuple[float, float] | None:
 def verdict_block(ranking: Ranking) -> list[str]:
     """The ranked verdict lines of one env, and a warning when there are too few seeds."""
     title = ranking.env + (f" ({ranking.note})" if ranking.note else "")
-    lines = [f"{title}: best first by IQM of the final returns"]
+    lines = [
+        f"{title}: in order of the IQM of the final returns, each pair's likelier winner first"
+    ]
     width = max(len(f"{v.better} > {v.worse}") for v in ranking.verdicts)
     lines += [f"  {v.line(width)}" for v in ranking.verdicts]
     if ranking.too_few:
@@ -760,6 +805,7 @@ def write_markdown(
     failures: Sequence[Run],
     path: Path,
     title: str,
+    repeated: Sequence[str] = (),
 ) -> None:
     lines = [
         f"# Comparison: {title}",
@@ -813,6 +859,9 @@ def write_markdown(
             f"| {r['reached'] or '–'} | {_num(steps, ',d')} "
             f"| {_num(r['seconds_to_threshold'], '.1f')} | {r['failed']} |"
         )
+    if repeated:
+        lines += ["", "## Seeds run more than once", ""]
+        lines += [f"- {line}" for line in repeated]
     if failures:
         lines += ["", f"## Failed jobs ({len(failures)})", ""]
         lines += [f"- `{run.name}`: {run.failure}" for run in failures]
@@ -928,6 +977,8 @@ class Report:
     groups: list[Group]
     runs: list[Run]
     rankings: list[Ranking] = field(default_factory=list)
+    repeated: list[str] = field(default_factory=list)
+    """A line for each setting and seed run more than once (drop_repeated_seeds)."""
 
     @property
     def failures(self) -> list[Run]:
@@ -948,6 +999,7 @@ def compare(
     runs += missing_runs(root, runs)
     if not runs:
         raise FileNotFoundError(f"no runs (directories with .hydra/overrides.yaml) under {root}")
+    runs, repeated = drop_repeated_seeds(runs)
     groups = group_runs(runs)
     for g in groups:
         aggregate(g, points)
@@ -955,10 +1007,11 @@ def compare(
     ranked = rankings(groups)
     plot(groups, ranked, root / "comparison.png", x)
     write_csv(groups, root / "summary.csv")
-    write_markdown(groups, ranked, [r for r in runs if not r.ok], root / "summary.md", root.name)
+    failures = [r for r in runs if not r.ok]
+    write_markdown(groups, ranked, failures, root / "summary.md", root.name, repeated)
     if tensorboard:
         write_aggregates(groups, root)
-    return Report(root, groups, runs, ranked)
+    return Report(root, groups, runs, ranked, repeated)
 
 
 def describe(report: Report) -> str:
@@ -976,6 +1029,7 @@ def describe(report: Report) -> str:
             final = "no finished run"
         failed = f", {r['failed']} failed" if r["failed"] else ""
         lines.append(f"  {r['env']}  {g.label:<{width}}  {final}  (n={r['seeds']}{failed})")
+    lines += [f"  note: {line}" for line in report.repeated]
     for ranking in report.rankings:
         lines += ["", *verdict_block(ranking)]
     where = _display(report.root)

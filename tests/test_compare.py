@@ -155,6 +155,32 @@ def test_groups_ignore_seed_and_are_labelled_by_what_varies():
     ]
 
 
+def test_a_seed_run_more_than_once_counts_once():
+    """Re-runs of one seed (the same run again) are not more seeds: one is kept per setting
+    and seed, the newest finished one, and each repeat is named in a note."""
+    from pgrun.compare import drop_repeated_seeds
+
+    def run(name: str, seed: int | None, start: float, *overrides: str, failure=None) -> Run:
+        r = Run(Path(name), name, list(overrides), "Env", None, failure=failure)
+        r.seed, r.start_time = seed, start
+        return r
+
+    runs = [
+        run("a", 0, 1.0, "variant=rtg"),
+        run("b", 0, 3.0, "variant=rtg", failure="no final return"),  # newer, but failed
+        run("c", 0, 2.0, "variant=rtg"),
+        run("d", 1, 1.0, "variant=rtg"),
+        run("e", 0, 1.0, "variant=vanilla", "seed=0"),  # another setting
+        run("f", None, 1.0, "variant=vanilla"),  # seed unknown: kept
+    ]
+    kept, notes = drop_repeated_seeds(runs)
+    assert [r.name for r in kept] == ["c", "d", "e", "f"]
+    assert notes == [
+        "variant=rtg: 3 runs of seed 0, counted once (c): the same seed trains the same run; "
+        "use other seeds"
+    ]
+
+
 # --------------------------------------------------------------------------------------------
 # A small real sweep
 
