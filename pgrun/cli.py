@@ -200,6 +200,9 @@ def flags_first(args: list[str]) -> list[str]:
 _NO_RUN = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion")
 
 
+_SIBLINGS = ("compare", "play", "check", "variance")  # pgrun-compare, ... (pyproject.toml)
+
+
 def prepare(args: list[str]) -> list[str]:
     """The command line Hydra gets, once the run's directory is known to be free for it:
 
@@ -211,6 +214,11 @@ def prepare(args: list[str]) -> list[str]:
     The default directory of a single run is made by the run_dir resolver (pgrun.config)."""
     if any(a.split("=", 1)[0] in _NO_RUN for a in args):
         return args
+    for a in args:
+        if a in _SIBLINGS:  # `pgrun compare DIR`: Hydra would say "missing EQUAL"
+            raise UserError(
+                f"'{a}' is not an override: the command is pgrun-{a} (pgrun-{a} --help)"
+            )
     multirun = any(a in ("-m", "--multirun") for a in args)
     target = resume_target(args)
     if target is not None:
@@ -488,13 +496,24 @@ def resume_argv(args: list[str]) -> list[str]:
     others = [a for a in args if not a.startswith("resume=") and a not in ("-m", "--multirun")]
     if (run_dir / MULTIRUN_FILE).is_file():  # a sweep: its jobs continue where each stands
         return resume_sweep_argv(run_dir.resolve(), others)
-    shown = _display(run_dir)
+    shown = str(run_dir) if run_dir.is_absolute() else _display(run_dir)  # as typed
+    if not run_dir.exists():
+        raise UserError(
+            f"resume={shown}: no such directory; give the directory of a run "
+            "(outputs/runs/<name>) or of a sweep (outputs/multirun/<name>)"
+        )
     if "${" in str(os.path.abspath(run_dir)):
         raise UserError(
             f"resume={shown}: Hydra reads '${{' in a path as an interpolation; resume through "
             "a symlink without it: ln -s <that directory> run && pgrun resume=run"
         )
     if not (run_dir / ".hydra" / "overrides.yaml").is_file():
+        if run_dir.is_dir() and any(run_dir.glob("*/.hydra/overrides.yaml")):
+            raise UserError(
+                f"resume={shown}: holds runs but is neither a run nor a grid sweep (no "
+                "multirun.yaml: an Optuna search's, or a directory of runs); resume each run: "
+                f"pgrun resume={shown}/<run>"
+            )
         raise UserError(
             f"resume={shown}: not a pgrun run directory (no .hydra/overrides.yaml); "
             "give the directory of a run, e.g. outputs/runs/<name>"

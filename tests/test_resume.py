@@ -177,7 +177,9 @@ def test_a_checkpoint_that_needs_code_is_refused(tmp_path, run_copy):
 @pytest.mark.parametrize(
     "args, says",
     [
-        (["resume=nowhere"], "not a pgrun run directory"),
+        (["resume=nowhere"], "resume=nowhere: no such directory"),
+        (["resume=."], "holds runs but is neither a run nor a grid sweep"),  # run/ is a run
+        (["compare", "run"], "the command is pgrun-compare"),
         (["resume=run", "seed=4"], "drop seed=4"),
         (["resume=run", "variant=rtg"], "drop variant=rtg"),
         (["-m", "resume=run"], "drop -m"),
