@@ -1133,6 +1133,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"pgrun-compare: error: {root} is not a directory", file=sys.stderr)
             status = 2
             continue
+        from pgrun.rundir import holder
+
+        busy = holder(root)
+        if busy is not None:  # its jobs are still being written, and it compares them at its end
+            print(
+                f"pgrun-compare: error: {root} is being written by a pgrun ({busy}): the sweep "
+                "writes its comparison when it ends; run pgrun-compare after that",
+                file=sys.stderr,
+            )
+            status = 2
+            continue
         try:
             report = compare(root, points=args.points, x=args.x)
         except FileNotFoundError as exc:

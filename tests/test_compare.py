@@ -297,6 +297,27 @@ def test_pgrun_compare_command_rewrites_a_sweep(sweep: Path, tmp_path: Path):
         assert len(files) == 1, files
 
 
+def test_pgrun_compare_leaves_a_sweep_that_is_still_running(sweep: Path, tmp_path: Path, capsys):
+    """A sweep's directory locked by the pgrun writing it: pgrun-compare writes nothing into it
+    (its unfinished jobs would read as failed, and the sweep compares them when it ends),
+    exits 2 and names the holder; once the lock is gone it compares."""
+    from pgrun import rundir
+    from pgrun.compare import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    (copy / "summary.md").unlink()
+    lock = rundir.acquire(copy)
+    try:
+        assert main([str(copy)]) == 2
+    finally:
+        rundir.release(lock)
+    err = capsys.readouterr().err
+    assert "is being written by a pgrun (pid " in err and len(err.strip().splitlines()) == 1
+    assert not (copy / "summary.md").exists()
+    assert main([str(copy)]) == 0 and (copy / "summary.md").is_file()
+
+
 def test_a_finished_job_without_its_final_metric_reads_it_from_its_checkpoint(
     sweep: Path, tmp_path: Path
 ):
