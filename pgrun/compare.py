@@ -82,6 +82,8 @@ class Run:
     """One line saying why the job failed; None for a finished run."""
     seed: int | None = None
     """Its config's seed (None where unknown)."""
+    budget: int | None = None
+    """Its total_steps, from its newest record (a resume may raise it; None where unknown)."""
 
     @property
     def ok(self) -> bool:
@@ -199,6 +201,7 @@ def load_run(path: Path, root: Path) -> Run:
     name = path.relative_to(root).as_posix() if path != root else path.name
     run = Run(path, name, overrides, env_id, threshold, random_return=random)
     run.seed = _seed_of(overrides, path / ".hydra" / "config.yaml")
+    run.budget = _budget_of(path)
 
     series, start = read_scalars(path, (RETURN_TAG, FINAL_TAG))
     if RETURN_TAG in series:
@@ -233,6 +236,35 @@ def _seed_of(overrides: Sequence[str], config: Path | None = None) -> int | None
     saved = read_yaml(config) if config is not None and config.is_file() else None
     seed = saved.get("seed") if isinstance(saved, dict) else None
     return seed if isinstance(seed, int) else None
+
+
+def _budget_of(path: Path) -> int | None:
+    """total_steps of the run in `path`, as its newest record has it (.hydra/resume-<stamp>/
+    of the last resume, else .hydra/)."""
+    records = sorted(path.glob(".hydra/resume-*/config.yaml")) or [path / ".hydra/config.yaml"]
+    saved = read_yaml(records[-1]) if records[-1].is_file() else None
+    steps = saved.get("total_steps") if isinstance(saved, dict) else None
+    return steps if isinstance(steps, int) else None
+
+
+def mixed_budgets(groups: Sequence[Group]) -> list[str]:
+    """A line for each group whose runs had different total_steps (one resumed with more, say):
+    their final returns are then not one sample."""
+    notes = []
+    for g in groups:
+        counts: dict[int, int] = {}
+        for r in g.runs:
+            if r.budget is not None:
+                counts[r.budget] = counts.get(r.budget, 0) + 1
+        if len(counts) > 1:
+            budgets = ", ".join(
+                f"{b:,} ({n} run{'s' if n != 1 else ''})" for b, n in sorted(counts.items())
+            )
+            notes.append(
+                f"{g.label}: runs of different budgets in one group, total_steps {budgets}: "
+                "its statistics mix them"
+            )
+    return notes
 
 
 def drop_repeated_seeds(runs: Sequence[Run]) -> tuple[list[Run], list[str]]:
@@ -805,7 +837,7 @@ def write_markdown(
     failures: Sequence[Run],
     path: Path,
     title: str,
-    repeated: Sequence[str] = (),
+    notes: Sequence[str] = (),
 ) -> None:
     lines = [
         f"# Comparison: {title}",
@@ -859,9 +891,9 @@ def write_markdown(
             f"| {r['reached'] or '–'} | {_num(steps, ',d')} "
             f"| {_num(r['seconds_to_threshold'], '.1f')} | {r['failed']} |"
         )
-    if repeated:
-        lines += ["", "## Seeds run more than once", ""]
-        lines += [f"- {line}" for line in repeated]
+    if notes:
+        lines += ["", "## Notes", ""]
+        lines += [f"- {line}" for line in notes]
     if failures:
         lines += ["", f"## Failed jobs ({len(failures)})", ""]
         lines += [f"- `{run.name}`: {run.failure}" for run in failures]
@@ -977,8 +1009,9 @@ class Report:
     groups: list[Group]
     runs: list[Run]
     rankings: list[Ranking] = field(default_factory=list)
-    repeated: list[str] = field(default_factory=list)
-    """A line for each setting and seed run more than once (drop_repeated_seeds)."""
+    notes: list[str] = field(default_factory=list)
+    """Lines on what the statistics hold: seeds run more than once (drop_repeated_seeds), a
+    group of mixed budgets (mixed_budgets)."""
 
     @property
     def failures(self) -> list[Run]:
@@ -999,8 +1032,9 @@ def compare(
     runs += missing_runs(root, runs)
     if not runs:
         raise FileNotFoundError(f"no runs (directories with .hydra/overrides.yaml) under {root}")
-    runs, repeated = drop_repeated_seeds(runs)
+    runs, notes = drop_repeated_seeds(runs)
     groups = group_runs(runs)
+    notes += mixed_budgets(groups)
     for g in groups:
         aggregate(g, points)
     groups.sort(key=lambda g: (g.env_id, -np.nan_to_num(g.row["final_return_iqm"], nan=-np.inf)))
@@ -1008,10 +1042,10 @@ def compare(
     plot(groups, ranked, root / "comparison.png", x)
     write_csv(groups, root / "summary.csv")
     failures = [r for r in runs if not r.ok]
-    write_markdown(groups, ranked, failures, root / "summary.md", root.name, repeated)
+    write_markdown(groups, ranked, failures, root / "summary.md", root.name, notes)
     if tensorboard:
         write_aggregates(groups, root)
-    return Report(root, groups, runs, ranked, repeated)
+    return Report(root, groups, runs, ranked, notes)
 
 
 def describe(report: Report) -> str:
@@ -1029,7 +1063,7 @@ def describe(report: Report) -> str:
             final = "no finished run"
         failed = f", {r['failed']} failed" if r["failed"] else ""
         lines.append(f"  {r['env']}  {g.label:<{width}}  {final}  (n={r['seeds']}{failed})")
-    lines += [f"  note: {line}" for line in report.repeated]
+    lines += [f"  note: {line}" for line in report.notes]
     for ranking in report.rankings:
         lines += ["", *verdict_block(ranking)]
     where = _display(report.root)

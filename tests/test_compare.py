@@ -297,6 +297,26 @@ def test_pgrun_compare_command_rewrites_a_sweep(sweep: Path, tmp_path: Path):
         assert len(files) == 1, files
 
 
+def test_a_group_of_mixed_budgets_is_named(sweep: Path, tmp_path: Path):
+    """A job resumed with a larger total_steps (its newest record, .hydra/resume-*/, says so)
+    is pooled with its group's other seeds: the comparison says the group mixes budgets."""
+    from pgrun.compare import compare
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    assert compare(copy, tensorboard=False).notes == []
+    job = job_dir(copy, VARIANTS[0], SEEDS[0])
+    record = job / ".hydra" / "resume-2026-01-01_00-00-00.000000"
+    record.mkdir()
+    text = (job / ".hydra" / "config.yaml").read_text()
+    assert "total_steps: 2000\n" in text
+    (record / "config.yaml").write_text(text.replace("total_steps: 2000\n", "total_steps: 3000\n"))
+    (note,) = compare(copy, tensorboard=False).notes
+    assert note.startswith(f"variant={VARIANTS[0]}: runs of different budgets in one group")
+    assert "total_steps 2,000 (1 run), 3,000 (1 run)" in note
+    assert note in (copy / "summary.md").read_text()
+
+
 def test_pgrun_compare_leaves_a_sweep_that_is_still_running(sweep: Path, tmp_path: Path, capsys):
     """A sweep's directory locked by the pgrun writing it: pgrun-compare writes nothing into it
     (its unfinished jobs would read as failed, and the sweep compares them when it ends),
