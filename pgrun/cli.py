@@ -17,6 +17,7 @@ import shutil
 import sys
 import threading
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,9 @@ def main() -> None:
     _stderr, held = sys.stderr, io.StringIO()
     sys.stderr = held
     one_line_sweep_errors()
+    # joblib's note, when a stop cancels the tasks its workers had not finished (the batched and
+    # joblib launchers): the stop's own line says what was kept
+    warnings.filterwarnings("ignore", message=r".*tasks which were still being processed")
     if "hydra/launcher=joblib" in sys.argv[1:]:
         forward_stops_to_joblib()
     single = single_run(sys.argv[1:])
