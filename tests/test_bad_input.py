@@ -145,7 +145,7 @@ CASES: dict[str, Case] = {
     "missing extra": Case(["env=LunarLander-v3"], ["LunarLander-v3", ".[box2d]"]),
     "cnn on vectors": Case(["env=Pendulum-v1", "policy=cnn"], ["policy=cnn", "policy=mlp"]),
     "squash on discrete": Case(["policy.squash=true"], ["policy.squash", "Box"]),
-    "resume not a run": Case(["resume=nowhere"], ["resume=nowhere", "not a pgrun run"]),
+    "resume of nothing": Case(["resume=nowhere"], ["resume=nowhere", "no such directory"]),
     "resume with a change": Case(
         ["resume=run", "seed=3"], ["seed=3", "total_steps"], needs_run="run"
     ),
