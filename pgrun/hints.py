@@ -7,6 +7,7 @@ Imports neither torch nor gymnasium.
 
 from __future__ import annotations
 
+import sys
 from importlib import resources
 from typing import Any
 
@@ -30,6 +31,8 @@ def env_id_argv(args: list[str]) -> list[str]:
     A comma list of ids is treated the same way when all or none have a file. Other arguments,
     and `env.id` next to an `env=` choice, are returned unchanged."""
     keys = [a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a]
+    if "env" in keys and "env.id" in keys:
+        _warn_other_env_file(args)
     if "env" in keys or "env.id" not in keys:
         return args
     out, extra = [], []
@@ -52,6 +55,21 @@ def env_id_argv(args: list[str]) -> list[str]:
                 f"env=<ids with a file> and env.id=<the others> separately"
             )
     return out + extra
+
+
+def _warn_other_env_file(args: list[str]) -> None:
+    """One line when `env=<file>` and `env.id=<another id with a file of its own>` are both
+    given: the first file's settings (horizon, solved_return, random_return, ...) then hold for
+    the other env, which is allowed (an id of your own on a file's settings) but rarely meant."""
+    values = {a.split("=", 1)[0].lstrip("+~"): a.split("=", 1)[1] for a in args if "=" in a}
+    env, env_id = values["env"], values["env.id"]
+    if any(c in env + env_id for c in ",()") or env == env_id or not env_file_exists(env_id):
+        return
+    print(
+        f"pgrun: warning: env.id={env_id} with env={env}: {env}'s env file settings (horizon, "
+        f"solved_return, random_return, ...) hold for {env_id}; env={env_id} takes its own",
+        file=sys.stderr,
+    )
 
 
 def value_gamma_warning(cfg: Any, time_limit: int | None) -> str | None:

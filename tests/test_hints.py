@@ -37,6 +37,20 @@ def test_other_arguments_are_left_alone():
         env_id_argv(["-m", "env.id=CartPole-v1,FrozenLake-v1"])
 
 
+def test_an_id_with_a_file_of_its_own_beside_another_env_file_is_named(capsys):
+    args = ["env=CartPole-v1", "env.id=MountainCar-v0"]
+    assert env_id_argv(list(args)) == args  # allowed: the file's settings for another id
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("pgrun: warning: env.id=MountainCar-v0 with env=CartPole-v1:")
+    assert line.endswith("env=MountainCar-v0 takes its own")
+    for quiet in (
+        ["env=CartPole-v1", "env.id=my_pkg:Line-v0"],
+        ["env=Acrobot-v1", "env.id=Acrobot-v1"],
+    ):
+        env_id_argv(quiet)
+    assert capsys.readouterr().err == ""
+
+
 def test_pgrun_env_id_composes_that_env_file(tmp_path):
     proc = run_pgrun(["env.id=MountainCar-v0", "--cfg", "job"], cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
