@@ -30,6 +30,7 @@ import math
 import os
 import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -685,10 +686,14 @@ def plot(groups: Sequence[Group], ranked: Sequence[Ranking], path: Path, x: str 
             for ax in (profile, bars, matrix):
                 ax.set_visible(False)
             continue
-        name = env if env != ALL_ENVS else f"{ALL_ENVS}: {ranking.note}"
-        _plot_profile(profile, ranking, colors, unit, name)
-        _plot_iqm(bars, ranking, colors, unit, name)
-        _plot_matrix(matrix, ranking, name)
+        if env == ALL_ENVS:  # the panels' titles stay short: what was pooled goes on the left
+            curves.set_visible(True)
+            curves.axis("off")
+            text = textwrap.fill(f"{ALL_ENVS}: {ranking.note}", 60)
+            curves.text(0.5, 0.5, text, ha="center", va="center", transform=curves.transAxes)
+        _plot_profile(profile, ranking, colors, unit, env)
+        _plot_iqm(bars, ranking, colors, unit, env)
+        _plot_matrix(matrix, ranking, env)
     fig.suptitle(
         f"{CONFIDENCE:.0%} confidence: bootstrap over seeds (curves), stratified bootstrap "
         f"(profiles, IQM, P(improvement)); {MIN_SEEDS}+ seeds a group for intervals to mean much",
