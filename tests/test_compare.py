@@ -181,6 +181,34 @@ def test_a_seed_run_more_than_once_counts_once():
     ]
 
 
+def test_two_envs_are_also_ranked_together_on_normalised_scores(tmp_path):
+    """Two variants on two envs with random_return and solved_return: a ranking per env and
+    one over both on (return - random) / (solved - random), drawn as a row of its own."""
+    from pgrun.compare import ALL_ENVS, aggregate, plot, rankings
+
+    runs = []
+    for env, (random, solved) in {"A-v0": (0.0, 100.0), "B-v0": (-500.0, -100.0)}.items():
+        for variant, level in (("rtg", 0.8), ("vanilla", 0.2)):
+            for seed in range(4):
+                final = random + (level + 0.01 * seed) * (solved - random)
+                r = Run(Path(f"{env}{variant}{seed}"), f"{env}{variant}{seed}",
+                        [f"env={env}", f"variant={variant}", f"seed={seed}"], env, solved,
+                        random_return=random)  # fmt: skip
+                r.steps, r.returns = np.array([10, 20]), np.array([random, final])
+                r.seconds, r.final_return, r.seed = np.array([1.0, 2.0]), final, seed
+                runs.append(r)
+    groups = group_runs(runs)
+    for g in groups:
+        aggregate(g)
+    ranked = {r.env: r for r in rankings(groups)}
+    assert set(ranked) == {"A-v0", "B-v0", ALL_ENVS}
+    (verdict,) = ranked[ALL_ENVS].verdicts
+    assert (verdict.better, verdict.worse, verdict.p) == ("rtg", "vanilla", 1.0)
+    assert ranked[ALL_ENVS].note == "over A-v0, B-v0"
+    plot(groups, list(ranked.values()), tmp_path / "comparison.png")
+    assert (tmp_path / "comparison.png").stat().st_size > 0
+
+
 # --------------------------------------------------------------------------------------------
 # A small real sweep
 
