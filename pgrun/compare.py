@@ -276,8 +276,7 @@ def drop_repeated_seeds(runs: Sequence[Run]) -> tuple[list[Run], list[str]]:
     by: dict[tuple, list[Run]] = {}
     for run in runs:
         if run.seed is not None:
-            key = tuple(sorted(o for o in run.overrides if _key(o) != "seed"))
-            by.setdefault((key, run.seed), []).append(run)
+            by.setdefault((_setting(run), run.seed), []).append(run)
     dropped: set[int] = set()
     notes = []
     for (key, seed), same in by.items():
@@ -334,11 +333,16 @@ def missing_runs(root: Path, found: Sequence[Run]) -> list[Run]:
     return missing
 
 
+def _setting(run: Run) -> tuple[str, ...]:
+    """A run's overrides except its seed, sorted: the runs of one setting share it."""
+    return tuple(sorted(o for o in run.overrides if _key(o) != "seed"))
+
+
 def group_runs(runs: Sequence[Run]) -> list[Group]:
     """Group by every override except seed; label each group by the overrides that vary."""
     groups: dict[tuple[str, ...], Group] = {}
     for run in runs:
-        key = tuple(sorted(o for o in run.overrides if _key(o) != "seed"))
+        key = _setting(run)
         groups.setdefault(key, Group(key)).runs.append(run)
     common = set.intersection(*(set(k) for k in groups)) if groups else set()
     for group in groups.values():
@@ -1166,14 +1170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="x-axis of the figure's curves: env steps (default) or wall-clock seconds",
     )
     args = parser.parse_args(argv)
+    from pgrun.rundir import holder
+
     status = 0
     for root in args.dirs:
         if not root.is_dir():
             print(f"pgrun-compare: error: {root} is not a directory", file=sys.stderr)
             status = 2
             continue
-        from pgrun.rundir import holder
-
         busy = holder(root)
         if busy is not None:  # its jobs are still being written, and it compares them at its end
             print(
