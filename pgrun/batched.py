@@ -28,6 +28,7 @@ rounding, not bit for bit (docs/batched.md, tests/test_batched.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -50,11 +51,12 @@ from pgrun.config import Interrupted, yaml_text
 from pgrun.diagnostics import Diagnostics
 from pgrun.draw import Draw, NumpyDraw, mlp_layers
 from pgrun.draw import noise as draw_noise
-from pgrun.logger import FINAL_METRIC, make_loggers
+from pgrun.logger import FINAL_METRIC, Loggers, make_loggers
 from pgrun.losses import clip_fraction, policy_loss, ratio_stats, value_loss
 from pgrun.optim import Adam
 from pgrun.policies import CategoricalPolicy, GaussianPolicy
 from pgrun.rollout import Batch, _running_copies_step, episodes_batch
+from pgrun.rundir import display
 from pgrun.seeding import ACTIONS, MINIBATCHES, RESETS, VALUE_MINIBATCHES, derive_seed
 from pgrun.state import TrainState
 from pgrun.update_rules import _select, rule_name
@@ -993,21 +995,51 @@ def fit_value_group(
 
 @dataclass
 class Job:
-    """One run of a group: its composed config, its directory, whether it resumes."""
+    """One run of a group: its composed config, its directory, whether it resumes, and
+    whether it finished before (`replay`): a resumed group keeps such a seed in its place,
+    trained again from the others' checkpoint to its end where it ended after it, writing
+    nothing, so that the others continue exactly as the group did uninterrupted (the stacked
+    computations pad every seed to the group's longest batch)."""
 
     cfg: DictConfig
     run_dir: Path
     resume: bool = False
+    replay: bool = False
 
 
-def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
+def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException | None]:
     """Train the runs `jobs` (configs that differ only in `seed`) as one computation; each
     run's directory is written as pgrun.trainer.train writes it. Returns, per job, train's
     summary or the exception that ended it (Diverged for a seed whose update stopped being
-    finite; Interrupted for every unfinished run after SIGINT / SIGTERM)."""
+    finite; Interrupted for every unfinished run after SIGINT / SIGTERM); None for a job
+    finished before (Job.replay)."""
+    points, trains = resume_points(jobs)
+    # a finished job waits in its place only where the others continue from a checkpoint
+    # they share: a group of new seeds never had it beside them
+    kept = [k for k, j in enumerate(jobs) if not j.replay or points[k] is not None]
+    replayed = [k for k in kept if jobs[k].replay]
+    if replayed:
+        n, again = len(replayed), sum(trains[k] for k in replayed)
+        log.info(
+            f"the group keeps its {n} finished seed{'s' * (n > 1)} in place ({again} trained "
+            "again to the end, writing nothing): the others continue exactly as before"
+        )
+    out: list[Any] = [None] * len(jobs)
+    results = _train_group(
+        [jobs[k] for k in kept], [points[k] for k in kept], [trains[k] for k in kept]
+    )
+    for k, r in zip(kept, results, strict=True):
+        out[k] = None if jobs[k].replay else r
+    return out
+
+
+def _train_group(
+    jobs: Sequence[Job], points: Sequence[dict[str, Any] | None], trains: Sequence[bool]
+) -> list[Any]:
     from pgrun import trainer
 
     K = len(jobs)
+    quiet = [j.replay for j in jobs]  # trained (if at all) for the others' sake: no output
     cfgs = [j.cfg for j in jobs]
     cfg0 = cfgs[0]
     built = []
@@ -1031,16 +1063,22 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
     evaluators = [b[2] for b in built]
     for s, c in zip(states, cfgs, strict=True):
         s.seed = int(c.seed)
-    for s, j, saved in zip(states, jobs, resume_points(jobs), strict=True):
+    for s, j, saved in zip(states, jobs, points, strict=True):
         if saved is not None:
             s.load_state_dict(saved, j.run_dir)
-            log.info(f"resuming {j.run_dir} at iteration {s.iteration}, {s.env_steps:,} env steps")
+            if not j.replay:
+                log.info(
+                    f"resuming {j.run_dir} at iteration {s.iteration}, {s.env_steps:,} env steps"
+                )
     results: list[Any] = [None] * K
     loggers = []
     resolved = []
     for s, j in zip(states, jobs, strict=True):
         res = OmegaConf.to_container(j.cfg, resolve=True, enum_to_str=True)
         resolved.append(res)
+        if j.replay:
+            loggers.append(Loggers([]))
+            continue
         loggers.append(
             make_loggers(
                 list(j.cfg.logger),
@@ -1071,7 +1109,7 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
     save_every = [int(c.checkpoint.every) for c in cfgs]
     ratios = [c.diagnostics.ratios for c in cfgs]
     annealed = [bool(c.optim.anneal_lr) for c in cfgs]
-    active = [s.env_steps < t for s, t in zip(states, total, strict=True)]
+    active = [go and s.env_steps < t for s, t, go in zip(states, total, trains, strict=True)]
     final = [None] * K
     try:
         with trainer.StopRequest() as stop:
@@ -1142,13 +1180,16 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
                     s.iteration += 1
                     if len(ep):
                         s.recent.append(ep.returns.mean().item())
-                    loggers[k].log({**trainer.charts(ep, s), **lr_now[k], **stats[k]}, s.env_steps)
                     solved = s.solved(stop_return[k])
-                    evaluators[k].after_iteration(
-                        loggers[k], s.iteration, s.env_steps,
-                        solved or s.env_steps >= total[k],
-                    )  # fmt: skip
-                    if solved:
+                    if not quiet[k]:
+                        loggers[k].log(
+                            {**trainer.charts(ep, s), **lr_now[k], **stats[k]}, s.env_steps
+                        )
+                        evaluators[k].after_iteration(
+                            loggers[k], s.iteration, s.env_steps,
+                            solved or s.env_steps >= total[k],
+                        )  # fmt: skip
+                    if solved and not quiet[k]:
                         log.info(
                             f"{jobs[k].run_dir.name}: final return {s.final_return():.1f} >= "
                             f"stop_return={stop_return[k]:g} after {s.env_steps:,} env steps: "
@@ -1158,7 +1199,7 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
                         active[k] = False
                         final[k] = s.final_return()
                 for k in range(K):
-                    if final[k] is not None and results[k] is None:
+                    if final[k] is not None and results[k] is None and not quiet[k]:
                         _finish(states[k], opt, value_opt if has_value else None, jobs[k], k,
                                 resolved[k], loggers[k], final[k])  # fmt: skip
                         results[k] = {
@@ -1169,7 +1210,7 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
                         }
                 if stop.signum is not None:
                     for k in range(K):
-                        if results[k] is None and final[k] is None:
+                        if results[k] is None and final[k] is None and not quiet[k]:
                             _save(states[k], opt, value_opt if has_value else None, jobs[k], k)
                             results[k] = Interrupted(
                                 stop.signum, states[k].iteration, states[k].env_steps
@@ -1179,7 +1220,7 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
                 for k in range(K):
                     s = states[k]
                     due = save_every[k] > 0 and s.iteration % save_every[k] == 0
-                    if active[k] and due:
+                    if active[k] and due and not quiet[k]:
                         _save(s, opt, value_opt if has_value else None, jobs[k], k)
     finally:
         with signals.deferred("closing the runs"):
@@ -1192,19 +1233,43 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException]:
     return results
 
 
-def resume_points(jobs: Sequence[Job]) -> list[dict[str, Any] | None]:
+def resume_points(jobs: Sequence[Job]) -> tuple[list[dict[str, Any] | None], list[bool]]:
     """The checkpoint each resumed job continues from (None for a job that starts): the newest
     iteration that every resumed job of the group has. A group checkpoints its seeds one after
     the other at the same iterations, so a group killed between two of them has seeds one
     checkpoint apart; continuing all from the one they share repeats what the group did after
-    it, as it did it. Where they share none, each continues from its newest."""
-    saved = {k: checkpoint.load_readable(j.run_dir) for k, j in enumerate(jobs) if j.resume}
-    shared = [{c["iteration"] for c in cs} for cs in saved.values()]
+    it, as it did it. Where they share none, each continues from its newest.
+
+    A job finished before (Job.replay) gets, where the others share an iteration, its own
+    checkpoint of that iteration if it ended after it (it trains again to its end, as it did
+    beside them), else its last (it waits as it ended); and None where they share none. The
+    second list says which jobs train."""
+    saved = {}
+    for k, j in enumerate(jobs):
+        if j.replay:
+            with contextlib.suppress(checkpoint.CheckpointError):  # none left: not kept in place
+                saved[k] = checkpoint.load_readable(j.run_dir, tidy=False)
+        elif j.resume:
+            saved[k] = checkpoint.load_readable(j.run_dir)
+    going = [k for k in saved if not jobs[k].replay]
+    shared = [{c["iteration"] for c in saved[k]} for k in going]
     at = max(set.intersection(*shared), default=None) if shared else None
     out: list[dict[str, Any] | None] = [None] * len(jobs)
+    trains = [not j.replay for j in jobs]
     for k, cs in saved.items():
-        out[k] = cs[0] if at is None else next(c for c in cs if c["iteration"] == at)
-    return out
+        if not jobs[k].replay:
+            out[k] = cs[0] if at is None else next(c for c in cs if c["iteration"] == at)
+        elif at is not None:
+            out[k] = cs[0]  # its end
+            if cs[0]["iteration"] > at:
+                out[k] = next((c for c in cs if c["iteration"] == at), None) or cs[0]
+                trains[k] = out[k]["iteration"] == at
+                if not trains[k]:
+                    log.info(
+                        f"{display(jobs[k].run_dir)} has no checkpoint of iteration {at}: it "
+                        "waits as it ended, and the others continue to float rounding"
+                    )
+    return out, trains
 
 
 def _value_stats(batch: Batch, targets: Any) -> dict[str, float]:

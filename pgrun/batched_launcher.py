@@ -62,6 +62,17 @@ def defer(cfg: DictConfig, run_dir: Path, resume: bool) -> Deferred:
     return Deferred(len(pending) - 1)
 
 
+def keep_in_place(cfg: DictConfig, run_dir: Path) -> None:
+    """Called by pgrun's task for a job of the group that finished before: it keeps its place
+    (pgrun.batched.Job.replay), so that the others continue as the group did."""
+    from pgrun.batched import Job
+
+    assert pending is not None
+    cfg = copy.deepcopy(cfg)
+    OmegaConf.resolve(cfg)
+    pending.append(Job(cfg, Path(run_dir), resume=False, replay=True))
+
+
 def plain(value: Any) -> str:
     return str(getattr(value, "value", value))
 
@@ -291,7 +302,7 @@ def _train(jobs: list, waiting: list[JobReturn]) -> None:
     from pgrun.config import Interrupted
     from pgrun.trainer import train
 
-    locks = [rundir.acquire(j.run_dir) for j in jobs]
+    locks = [rundir.acquire(j.run_dir) for j in jobs if not j.replay]  # those it writes
     try:
         try:
             results = train_group(jobs)

@@ -185,13 +185,15 @@ def load_latest(run_dir: str | Path) -> dict[str, Any]:
     return load_readable(run_dir)[0]
 
 
-def load_readable(run_dir: str | Path) -> list[dict[str, Any]]:
+def load_readable(run_dir: str | Path, tidy: bool = True) -> list[dict[str, Any]]:
     """The readable checkpoints of `run_dir` (as load_latest reads them), newest iteration
-    first."""
+    first. `tidy`: remove a killed writer's temporary files first (the caller holds the run's
+    lock); without it nothing in `run_dir` changes."""
     files = checkpoints(run_dir)
     if not files:
         raise CheckpointError(f"{run_dir} has no checkpoint to resume from")
-    remove_temporary(run_dir)
+    if tidy:
+        remove_temporary(run_dir)
     by_iteration = []
     for i, path in enumerate(files):
         try:

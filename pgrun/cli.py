@@ -613,6 +613,10 @@ def run(cfg: DictConfig) -> float | None:
             return None
         if state == "finished":
             log.info(f"{_display(run_dir)}: finished before, not run again")
+            from pgrun import batched_launcher
+
+            if batched_launcher.pending is not None:  # its group's other seeds continue
+                batched_launcher.keep_in_place(cfg, run_dir)
             return sweep.finished_return(run_dir)
         unknown_keys(cfg)
         validate(cfg)

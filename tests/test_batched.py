@@ -243,6 +243,59 @@ def test_a_group_killed_between_its_seeds_checkpoints_resumes_bit_for_bit(tmp_pa
         assert cut == uncut, s
 
 
+def files_of(run_dir: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file of a run: its bytes and modification time."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.iterdir()}
+
+
+@pytest.mark.parametrize("where", ["after its end", "before its end"])
+def test_a_group_stopped_after_a_seed_finished_resumes_bit_for_bit(tmp_path, monkeypatch, where):
+    """Seeds stop on their own (stop_return), and a finished seed waits while the others train
+    on. A group stopped after seed s finished resumes with s kept in its place, s's files
+    untouched, and the others log exactly what they log uninterrupted: both where the others
+    continue from an iteration after s's end (s waits as it ended) and where they continue
+    from one before it (a kill -9 between checkpoints: s trains again to its end, writing
+    nothing). Without s in place the others' stacked computations change shape and can add
+    in another order."""
+    # The case a trial of kill -9 found: seed 1 of compare_variants' off_policy ends at
+    # iteration 12 with episodes of 500 steps, the longest batch of the group, and the others
+    # checkpoint every 10 iterations.
+    overrides = ["experiment=compare_variants", "variant=off_policy", "checkpoint.every=10"]
+    seeds = tuple(range(5))
+
+    def jobs(root, resume=False):
+        out = []
+        for s in seeds:
+            d = root / f"seed{s}"
+            d.mkdir(parents=True, exist_ok=True)
+            done = resume and (d / "policy.pt").exists()
+            out.append(Job(cfg_of(*overrides, f"seed={s}"), d, resume and not done, replay=done))
+        return out
+
+    whole = train_group(jobs(tmp_path / "whole"))
+    ends = [r["iterations"] for r in whole]
+    first = min(ends)
+    assert sorted(ends)[1] > first + 2, ends  # the others train on after the first stops
+    finished = ends.index(first)
+    stop_at = first if where == "before its end" else first + 2
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "StopRequest", stop_after(stop_at - 1))
+        train_group(jobs(tmp_path / "cut"))
+    cut = tmp_path / "cut"
+    going = [s for s in seeds if s != seeds[finished]]
+    for s in going:
+        assert checkpoint.load_latest(cut / f"seed{s}")["iteration"] == stop_at
+    if where == "before its end":  # killed before the others' checkpoints of stop_at
+        for s in going:
+            checkpoint.checkpoints(cut / f"seed{s}")[0].unlink()
+    kept = files_of(cut / f"seed{seeds[finished]}")
+    again = train_group(jobs(cut, resume=True))
+    assert again[finished] is None
+    assert files_of(cut / f"seed{seeds[finished]}") == kept
+    for s in seeds:
+        assert scalars(cut / f"seed{s}") == scalars(tmp_path / "whole" / f"seed{s}"), s
+
+
 def test_a_batched_sweep_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
     """`pgrun -m hydra/launcher=batched`, killed (SIGKILL to its process group: the sweep's
     process and the group's) once both seeds have checkpoints, then `pgrun resume=<sweep
