@@ -116,9 +116,37 @@ def _become_pgrun(request: dict) -> int:
     return code
 
 
+def warm_up() -> None:
+    """What every command builds on its first use and keeps, built once here: the parsers of
+    Hydra's overrides and OmegaConf's interpolations (their ANTLR tables fill as they parse),
+    Hydra's registry of plugins, and the imports a composition makes: one composition of the
+    default config, then Hydra's global state cleared, as a new process has it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.plugins import Plugins
+    from omegaconf import OmegaConf
+
+    OverridesParser.create().parse_overrides(
+        ["a=1", "+b=[1,2]", "~c", "d=${a}", "e=x,y", "f=range(1,3)", "g='q'", "h={k:v}", "i=1.5e-3"]
+    )
+    cfg = OmegaConf.create({"a": 1, "b": "${a}", "c": "x_${b}", "d": "${oc.env:HOME,/}"})
+    OmegaConf.to_container(cfg, resolve=True)
+    Plugins.instance()
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_module("pgrun.configs", version_base="1.3"):
+        OmegaConf.to_yaml(
+            compose("config", overrides=["total_steps=200"], return_hydra_config=True),
+            resolve=False,
+        )
+    GlobalHydra.instance().clear()
+
+
 def serve() -> None:
     import pgrun.cli  # noqa: F401  what every command imports
     import pgrun.trainer  # noqa: F401
+
+    warm_up()
 
     for line in sys.stdin:
         request = json.loads(line)
