@@ -154,6 +154,7 @@ class Settings:
     ns: tuple[int, ...]  # the N of row 2
     ppo_only: bool = False  # row 1: pgrun rtg_baseline and SB3 PPO only (the speed-up figure)
     repeats: int = 3  # row 4: `pgrun --help` and `pgrun --cfg job` are timed best of this many
+    group: tuple[int, int] = (8, 4)  # row 6: the K of the CartPole and HalfCheetah groups
 
 
 @dataclass
@@ -874,10 +875,11 @@ def group_rows(settings: Settings) -> list[Row]:
     rows = []
     for rollout in ("episodes", "steps"):
         overrides = ["variant=rtg_baseline", f"rollout={rollout}", f"total_steps={budget}"]
-        grouped, alone = group_rate(overrides, 8)
+        grouped, alone = group_rate(overrides, settings.group[0])
         rows.append(
             Row(
-                f"6. CartPole-v1 training, one group of K=8 seeds at N=16 (rtg_baseline, "
+                f"6. CartPole-v1 training, one group of K={settings.group[0]} seeds at N=16 "
+                "(rtg_baseline, "
                 f"rollout={rollout})",
                 f"{rate(grouped)} (the seeds alone, one after the other: {rate(alone)}; "
                 f"{grouped / alone:.1f}x); load {load()}",
@@ -885,7 +887,10 @@ def group_rows(settings: Settings) -> list[Row]:
                 verdict(grouped >= TARGET_GROUP_SPS),
             )
         )
-    what = "6. HalfCheetah-v5 training, one group of K=4 seeds at N=16 (value_baseline)"
+    what = (
+        f"6. HalfCheetah-v5 training, one group of K={settings.group[1]} seeds at N=16 "
+        "(value_baseline)"
+    )
     if not have("mujoco"):
         return [*rows, Row(what, "skipped: mujoco is not installed (`make bench` installs it)")]
     horizon = settings.cheetah_horizon
@@ -894,7 +899,7 @@ def group_rows(settings: Settings) -> list[Row]:
     cheetah = ["experiment=half_cheetah_value_baseline", f"env.horizon={horizon}",
                f"total_steps={2 * 16 * horizon}", "eval.every=0",
                "env.normalize_obs=false"]  # fmt: skip
-    grouped, alone = group_rate(cheetah, 4)
+    grouped, alone = group_rate(cheetah, settings.group[1])
     rows.append(
         Row(
             what,
@@ -948,7 +953,9 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Settings, set[int
     if not rows or not rows <= {1, 2, 3, 4, 5, 6}:
         parser.error("--rows takes numbers from 1 to 6, e.g. --rows 2,4")
     if args.smoke:
-        settings = Settings(1, not args.no_sb3, 0.05, 20, 2000, 2000, False, (16,), repeats=1)
+        settings = Settings(
+            1, not args.no_sb3, 0.05, 20, 2000, 2000, False, (16,), repeats=1, group=(2, 2)
+        )
     elif args.quick:
         settings = Settings(2, not args.no_sb3, 0.5, 200, None, None, False, (16, 32, 64, 256))
     else:

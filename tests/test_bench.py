@@ -98,9 +98,9 @@ def test_smoke_run_prints_one_row_per_benchmark(tmp_path):
     (sweep,) = by_section["5"]
     assert "skipped" in sweep[1]
 
-    groups = by_section["6"]  # one group of seeds against the same seeds alone
-    assert all("K=8" in row[0] and "alone" in row[1] for row in groups[:2])
-    assert len(groups) == 3 and "K=4" in groups[2][0]
+    groups = by_section["6"]  # one group of seeds against the same seeds alone (smoke: K = 2)
+    assert all("K=2" in row[0] and "alone" in row[1] for row in groups[:2])
+    assert len(groups) == 3 and "K=2" in groups[2][0]
     assert all(row[3] in ("-", "n/a (smoke)") for row in rows)
     # the runs were made in temporary directories, not where the benchmark was started
     assert not (tmp_path / "outputs").exists()
