@@ -248,8 +248,7 @@ def files_of(run_dir: Path) -> dict[str, tuple[bytes, int]]:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.iterdir()}
 
 
-@pytest.mark.parametrize("where", ["after its end", "before its end"])
-def test_a_group_stopped_after_a_seed_finished_resumes_bit_for_bit(tmp_path, monkeypatch, where):
+def test_a_group_stopped_after_a_seed_finished_resumes_bit_for_bit(tmp_path, monkeypatch):
     """Seeds stop on their own (stop_return), and a finished seed waits while the others train
     on. A group stopped after seed s finished resumes with s kept in its place, s's files
     untouched, and the others log exactly what they log uninterrupted: both where the others
@@ -277,23 +276,24 @@ def test_a_group_stopped_after_a_seed_finished_resumes_bit_for_bit(tmp_path, mon
     first = min(ends)
     assert sorted(ends)[1] > first + 2, ends  # the others train on after the first stops
     finished = ends.index(first)
-    stop_at = first if where == "before its end" else first + 2
-    with monkeypatch.context() as m:
-        m.setattr(trainer, "StopRequest", stop_after(stop_at - 1))
-        train_group(jobs(tmp_path / "cut"))
-    cut = tmp_path / "cut"
-    going = [s for s in seeds if s != seeds[finished]]
-    for s in going:
-        assert checkpoint.load_latest(cut / f"seed{s}")["iteration"] == stop_at
-    if where == "before its end":  # killed before the others' checkpoints of stop_at
+    for where in ("after its end", "before its end"):
+        stop_at = first if where == "before its end" else first + 2
+        cut = tmp_path / where.replace(" ", "_")
+        with monkeypatch.context() as m:
+            m.setattr(trainer, "StopRequest", stop_after(stop_at - 1))
+            train_group(jobs(cut))
+        going = [s for s in seeds if s != seeds[finished]]
         for s in going:
-            checkpoint.checkpoints(cut / f"seed{s}")[0].unlink()
-    kept = files_of(cut / f"seed{seeds[finished]}")
-    again = train_group(jobs(cut, resume=True))
-    assert again[finished] is None
-    assert files_of(cut / f"seed{seeds[finished]}") == kept
-    for s in seeds:
-        assert scalars(cut / f"seed{s}") == scalars(tmp_path / "whole" / f"seed{s}"), s
+            assert checkpoint.load_latest(cut / f"seed{s}")["iteration"] == stop_at
+        if where == "before its end":  # killed before the others' checkpoints of stop_at
+            for s in going:
+                checkpoint.checkpoints(cut / f"seed{s}")[0].unlink()
+        kept = files_of(cut / f"seed{seeds[finished]}")
+        again = train_group(jobs(cut, resume=True))
+        assert again[finished] is None
+        assert files_of(cut / f"seed{seeds[finished]}") == kept
+        for s in seeds:
+            assert scalars(cut / f"seed{s}") == scalars(tmp_path / "whole" / f"seed{s}"), (where, s)
 
 
 def test_a_batched_sweep_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
