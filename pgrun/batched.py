@@ -782,12 +782,19 @@ def ratio_epochs_group(
     """RatioEpochs for every active seed: the same epochs and minibatches (each seed's rows
     shuffled by its own generator), and a seed whose KL stop fires takes no more steps."""
     K = policy.K
-    with torch.no_grad():
-        logp_old_all, entropy_old = group.terms(policy)
     batches = group.batches
+    n, m = batches[next(k for k in range(K) if active[k])].num_episodes, rule.minibatches
+    # the collecting policy's terms: with whole-batch epochs, the first epoch's forward (the
+    # same weights, the same numbers) with gradient; else a forward of their own
+    first = None
+    if m > 1:
+        with torch.no_grad():
+            logp_old_all, entropy_old = group.terms(policy)
+    else:
+        first = group.terms(policy)
+        logp_old_all, entropy_old = (x.detach() for x in first)
     Ts = [b.mask.shape[1] if b is not None else 0 for b in batches]
     logp_old = [logp_old_all[k, :, : Ts[k]] if active[k] else None for k in range(K)]
-    n, m = batches[next(k for k in range(K) if active[k])].num_episodes, rule.minibatches
     by_steps = getattr(rule, "shuffle", "rows") == "steps" and m > 1
     valid = [  # flat indices into (N * T_k) of each seed's valid steps
         b.mask.flatten().nonzero().squeeze(1) if by_steps and on else None
@@ -825,7 +832,12 @@ def ratio_epochs_group(
             if not m > 1:  # the whole batch: its steps alone
                 # the entropy only counts in the loss with a bonus (the statistics take the
                 # collecting policy's, entropy_old): without one it is not computed
-                logp_all, entropy_all = group.terms(policy, entropy=bool(rule.entropy_coef))
+                if first is not None:
+                    (logp_all, entropy_all), first = first, None
+                    if not rule.entropy_coef:
+                        entropy_all = None
+                else:
+                    logp_all, entropy_all = group.terms(policy, entropy=bool(rule.entropy_coef))
                 if entropy_all is None:
                     entropy_all = torch.zeros_like(logp_all)
             else:
