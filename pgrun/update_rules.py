@@ -165,11 +165,17 @@ class RatioEpochs:
         hooks: Sequence[UpdateHook] = (),
     ) -> dict[str, float]:
         """K x M steps on `batch` with the weights `adv` (N, T); returns the tags to log."""
-        with torch.no_grad():
-            dist_old = policy(batch.obs)
-            logp_old = dist_old.log_prob(batch.act)
-        stats = _before(hooks, policy, batch, adv)
         m = self.minibatches
+        first = None  # whole-batch epochs: the first epoch's forward is the collecting policy's
+        if m > 1:
+            with torch.no_grad():
+                dist_old = policy(batch.obs)
+                logp_old = dist_old.log_prob(batch.act)
+        else:
+            dist_old = policy(batch.obs)
+            first = (dist_old, dist_old.log_prob(batch.act))
+            logp_old = first[1].detach()
+        stats = _before(hooks, policy, batch, adv)
         by_steps = self.shuffle == "steps" and m > 1
         valid = batch.mask.flatten().nonzero().squeeze(1) if by_steps else None
         taken, stopped, clip_fractions = 0, False, []
@@ -188,8 +194,11 @@ class RatioEpochs:
                     _select(x, idx, by_steps)
                     for x in (batch.obs, batch.act, adv, logp_old, batch.mask)
                 )
-                dist = policy(mb_obs)
-                logp = dist.log_prob(mb_act)
+                if first is not None:  # the same weights and numbers: not computed twice
+                    (dist, logp), first = first, None
+                else:
+                    dist = policy(mb_obs)
+                    logp = dist.log_prob(mb_act)
                 kl_check = self.target_kl is not None and taken > 0
                 if kl_check and ratio_stats(logp, mb_old, mb_mask)["approx_kl"] > self.target_kl:
                     stopped = True
