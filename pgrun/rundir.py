@@ -90,7 +90,14 @@ def shell(path: str | os.PathLike) -> str:
     return shlex.quote(display(path))
 
 
-def _describe_holder(text: str) -> str:
+def _describe_holder(fd: int) -> str:
+    """Who holds the lock file open as `fd`, from what it wrote there. A holder writes its line
+    just after it takes the lock: an empty file is read again for up to a tenth of a second."""
+    deadline = time.monotonic() + 0.1
+    text = os.pread(fd, 4096, 0).decode(errors="replace")
+    while "pid=" not in text and time.monotonic() < deadline:
+        time.sleep(0.005)
+        text = os.pread(fd, 4096, 0).decode(errors="replace")
     fields = dict(part.split("=", 1) for part in text.split() if "=" in part)
     if "pid" not in fields:
         return "another process"
@@ -109,7 +116,7 @@ def holder(run_dir: str | os.PathLike) -> str | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _describe_holder(os.pread(fd, 4096, 0).decode(errors="replace"))
+            return _describe_holder(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
@@ -143,7 +150,7 @@ def acquire(run_dir: str | os.PathLike) -> Lock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            who = _describe_holder(os.pread(fd, 4096, 0).decode(errors="replace"))
+            who = _describe_holder(fd)
             os.close(fd)
             raise Busy(
                 f"{display(run_dir)} is being written by another pgrun ({who}): wait for it to "

@@ -136,6 +136,28 @@ def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
     assert not (tmp_path / rundir.LOCK_FILE).exists()
 
 
+def test_a_holder_that_has_not_written_its_line_yet_is_named_once_it_has(tmp_path):
+    """The instant between a holder's lock and its line in the lock file (two runs started
+    together into one directory): the refused one waits for the line and names the holder;
+    a holder that never writes one is 'another process'."""
+    import fcntl
+    import threading
+
+    fd = os.open(tmp_path / rundir.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(rundir.Busy, match=r"another pgrun \(another process\)"):
+            rundir.acquire(tmp_path)
+        line = b"pid=4242 host=elsewhere started=2026-01-01T00:00:00+0000\n"
+        writer = threading.Timer(0.03, lambda: os.pwrite(fd, line, 0))
+        writer.start()
+        with pytest.raises(rundir.Busy, match="pid 4242 on elsewhere"):
+            rundir.acquire(tmp_path)
+        writer.join()
+    finally:
+        os.close(fd)
+
+
 def test_a_directory_holding_a_run_is_not_claimed(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")
