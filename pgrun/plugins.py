@@ -166,4 +166,48 @@ def load_rule(spec: str, cfg):
             f"variant.rule={spec} returned a {type(rule).__name__} without a step method; "
             "return an object with step(policy, optimizer, batch, adv, *, generator, hooks)"
         )
-    return rule
+    return CheckedRule(rule, spec)
+
+
+class CheckedRule:
+    """An own update rule with the checks the built-in rules make: its step's exception or a
+    result that is not {tag: number} is one line naming the rule (PluginError), and parameters
+    it leaves non-finite stop the run as a diverged update does (FloatingPointError, which the
+    trainer reports with the last good checkpoint)."""
+
+    def __init__(self, rule: object, spec: str):
+        self.rule, self.spec = rule, spec
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["rule"], name)
+
+    def step(self, policy, optimizer, batch, adv, **kwargs) -> dict[str, float]:
+        try:
+            stats = self.rule.step(policy, optimizer, batch, adv, **kwargs)
+        except (FloatingPointError, UserError):
+            raise
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise PluginError(
+                f"variant.rule={self.spec}: its step raised {type(exc).__name__}: {first}"
+            ) from None
+        if not all(bool(torch.isfinite(p).all()) for p in policy.parameters()):
+            raise FloatingPointError("parameters")
+        return self._tags(stats)
+
+    def _tags(self, stats: object) -> dict[str, float]:
+        fix = "return a dict of tag: number (or {})"
+        if not isinstance(stats, dict):
+            raise PluginError(
+                f"variant.rule={self.spec}: its step returned a {type(stats).__name__}; {fix}"
+            )
+        out = {}
+        for tag, value in stats.items():
+            try:
+                out[str(tag)] = float(value)
+            except (TypeError, ValueError, RuntimeError):
+                raise PluginError(
+                    f"variant.rule={self.spec}: its step returned {tag!r}: {value!r:.40}, not a "
+                    f"number; {fix}"
+                ) from None
+        return out

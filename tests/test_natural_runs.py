@@ -71,3 +71,59 @@ def test_a_missing_update_rule_is_one_line(tmp_path):
         "(ModuleNotFoundError: No module named 'no_rules')"
     ]
     assert not (tmp_path / "outputs").exists()
+
+
+BAD_RULES = """
+import math
+
+
+class Rule:
+    def __init__(self, how):
+        self.how = how
+
+    def step(self, policy, optimizer, batch, adv, *, generator=None, hooks=()):
+        if self.how == "nan":
+            for p in policy.parameters():
+                p.data.fill_(math.nan)
+            return {}
+        if self.how == "raise":
+            raise KeyError("no such tag")
+        return {"none": None, "text": {"x": "abc"}, "list": [1.0, 2.0]}.get(self.how, self.how)
+
+
+def make(cfg):
+    return Rule(__import__("os").environ["HOW"])
+"""
+
+
+@pytest.mark.parametrize(
+    ("how", "code", "says"),
+    [
+        ("nan", 3, "non-finite parameters at iteration 0"),
+        ("raise", 2, "variant.rule=bad_rules:make: its step raised KeyError: 'no such tag'"),
+        ("none", 2, "its step returned a NoneType; return a dict of tag: number"),
+        ("text", 2, "its step returned 'x': 'abc', not a number"),
+        ("list", 2, "its step returned a list; return a dict of tag: number"),
+    ],
+)
+def test_an_update_rule_that_breaks_is_one_line(tmp_path, monkeypatch, how, code, says):
+    """An own rule gets the built-in rules' checks: parameters it leaves non-finite stop the
+    run as a diverged update (exit 3, before they are saved), and a step that raises or
+    returns something else than {tag: number} is one line naming the rule (exit 2)."""
+    from hydra import compose, initialize_config_module
+
+    import pgrun
+    from pgrun.config import UserError
+
+    (tmp_path / "bad_rules.py").write_text(BAD_RULES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("HOW", how)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with initialize_config_module("pgrun.configs", version_base="1.3"):
+        cfg = compose("config", ["progress=false", "variant.rule=bad_rules:make", *SHORT])
+    with pytest.raises(UserError) as raised:
+        pgrun.train(cfg, run_dir)
+    assert raised.value.exit_code == code
+    assert says in str(raised.value) and "\n" not in str(raised.value)
+    assert not (run_dir / "policy.pt").exists()
