@@ -24,7 +24,7 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
 
 from pgrun import rundir, signals, sweep
 from pgrun.config import Diverged, Interrupted, UserError, unknown_keys, validate
@@ -296,7 +296,15 @@ def one_line_sweep_errors() -> None:
     def validate_batch_is_legal(self: Sweeper, batch: Any) -> None:
         try:
             check(self, batch)
-        except ConfigCompositionException as exc:
+            if batch and any(o.lstrip("~").startswith("+") for o in batch[0]):
+                # a key added with + (which the schema may lack) is in every job: check one
+                job = self.hydra_context.config_loader.load_sweep_config(
+                    self.config, list(batch[0])
+                )
+                with read_write(job), open_dict(job):
+                    del job["hydra"]  # the task's config, as the job gets it
+                unknown_keys(job)
+        except (ConfigCompositionException, UserError) as exc:
             report = "\n".join(str(e) for e in (exc, exc.__cause__) if e is not None)
             _release_stderr()
             print(f"pgrun: error: {one_line(report)}", file=sys.stderr)

@@ -155,6 +155,10 @@ CASES: dict[str, Case] = {
     "sweep wrong type": Case(["-m", "seed=0,abc"], ["seed=abc", "Integer"]),
     "sweep unknown variant": Case(["-m", "variant=rtg,nope"], ["variant/nope", "rtg_baseline"]),
     "sweep unknown key": Case(["-m", "foo=1,2"], ["'foo'", "not in"]),
+    "sweep added unknown key": Case(["-m", "seed=0,1", "+foo=1"], ["foo is not a pgrun setting"]),
+    "batched sweep added unknown key": Case(
+        ["-m", "seed=0,1", "+optim.lrr=1", "hydra/launcher=batched"], ["did you mean optim.lr?"]
+    ),
     "batched sweep wrong type": Case(
         ["-m", "seed=0,abc", "hydra/launcher=batched"], ["seed=abc", "Integer"]
     ),
