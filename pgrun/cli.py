@@ -267,6 +267,12 @@ def _refuse_a_sweeps_directory(path: Path) -> None:
             f"hydra.sweep.dir={where} holds a sweep already: continue it with "
             f"pgrun resume={where}, or give a new hydra.sweep.dir"
         )
+    if rundir.holds_run(path):  # a run's own directory: the jobs would land among its files
+        where = rundir.shell(path)
+        raise UserError(
+            f"hydra.sweep.dir={where} holds a run: continue it with pgrun resume={where}, or "
+            "give a new hydra.sweep.dir"
+        )
 
 
 _plain_path = re.compile(r"[A-Za-z0-9_./~+-]*")  # a value Hydra's grammar takes unquoted

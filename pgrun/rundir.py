@@ -199,6 +199,17 @@ def holds_run(path: str | os.PathLike) -> bool:
     return any(next(path.glob(marker), None) is not None for marker in RUN_MARKERS)
 
 
+def run_inside(path: Path, depth: int = 3) -> Path | None:
+    """A run in a directory below `path`, up to `depth` levels down (outputs/multirun/<sweep>/
+    <job>), or None."""
+    for level in range(1, depth + 1):
+        for marker in (".hydra", "policy.pt"):
+            found = next(path.glob("/".join(["*"] * level + [marker])), None)
+            if found is not None:
+                return found.parent
+    return None
+
+
 def _mkdir(path: Path) -> bool:
     """os.mkdir(path) with its parents; False when `path` exists already."""
     try:
@@ -248,6 +259,18 @@ def claim(path: str | os.PathLike, how_to_start_over: str) -> Path:
         raise RunDirError(
             f"{display(path)} holds a run already: continue it with pgrun resume="
             f"{shell(path)}, or {how_to_start_over}"
+        )
+    if not made and (path / "multirun.yaml").is_file():
+        release(lock)
+        raise RunDirError(
+            f"{display(path)} holds a sweep: continue it with pgrun resume={shell(path)}, or "
+            f"{how_to_start_over}"
+        )
+    inner = None if made else run_inside(path)
+    if inner is not None:  # a run's files beside other runs would be taken for one of them
+        release(lock)
+        raise RunDirError(
+            f"{display(path)} holds runs ({inner.relative_to(path)}, ...): {how_to_start_over}"
         )
     lock.made_dir = made
     lock.before = frozenset(p.name for p in path.iterdir()) - {LOCK_FILE}

@@ -84,7 +84,8 @@ class Case:
     says: list[str]  # substrings the error line must hold: the key or value, and the remedy
     env: dict[str, str] = field(default_factory=dict)
     needs_run: str | None = None  # a fabricated run directory to resume: "run" or "old", or
-    # "run" damaged: "garbage_overrides", "no_config", "other_policy"
+    # "run" damaged: "garbage_overrides", "no_config", "other_policy"; a fabricated sweep
+    # ("sweep") or a directory with runs below it ("nested")
     code: int = 2
 
 
@@ -155,6 +156,19 @@ CASES: dict[str, Case] = {
     "sweep wrong type": Case(["-m", "seed=0,abc"], ["seed=abc", "Integer"]),
     "sweep unknown variant": Case(["-m", "variant=rtg,nope"], ["variant/nope", "rtg_baseline"]),
     "sweep unknown key": Case(["-m", "foo=1,2"], ["'foo'", "not in"]),
+    "sweep into a run": Case(
+        ["-m", "seed=0,1", "hydra.sweep.dir=run"],
+        ["holds a run", "pgrun resume=run"],
+        needs_run="run",
+    ),
+    "run into a sweep": Case(
+        ["hydra.run.dir=sweep"], ["sweep holds a sweep", "pgrun resume=sweep"], needs_run="sweep"
+    ),
+    "run into a directory of runs": Case(
+        ["hydra.run.dir=outs"],
+        ["outs holds runs (multirun/a_sweep/seed=0", "new hydra.run.dir"],
+        needs_run="nested",
+    ),
     "sweep added unknown key": Case(["-m", "seed=0,1", "+foo=1"], ["foo is not a pgrun setting"]),
     "batched sweep added unknown key": Case(
         ["-m", "seed=0,1", "+optim.lrr=1", "hydra/launcher=batched"], ["did you mean optim.lr?"]
@@ -229,7 +243,12 @@ def fabricate_run(path: Path, cwd: Path, kind: str, server: ForkServer) -> None:
 def launch(name: str, case: Case, base: Path, plugins: Path, server: ForkServer):
     cwd = base / name.replace(" ", "_")
     cwd.mkdir()
-    if case.needs_run:
+    if case.needs_run == "sweep":  # a sweep's directory: its record and a job
+        fabricate_run(cwd / "sweep" / "seed=0", cwd, "run", server)
+        (cwd / "sweep" / "multirun.yaml").write_text("hydra: {}\n")
+    elif case.needs_run == "nested":  # a directory with runs two levels down
+        fabricate_run(cwd / "outs" / "multirun" / "a_sweep" / "seed=0", cwd, "run", server)
+    elif case.needs_run:
         where = "old" if case.needs_run == "old" else "run"
         fabricate_run(cwd / where, cwd, case.needs_run, server)
     before = sorted(p.relative_to(cwd) for p in cwd.rglob("*"))
