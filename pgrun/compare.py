@@ -1170,12 +1170,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="x-axis of the figure's curves: env steps (default) or wall-clock seconds",
     )
     args = parser.parse_args(argv)
-    from pgrun.rundir import holder
+    from pgrun.rundir import holder, holds_run, shell
 
     status = 0
     for root in args.dirs:
         if not root.is_dir():
             print(f"pgrun-compare: error: {root} is not a directory", file=sys.stderr)
+            status = 2
+            continue
+        if holds_run(root):  # its figure and tables would be written among the run's files
+            parent = root.absolute().parent
+            print(
+                f"pgrun-compare: error: {root} is a run, not a sweep: compare the directory "
+                f"that holds it, pgrun-compare {shell(parent)}",
+                file=sys.stderr,
+            )
             status = 2
             continue
         busy = holder(root)

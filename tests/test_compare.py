@@ -496,3 +496,19 @@ def test_tensorboard_serves_seeds_aggregates_and_hparams(sweep: Path):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def test_pgrun_compare_leaves_a_single_runs_directory(sweep: Path, tmp_path: Path, capsys):
+    """pgrun-compare on one job's directory (a run, not a sweep) writes nothing among its files,
+    exits 2 and names the directory that holds it."""
+    from pgrun.compare import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    job = job_dir(copy, VARIANTS[0], SEEDS[0])
+    before = sorted(p.name for p in job.iterdir())
+    assert main([str(job)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"pgrun-compare: error: {job} is a run, not a sweep") and "\n" not in err
+    assert err.endswith(f"pgrun-compare {copy}")
+    assert sorted(p.name for p in job.iterdir()) == before
