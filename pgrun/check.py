@@ -51,6 +51,8 @@ import time
 from dataclasses import dataclass
 from statistics import NormalDist
 
+from pgrun import signals
+
 SIZES = {"quick": 10_000, "default": 40_000, "thorough": 160_000}  # episodes per MDP
 MDPS = ((0, 4, 3, 6), (1, 5, 2, 8), (2, 3, 4, 5), (3, 6, 3, 10))  # (seed, S, A, T)
 # the built-ins whose noise is shown beside the estimator's: name -> preset and knobs
@@ -408,6 +410,7 @@ def run(what: str, overrides: list[str], n: int, episodes: int, alpha: float, ga
     return False
 
 
+@signals.interruptible("pgrun-check")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="pgrun-check",

@@ -41,7 +41,7 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pgrun import stats
+from pgrun import signals, stats
 from pgrun.config import fit_file_name, slug
 from pgrun.views import exclude_constant_overrides, layout_summary, text_summary
 
@@ -1141,6 +1141,7 @@ class CompareCallback(Callback):
             sys.exit(1)
 
 
+@signals.interruptible("pgrun-compare")
 def main(argv: Sequence[str] | None = None) -> int:
     """pgrun-compare DIR...: compare the runs under each DIR and write the files into it."""
     parser = argparse.ArgumentParser(

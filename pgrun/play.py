@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pgrun import signals
+
 POLICY_FILE = "policy.pt"
 
 
@@ -93,6 +95,8 @@ def play(argv: list[str] | None = None) -> list[float]:
     args = parse_args(argv)
     if args.episodes < 1:
         fail(f"--episodes={args.episodes}: use an integer >= 1")
+    if args.seed is not None and args.seed < 0:
+        fail(f"--seed={args.seed}: use an integer >= 0")
     import numpy as np
     import torch
 
@@ -142,6 +146,7 @@ def play(argv: list[str] | None = None) -> list[float]:
     return returns
 
 
+@signals.interruptible("pgrun-play")
 def main(argv: list[str] | None = None) -> None:
     """The `pgrun-play` console script."""
     from pgrun.config import UserError

@@ -181,3 +181,30 @@ def wait_forwarding(call: Callable[[], Any], workers: Callable[[], Iterable[int]
     if stopped:
         raise Interruption(stopped[0])
     return result
+
+
+def interruptible(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A console script's main, with Ctrl-C (and SIGTERM) as one line and status 128 + signal
+    instead of a KeyboardInterrupt's traceback; the handlers it had are back when main ends."""
+    import functools
+
+    def wrap(main: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(main)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            main_thread = threading.current_thread() is threading.main_thread()
+            before = {sig: signal.getsignal(sig) for sig in SIGNALS} if main_thread else {}
+            raise_on_signals()
+            try:
+                return main(*args, **kwargs)
+            except KeyboardInterrupt as exc:
+                signum = getattr(exc, "signum", signal.SIGINT)
+                quiet_exit()
+                print(f"{prog}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+                raise SystemExit(128 + signum) from None
+            finally:
+                for sig, handler in before.items():
+                    signal.signal(sig, handler)
+
+        return run
+
+    return wrap

@@ -26,6 +26,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from pgrun import signals
+
 # The estimators without a value network (a run's V is not in policy.pt): preset knobs.
 ESTIMATORS = {
     "vanilla": {"weights": "total", "baseline": "none"},
@@ -161,6 +163,7 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+@signals.interruptible("pgrun-variance")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="pgrun-variance",

@@ -272,3 +272,23 @@ def test_pgrun_trains_with_a_plugin(tmp_path):
     assert done.returncode == 0, done.stderr
     scalars = read_scalars(only_run_dir(tmp_path))
     assert len(scalars["charts/episodic_return"]) >= 2
+
+
+def test_ctrl_c_while_checking_is_one_line(tmp_path):
+    """SIGINT while pgrun-check estimates (once it printed its header): one line and status
+    130, no traceback (the analysis commands share this, pgrun.signals.interruptible)."""
+    import signal
+
+    from conftest import pgrun_env
+
+    exe = Path(sys.executable).parent / "pgrun-check"
+    proc = subprocess.Popen(
+        [str(exe), "variant=vanilla"], cwd=tmp_path,
+        env=pgrun_env({"PYTHONUNBUFFERED": "1"}),
+        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout.readline().startswith("pgrun-check variant=vanilla: ")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert err.strip().splitlines() == ["pgrun-check: interrupted (SIGINT)"], err

@@ -118,6 +118,21 @@ def test_a_run_without_a_policy_is_a_one_line_error(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["-n", "0"], "--episodes=0: use an integer >= 1"),
+        (["--seed", "-1"], "--seed=-1: use an integer >= 0"),
+    ],
+)
+def test_bad_options_are_one_line(trained, capsys, args, says):
+    run_dir, _ = trained
+    with pytest.raises(SystemExit) as info:
+        play([str(run_dir), *args])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"pgrun-play: error: {says}"
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "another network", "not pgrun's"])
 def test_a_damaged_policy_file_is_a_one_line_error(trained, tmp_path, capsys, damage):
     import shutil
