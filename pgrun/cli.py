@@ -230,6 +230,7 @@ def prepare(args: list[str]) -> list[str]:
         rundir.acquire(target)  # a sweep's too: its jobs lock their own as well
         return args
     if multirun:
+        _check_n_jobs(_given(args, "hydra.launcher.n_jobs"))
         given = _given(args, "hydra.sweep.dir")
         if given is None:
             made = rundir.create_unique("outputs/multirun", "", lock=False)
@@ -251,6 +252,22 @@ def prepare(args: list[str]) -> list[str]:
             args = [a for a in args if not a.startswith("hydra.run.dir=")]
             args.append(f"hydra.run.dir={quote(explicit)}")
     return args
+
+
+def _check_n_jobs(value: str | None) -> None:
+    """hydra.launcher.n_jobs (joblib's and the batched launcher's processes at once): an integer
+    other than 0; joblib and the launchers' own checks would end in a traceback."""
+    if value is None or "${" in value:
+        return
+    try:
+        ok = int(value) != 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UserError(
+            f"hydra.launcher.n_jobs={value}: use an integer other than 0, the processes to run at "
+            "once (-1: one per core)"
+        )
 
 
 def _refuse_a_sweeps_directory(path: Path) -> None:

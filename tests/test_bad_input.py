@@ -156,6 +156,14 @@ CASES: dict[str, Case] = {
     "sweep wrong type": Case(["-m", "seed=0,abc"], ["seed=abc", "Integer"]),
     "sweep unknown variant": Case(["-m", "variant=rtg,nope"], ["variant/nope", "rtg_baseline"]),
     "sweep unknown key": Case(["-m", "foo=1,2"], ["'foo'", "not in"]),
+    "batched n_jobs not a number": Case(
+        ["-m", "seed=0,1", "hydra/launcher=batched", "hydra.launcher.n_jobs=abc"],
+        ["hydra.launcher.n_jobs=abc", "integer other than 0"],
+    ),
+    "joblib n_jobs zero": Case(
+        ["-m", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"],
+        ["hydra.launcher.n_jobs=0", "-1: one per core"],
+    ),
     "sweep into a run": Case(
         ["-m", "seed=0,1", "hydra.sweep.dir=run"],
         ["holds a run", "pgrun resume=run"],
