@@ -105,14 +105,14 @@ def test_fast_estimates_are_minus_the_gradient_of_the_loss():
 
 
 def test_exit_status_follows_the_verdict(capsys):
-    """A small sample (200 batches per MDP) keeps the false-alarm level at 1% and still
+    """The smallest sample (1,000 batches per MDP) keeps the false-alarm level at 1% and
     shows the plain time baseline's bias at N = 2 (about 60%) by |z| > 10."""
     for name, code in (("rtg_loo", 0), ("rtg_mean", 1)):
         with pytest.raises(SystemExit) as info:
-            check.main([f"{EXAMPLES}:{name}", "--samples", "400"])
+            check.main([f"{EXAMPLES}:{name}", "--samples", "2000"])
         assert info.value.code == code
         out = capsys.readouterr().out
-        assert "200 batches (400 episodes) per MDP" in out
+        assert "1,000 batches (2,000 episodes) per MDP" in out
         assert "tr Cov of the built-ins at N=2" in out
 
 
@@ -236,7 +236,7 @@ def test_a_bad_plugin_names_itself_and_the_problem(plugin_dir, name, says):
 
 def test_pgrun_check_refuses_non_finite_weights_on_valid_steps_only(plugin_dir, capsys):
     with pytest.raises(SystemExit) as info:
-        check.main(["student_estimators:all_nan", "--samples", "8"])
+        check.main(["student_estimators:all_nan", "--samples", "2000"])
     assert info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(
@@ -292,3 +292,15 @@ def test_ctrl_c_while_checking_is_one_line(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
     assert err.strip().splitlines() == ["pgrun-check: interrupted (SIGINT)"], err
+
+
+@pytest.mark.parametrize("samples", ["0", "50", "1999"])
+def test_too_few_samples_for_the_normal_levels_are_refused(capsys, samples):
+    """Under 1,000 batches per MDP the z-scores' tails are heavier than the normal quantiles
+    the levels use (at 25 batches an unbiased vanilla was called biased): one line, exit 2;
+    0 was taken for the default size."""
+    with pytest.raises(SystemExit) as info:
+        check.main(["variant=vanilla", "--samples", samples])
+    assert info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"pgrun-check: error: --samples {samples}: use at least 1,000 batches")
