@@ -508,8 +508,11 @@ class Verdict:
 
     @property
     def relation(self) -> str:
-        """'>' when the CI lies above 1/2, '~' when it holds 1/2 (not separated)."""
-        return ">" if self.low > 0.5 else "~"
+        """'>' when the CI lies above 1/2 and there are enough seeds for an exact rank test
+        to reach p < 0.05 (stats.enough_runs), '~' otherwise (not separated): with 2 or 3 seeds
+        a bootstrap interval collapses to [1.00, 1.00] whenever every run of one beats every run
+        of the other, which happens by chance with probability 2 / C(2n, n)."""
+        return ">" if self.enough and self.low > 0.5 else "~"
 
     def line(self, width: int = 0) -> str:
         ci = "[–, –]" if math.isnan(self.low) else f"[{self.low:.2f}, {self.high:.2f}]"

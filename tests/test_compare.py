@@ -512,3 +512,15 @@ def test_pgrun_compare_leaves_a_single_runs_directory(sweep: Path, tmp_path: Pat
     assert err.startswith(f"pgrun-compare: error: {job} is a run, not a sweep") and "\n" not in err
     assert err.endswith(f"pgrun-compare {copy}")
     assert sorted(p.name for p in job.iterdir()) == before
+
+
+def test_a_pair_with_too_few_seeds_for_a_rank_test_is_not_called_separated():
+    """Every run of a beating every run of b gives P = 1.00 [1.00, 1.00] at any number of seeds;
+    with 2 or 3 seeds each that happens by chance with probability 2 / C(4, 2) or 2 / C(6, 3),
+    so the verdict says '~' (not separated) there and '>' from 4 seeds each."""
+    from pgrun.compare import Verdict
+
+    for n, relation in ((2, "~"), (3, "~"), (4, ">")):
+        v = Verdict("a", "b", 1.0, 1.0, 1.0, [(n, n)])
+        assert v.relation == relation, n
+        assert v.line().startswith(f"a {relation} b  P(improvement) = 1.00 [1.00, 1.00]")
