@@ -224,7 +224,8 @@ def render_env(cfg: Any) -> gym.Env:
         env.render()
     except (gym.error.DependencyNotInstalled, ImportError) as exc:
         env.close()
+        reason = str(exc).split(", run ")[0].strip().rstrip(".")  # without gymnasium's own hint
         raise UserError(
-            f"{cfg.env.id} cannot draw its frames ({exc}); pip install -e '.[video]'"
+            f"{cfg.env.id} cannot draw its frames ({reason}); pip install -e '.[video]'"
         ) from None
     return env

@@ -101,7 +101,7 @@ def play(argv: list[str] | None = None) -> list[float]:
     import torch
 
     from pgrun.envs import env_from_config, time_limit
-    from pgrun.evaluation import eval_seed, evaluate, record_video, render_env
+    from pgrun.evaluation import _import_av, eval_seed, evaluate, record_video, render_env
     from pgrun.rollout import collect_episodes
 
     torch.set_num_threads(1)
@@ -109,6 +109,10 @@ def play(argv: list[str] | None = None) -> list[float]:
     if args.horizon is not None:
         cfg.env.horizon = args.horizon  # the env copies' time limit too
     seed = eval_seed(cfg.seed) if args.seed is None else args.seed
+    renv = None
+    if args.video is not None:  # a missing video dependency is told before anything plays
+        _import_av()
+        renv = render_env(cfg)
     env = env_from_config(cfg, num_envs=args.episodes, seed=None, per_copy_seeds=True)
     try:
         horizon = cfg.env.horizon or time_limit(env)
@@ -130,10 +134,9 @@ def play(argv: list[str] | None = None) -> list[float]:
     )
     print(
         f"{cfg.env.id}: mean return {np.mean(returns):.2f} +- {np.std(returns):.2f} over "
-        f"{len(returns)} episodes ({how} actions, {where})"
+        f"{len(returns)} episode{'s' * (len(returns) != 1)} ({how} actions, {where})"
     )
-    if args.video is not None:
-        renv = render_env(cfg)
+    if renv is not None:
         try:
             if args.sample:
                 torch.manual_seed(seed)

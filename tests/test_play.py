@@ -157,3 +157,19 @@ def test_a_damaged_policy_file_is_a_one_line_error(trained, tmp_path, capsys, da
     assert len(lines) == 1 and lines[0].startswith(f"pgrun-play: error: {path} "), lines
     expected = "does not fit" if damage == "another network" else "not a readable pgrun policy"
     assert expected in lines[0], lines
+
+
+def test_a_video_without_its_extra_is_told_before_anything_plays(
+    trained, tmp_path, capsys, monkeypatch
+):
+    from pgrun import evaluation
+    from pgrun.config import UserError
+
+    def missing():
+        raise UserError("videos need PyAV and pygame: pip install -e '.[video]'")
+
+    monkeypatch.setattr(evaluation, "_import_av", missing)
+    run_dir, _ = trained
+    with pytest.raises(UserError, match=r"pip install -e '\.\[video\]'"):
+        play([str(run_dir), "-n", "1", "--video", str(tmp_path / "play.mp4")])
+    assert "episode 0" not in capsys.readouterr().out
