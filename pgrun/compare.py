@@ -1135,10 +1135,13 @@ class CompareCallback(Callback):
             sys.exit(1)
         print(describe(report), flush=True)
         if report.failures:
+            from pgrun.rundir import shell
+
             names = ", ".join(r.name for r in report.failures)
             print(
                 f"pgrun: error: {len(report.failures)} of {len(report.runs)} jobs failed "
-                f"({names}): see {root / 'summary.md'}",
+                f"({names}): see {root / 'summary.md'}; once the cause is fixed, pgrun "
+                f"resume={shell(root)} --rerun-failed runs them again",
                 file=sys.stderr,
             )
             sys.exit(1)

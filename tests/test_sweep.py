@@ -72,11 +72,9 @@ def test_a_failing_job_is_reported_and_the_others_kept(tmp_path: Path, launcher:
     bad = sweep / "optim.lr=-1"  # named by what varies
     good = sweep / "optim.lr=0.01"
     assert proc.returncode == 1, describe(proc)
-    assert (
-        proc.stderr.strip()
-        .splitlines()[-1]
-        .startswith(f"pgrun: error: 1 of 2 jobs failed ({bad.name}): see ")
-    ), describe(proc)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"pgrun: error: 1 of 2 jobs failed ({bad.name}): see "), describe(proc)
+    assert last.endswith("pgrun resume=sweep --rerun-failed runs them again"), describe(proc)
     assert (writer_pid(good) == process.pid) == (launcher == "basic"), describe(proc)
     assert "hparams/final_return" in read_scalars(good)
     assert (bad / "failed.txt").read_text().startswith("optim.lr=-1.0 is out of range")
