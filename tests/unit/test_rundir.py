@@ -196,3 +196,21 @@ def test_the_reset_check_takes_any_numeric_layout_and_refuses_another_shape():
     for bad in (np.zeros((2, 3)), None, np.array([None, None])):
         with pytest.raises(guards.EnvOutputError, match="E: reset returned"):
             guards.check_reset(bad, box, 2, "E")
+
+
+def test_a_run_is_named_by_what_was_typed():
+    """The default run directory's name: variant, env, seed, then the other overrides typed,
+    not the two that pgrun adds for an env.id without an env file (its solved and random
+    returns dropped), nor hydra.* ones."""
+    from pgrun.config import run_name
+
+    typed = ["env.id=FrozenLake-v1", "env.horizon=100", "hydra.run.dir=x"]
+    added = ["env.solved_return=null", "env.random_return=null"]
+    assert (
+        run_name("rtg", "FrozenLake-v1", 0, typed + added)
+        == "rtg_FrozenLake-v1_seed0_env.horizon=100"
+    )
+    assert (
+        run_name("rtg", "CartPole-v1", 3, ["optim.lr=0.05"])
+        == "rtg_CartPole-v1_seed3_optim.lr=0.05"
+    )
