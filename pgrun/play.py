@@ -54,6 +54,8 @@ def load_run(run_dir: Path):
     (and observation statistics), read with torch.load(weights_only=True)."""
     path = run_dir / POLICY_FILE
     if not path.is_file():
+        if not run_dir.exists():
+            fail(f"{run_dir} does not exist: give a run's directory")
         fail(f"{run_dir} has no {POLICY_FILE} (a run writes it when it finishes)")
     import torch
     from omegaconf import OmegaConf

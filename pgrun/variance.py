@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     from pgrun.play import POLICY_FILE, load_run
 
     if not (args.run_dir / POLICY_FILE).is_file():
+        if not args.run_dir.exists():
+            fail(f"{args.run_dir} does not exist: give a run's directory")
         fail(f"{args.run_dir} has no {POLICY_FILE} (a run writes it when it finishes)")
 
     try:

@@ -108,6 +108,14 @@ def test_play_is_repeatable_and_sampling_differs(trained, capsys):
     assert "sampled actions" in capsys.readouterr().out
 
 
+def test_a_directory_that_does_not_exist_is_named_so(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        play([str(tmp_path / "nope")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"pgrun-play: error: {tmp_path / 'nope'} does not exist: give a run's directory"
+
+
 def test_a_run_without_a_policy_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         play([str(tmp_path)])
