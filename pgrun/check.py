@@ -276,7 +276,7 @@ def batch_estimates(case: Case, weights, n: int, gamma: float, batches: int | No
 
         m, i, t = (int(x) for x in bad.nonzero()[0])
         raise PluginError(
-            f"pgrun-check={getattr(weights, 'label', 'the estimator')} returned "
+            f"{getattr(weights, 'label', 'the estimator')} returned "
             f"{w_all[m, i, t].item()} in batch {m} at episode {i}, step {t} "
             f"({int(bad.sum())} non-finite weights on valid steps)"
         )
@@ -422,7 +422,9 @@ def main(argv: list[str] | None = None) -> None:
         "exit 0 unbiased, 1 biased, 2 bad input.",
     )
     parser.add_argument(
-        "estimator", help="module:function (your weights) or variant=<preset> (a built-in)"
+        "estimator",
+        nargs="?",
+        help="module:function (your weights) or variant=<preset> (a built-in)",
     )
     parser.add_argument(
         "knobs",
@@ -440,6 +442,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gamma", type=float, default=1.0, help="discount of J_gamma")
     parser.add_argument("--seed", type=int, default=0, help="seeds the MDPs and the episodes")
     args = parser.parse_args(argv)
+    if args.estimator is None:  # argparse would also call the optional knobs required
+        parser.error("give the estimator: module:function (your weights) or variant=<preset>")
     episodes = (
         args.samples
         if args.samples is not None

@@ -240,7 +240,7 @@ def test_pgrun_check_refuses_non_finite_weights_on_valid_steps_only(plugin_dir, 
     assert info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(
-        "pgrun-check: error: pgrun-check=student_estimators:all_nan returned nan in batch 0 "
+        "pgrun-check: error: student_estimators:all_nan returned nan in batch 0 "
         "at episode 0, step 0 ("
     )
     assert line.endswith(" non-finite weights on valid steps)")
