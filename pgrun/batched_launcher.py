@@ -307,9 +307,12 @@ def _train(jobs: list, waiting: list[JobReturn]) -> None:
         try:
             results = train_group(jobs)
         except NotBatchable as exc:
-            log.info(f"{len(jobs)} jobs run one process each: {exc}")
+            log.info(f"{sum(not j.replay for j in jobs)} jobs run one process each: {exc}")
             results = []
             for j in jobs:
+                if j.replay:  # finished before: kept as it is
+                    results.append(None)
+                    continue
                 try:
                     results.append(train(j.cfg, j.run_dir, resume=j.resume))
                 except Exception as err:  # noqa: BLE001 (recorded as the job's failure)

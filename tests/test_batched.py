@@ -527,3 +527,23 @@ def test_a_seed_that_diverges_fails_alone():
     for p, q in zip(stacked.params, before, strict=True):
         assert not torch.equal(p[0], q[0]) and torch.equal(p[1], q[1])
     assert all(torch.equal(m[1], torch.zeros_like(m[1])) for m in opt.m)
+
+
+def test_a_group_that_cannot_be_stacked_leaves_its_finished_seeds_alone(tmp_path, monkeypatch):
+    """Where a group's spaces turn out not to stack (NotBatchable in its process), its jobs run
+    one after the other: a seed that finished before (kept in place for a stacked group) is
+    not trained again into its own directory."""
+    from pgrun import batched, batched_launcher
+
+    def not_batchable(jobs):
+        raise batched.NotBatchable("a space that does not stack")
+
+    trained = []
+    monkeypatch.setattr(batched, "train_group", not_batchable)
+    monkeypatch.setattr(trainer, "train", lambda cfg, run_dir, resume: trained.append(run_dir))
+    jobs = [Job(cfg_of("seed=0"), tmp_path / "seed0", replay=True),
+            Job(cfg_of("seed=1"), tmp_path / "seed1", resume=True)]  # fmt: skip
+    for j in jobs:
+        j.run_dir.mkdir()
+    batched_launcher._train(jobs, [])
+    assert trained == [tmp_path / "seed1"]
