@@ -370,7 +370,9 @@ def worker_pids() -> list[int]:
 
 def stop_warm_up() -> None:
     """Stop the worker processes setup() started, without waiting for their imports: for a
-    sweep refused before launch (a job's config does not compose)."""
+    sweep refused before launch (a job's config does not compose). They are killed and
+    joined: a worker still starting would otherwise read its start-up state from this
+    process as it exits, and print a traceback."""
     import warnings
 
     from joblib.externals.loky import reusable_executor
@@ -378,7 +380,7 @@ def stop_warm_up() -> None:
     warnings.filterwarnings("ignore", message=r".*still being processed by the workers")
     executor = reusable_executor._executor
     if executor is not None:
-        executor.shutdown(wait=False, kill_workers=True)
+        executor.shutdown(wait=True, kill_workers=True)
 
 
 class BatchedLauncher(Launcher):

@@ -501,6 +501,7 @@ def test_tensorboard_serves_seeds_aggregates_and_hparams(sweep: Path):
 def test_pgrun_compare_leaves_a_single_runs_directory(sweep: Path, tmp_path: Path, capsys):
     """pgrun-compare on one job's directory (a run, not a sweep) writes nothing among its files,
     exits 2 and names the directory that holds it."""
+    from pgrun import rundir
     from pgrun.compare import main
 
     copy = tmp_path / "copy"
@@ -510,7 +511,7 @@ def test_pgrun_compare_leaves_a_single_runs_directory(sweep: Path, tmp_path: Pat
     assert main([str(job)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"pgrun-compare: error: {job} is a run, not a sweep") and "\n" not in err
-    assert err.endswith(f"pgrun-compare {copy}")
+    assert err.endswith(f"pgrun-compare {rundir.shell(copy)}")
     assert sorted(p.name for p in job.iterdir()) == before
 
 

@@ -65,7 +65,7 @@ def test_shared_gradients_give_the_same_estimates():
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["nowhere"], "nowhere has no policy.pt"),
+        (["nowhere"], "nowhere does not exist: give a run's directory"),
         (["RUN", "--weights", "no_such_module:w"], "--weights=no_such_module:w: cannot import"),
         (["RUN", "--sizes", "1,x"], "--sizes 1,x"),
         (["RUN", "--episodes", "4", "--sizes", "1,4"], "--episodes 4"),
