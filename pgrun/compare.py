@@ -715,7 +715,7 @@ def plot(groups: Sequence[Group], ranked: Sequence[Ranking], path: Path, x: str 
 def _plot_curves(ax, panel: Sequence[Group], colors: dict[str, str], x: str) -> None:
     for g in panel:
         color = colors[g.short]
-        n = f"n={len(g.finished)}" + (f", {len(g.failed)} failed" if g.failed else "")
+        n = f"n={len(g.finished)}" + (f", {len(g.failed)} not finished" if g.failed else "")
         label = f"{g.short} ({n}, {band_name(len(g.finished))})"
         if not g.finished:
             ax.plot([], [], color=color, label=label)
@@ -1073,7 +1073,8 @@ def describe(report: Report) -> str:
             final += f", IQM {r['final_return_iqm']:.1f}"
         else:
             final = "no finished run"
-        failed = f", {r['failed']} failed" if r["failed"] else ""
+        # failed, interrupted or never started: the lines below say which
+        failed = f", {r['failed']} not finished" if r["failed"] else ""
         lines.append(f"  {r['env']}  {g.label:<{width}}  {final}  (n={r['seeds']}{failed})")
     lines += [f"  note: {line}" for line in report.notes]
     for ranking in report.rankings:
