@@ -50,27 +50,18 @@ class Deferred:
     index: int
 
 
-def defer(cfg: DictConfig, run_dir: Path, resume: bool) -> Deferred:
+def defer(cfg: DictConfig, run_dir: Path, resume: bool, replay: bool = False) -> Deferred:
     """Called by pgrun's task (pgrun.cli.run) instead of training: the job waits for its group.
-    Its config is resolved now, while Hydra's record of this job is the current one."""
+    Its config is resolved now, while Hydra's record of this job is the current one. With
+    `replay`, a job that finished before keeps its place in the group (pgrun.batched.Job), so
+    that the others continue as the group did; its task returns its result as it is."""
     from pgrun.batched import Job
 
     assert pending is not None
     cfg = copy.deepcopy(cfg)
     OmegaConf.resolve(cfg)
-    pending.append(Job(cfg, Path(run_dir), resume))
+    pending.append(Job(cfg, Path(run_dir), resume, replay))
     return Deferred(len(pending) - 1)
-
-
-def keep_in_place(cfg: DictConfig, run_dir: Path) -> None:
-    """Called by pgrun's task for a job of the group that finished before: it keeps its place
-    (pgrun.batched.Job.replay), so that the others continue as the group did."""
-    from pgrun.batched import Job
-
-    assert pending is not None
-    cfg = copy.deepcopy(cfg)
-    OmegaConf.resolve(cfg)
-    pending.append(Job(cfg, Path(run_dir), resume=False, replay=True))
 
 
 def plain(value: Any) -> str:

@@ -647,7 +647,7 @@ def run(cfg: DictConfig) -> float | None:
             from pgrun import batched_launcher
 
             if batched_launcher.pending is not None:  # its group's other seeds continue
-                batched_launcher.keep_in_place(cfg, run_dir)
+                batched_launcher.defer(cfg, run_dir, resume=False, replay=True)
             return sweep.finished_return(run_dir)
         unknown_keys(cfg)
         validate(cfg)

@@ -49,14 +49,21 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def no_policy(run_dir: Path) -> str | None:
+    """Why `run_dir` has no saved policy to load, or None when it has one."""
+    if (run_dir / POLICY_FILE).is_file():
+        return None
+    if not run_dir.exists():
+        return f"{run_dir} does not exist: give a run's directory"
+    return f"{run_dir} has no {POLICY_FILE} (a run writes it when it finishes)"
+
+
 def load_run(run_dir: Path):
     """(config, policy) of a finished run: the resolved config and the policy with its weights
     (and observation statistics), read with torch.load(weights_only=True)."""
     path = run_dir / POLICY_FILE
-    if not path.is_file():
-        if not run_dir.exists():
-            fail(f"{run_dir} does not exist: give a run's directory")
-        fail(f"{run_dir} has no {POLICY_FILE} (a run writes it when it finishes)")
+    if (problem := no_policy(run_dir)) is not None:
+        fail(problem)
     import torch
     from omegaconf import OmegaConf
 

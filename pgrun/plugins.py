@@ -38,6 +38,12 @@ import torch
 from pgrun.config import UserError
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message ("" for none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 class PluginError(UserError):
     """A plug-in that cannot be loaded or returned something unusable (exit 2)."""
 
@@ -71,7 +77,7 @@ def load(spec: str, key: str = "variant.weights") -> Callable:
     except PluginError:
         raise
     except Exception as exc:  # the user's module failed to import: say why, in one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = _first_line(exc)
         raise PluginError(
             f"{key}={spec}: cannot import {where} ({type(exc).__name__}: {first})"
         ) from None
@@ -99,7 +105,7 @@ def plugin_weights(spec: str, batch, gamma: float, key: str = "variant.weights",
     try:
         w = fn(batch, gamma)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = _first_line(exc)
         raise PluginError(f"{key}={spec} raised {type(exc).__name__}: {first}") from None
     shape = tuple(batch.rew.shape)
     if not isinstance(w, torch.Tensor):
@@ -159,7 +165,7 @@ def load_rule(spec: str, cfg):
     try:
         rule = factory(cfg)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = _first_line(exc)
         raise PluginError(f"variant.rule={spec} raised {type(exc).__name__}: {first}") from None
     if not callable(getattr(rule, "step", None)):
         raise PluginError(
@@ -187,7 +193,7 @@ class CheckedRule:
         except (FloatingPointError, UserError):
             raise
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = _first_line(exc)
             raise PluginError(
                 f"variant.rule={self.spec}: its step raised {type(exc).__name__}: {first}"
             ) from None

@@ -203,7 +203,7 @@ def run_inside(path: Path, depth: int = 3) -> Path | None:
     """A run in a directory below `path`, up to `depth` levels down (outputs/multirun/<sweep>/
     <job>), or None."""
     for level in range(1, depth + 1):
-        for marker in (".hydra", "policy.pt"):
+        for marker in RUN_MARKERS:
             found = next(path.glob("/".join(["*"] * level + [marker])), None)
             if found is not None:
                 return found.parent
@@ -260,7 +260,9 @@ def claim(path: str | os.PathLike, how_to_start_over: str) -> Path:
             f"{display(path)} holds a run already: continue it with pgrun resume="
             f"{shell(path)}, or {how_to_start_over}"
         )
-    if not made and (path / "multirun.yaml").is_file():
+    from pgrun.sweep import MULTIRUN_FILE
+
+    if not made and (path / MULTIRUN_FILE).is_file():
         release(lock)
         raise RunDirError(
             f"{display(path)} holds a sweep: continue it with pgrun resume={shell(path)}, or "

@@ -196,12 +196,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is not None and args.out.exists():
         fail(f"--out {args.out} exists; pgrun-variance does not overwrite files")
     from pgrun.config import UserError
-    from pgrun.play import POLICY_FILE, load_run
+    from pgrun.play import load_run, no_policy
 
-    if not (args.run_dir / POLICY_FILE).is_file():
-        if not args.run_dir.exists():
-            fail(f"{args.run_dir} does not exist: give a run's directory")
-        fail(f"{args.run_dir} has no {POLICY_FILE} (a run writes it when it finishes)")
+    if (problem := no_policy(args.run_dir)) is not None:
+        fail(problem)
 
     try:
         from pgrun.plugins import load
