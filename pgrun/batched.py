@@ -1008,15 +1008,17 @@ def fit_value_group(
 @dataclass
 class Job:
     """One run of a group: its composed config, its directory, whether it resumes, and
-    whether it finished before (`replay`): a resumed group keeps such a seed in its place,
-    trained again from the others' checkpoint to its end where it ended after it, writing
-    nothing, so that the others continue exactly as the group did uninterrupted (the stacked
-    computations pad every seed to the group's longest batch)."""
+    whether it ended before (`replay`: it finished, or with `diverged` its update stopped
+    being finite): a resumed group keeps such a seed in its place, trained again from the
+    others' checkpoint to its end where it ended after it, writing nothing, so that the others
+    continue exactly as the group did uninterrupted (the stacked computations pad every seed
+    to the group's longest batch)."""
 
     cfg: DictConfig
     run_dir: Path
     resume: bool = False
     replay: bool = False
+    diverged: bool = False
 
 
 def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException | None]:
@@ -1025,15 +1027,14 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException | 
     summary or the exception that ended it (Diverged for a seed whose update stopped being
     finite; Interrupted for every unfinished run after SIGINT / SIGTERM); None for a job
     finished before (Job.replay)."""
-    points, trains = resume_points(jobs)
-    # a finished job waits in its place only where the others continue from a checkpoint
-    # they share: a group of new seeds never had it beside them
-    kept = [k for k, j in enumerate(jobs) if not j.replay or points[k] is not None]
+    points, trains, keep = resume_points(jobs)
+    kept = [k for k in range(len(jobs)) if keep[k]]
     replayed = [k for k in kept if jobs[k].replay]
     if replayed:
         n, again = len(replayed), sum(trains[k] for k in replayed)
+        ended = "finished" if not any(jobs[k].diverged for k in replayed) else "ended"
         log.info(
-            f"the group keeps its {n} finished seed{'s' * (n > 1)} in place ({again} trained "
+            f"the group keeps its {n} {ended} seed{'s' * (n > 1)} in place ({again} trained "
             "again to the end, writing nothing): the others continue exactly as before"
         )
     out: list[Any] = [None] * len(jobs)
@@ -1245,21 +1246,27 @@ def _train_group(
     return results
 
 
-def resume_points(jobs: Sequence[Job]) -> tuple[list[dict[str, Any] | None], list[bool]]:
+def resume_points(
+    jobs: Sequence[Job],
+) -> tuple[list[dict[str, Any] | None], list[bool], list[bool]]:
     """The checkpoint each resumed job continues from (None for a job that starts): the newest
     iteration that every resumed job of the group has. A group checkpoints its seeds one after
     the other at the same iterations, so a group killed between two of them has seeds one
     checkpoint apart; continuing all from the one they share repeats what the group did after
     it, as it did it. Where they share none, each continues from its newest.
 
-    A job finished before (Job.replay) gets, where the others share an iteration, its own
-    checkpoint of that iteration if it ended after it (it trains again to its end, as it did
-    beside them), else its last (it waits as it ended); and None where they share none. The
-    second list says which jobs train."""
-    saved = {}
+    A job that ended before (Job.replay) is kept in the group only where the others share an
+    iteration (a group of new seeds never had it beside them). It gets its own checkpoint of
+    that iteration if it ended after it (it trains again to its end, as it did beside them),
+    else its last (it waits as it ended). A finished seed's last checkpoint is its end; a
+    diverged seed's is the last good one, and since every seed checkpoints at the same
+    iterations, it ended after the shared iteration exactly when it has that checkpoint (one
+    that diverged before its first checkpoint waits as it was built). The second list says
+    which jobs train, the third which are in the group."""
+    saved: dict[int, list[dict[str, Any]]] = {}
     for k, j in enumerate(jobs):
         if j.replay:
-            with contextlib.suppress(checkpoint.CheckpointError):  # none left: not kept in place
+            with contextlib.suppress(checkpoint.CheckpointError):  # none left
                 saved[k] = checkpoint.load_readable(j.run_dir, tidy=False)
         elif j.resume:
             saved[k] = checkpoint.load_readable(j.run_dir)
@@ -1268,12 +1275,15 @@ def resume_points(jobs: Sequence[Job]) -> tuple[list[dict[str, Any] | None], lis
     at = max(set.intersection(*shared), default=None) if shared else None
     out: list[dict[str, Any] | None] = [None] * len(jobs)
     trains = [not j.replay for j in jobs]
+    keep = [not j.replay or (at is not None and (k in saved or j.diverged))
+            for k, j in enumerate(jobs)]  # fmt: skip
     for k, cs in saved.items():
         if not jobs[k].replay:
             out[k] = cs[0] if at is None else next(c for c in cs if c["iteration"] == at)
         elif at is not None:
-            out[k] = cs[0]  # its end
-            if cs[0]["iteration"] > at:
+            out[k] = cs[0]  # its end, or a diverged seed's last good checkpoint
+            ended_after = cs[0]["iteration"] >= at if jobs[k].diverged else cs[0]["iteration"] > at
+            if ended_after:
                 out[k] = next((c for c in cs if c["iteration"] == at), None) or cs[0]
                 trains[k] = out[k]["iteration"] == at
                 if not trains[k]:
@@ -1281,7 +1291,7 @@ def resume_points(jobs: Sequence[Job]) -> tuple[list[dict[str, Any] | None], lis
                         f"{display(jobs[k].run_dir)} has no checkpoint of iteration {at}: it "
                         "waits as it ended, and the others continue to float rounding"
                     )
-    return out, trains
+    return out, trains, keep
 
 
 def _value_stats(batch: Batch, targets: Any) -> dict[str, float]:

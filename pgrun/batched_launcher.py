@@ -50,17 +50,20 @@ class Deferred:
     index: int
 
 
-def defer(cfg: DictConfig, run_dir: Path, resume: bool, replay: bool = False) -> Deferred:
+def defer(
+    cfg: DictConfig, run_dir: Path, resume: bool, replay: bool = False, diverged: bool = False
+) -> Deferred:
     """Called by pgrun's task (pgrun.cli.run) instead of training: the job waits for its group.
     Its config is resolved now, while Hydra's record of this job is the current one. With
-    `replay`, a job that finished before keeps its place in the group (pgrun.batched.Job), so
-    that the others continue as the group did; its task returns its result as it is."""
+    `replay`, a job that finished before (or with `diverged`, failed on a non-finite update)
+    keeps its place in the group (pgrun.batched.Job), so that the others continue as the group
+    did; its task returns its result as it is."""
     from pgrun.batched import Job
 
     assert pending is not None
     cfg = copy.deepcopy(cfg)
     OmegaConf.resolve(cfg)
-    pending.append(Job(cfg, Path(run_dir), resume, replay))
+    pending.append(Job(cfg, Path(run_dir), resume, replay, diverged))
     return Deferred(len(pending) - 1)
 
 

@@ -641,6 +641,11 @@ def run(cfg: DictConfig) -> float | None:
         state = sweep.job_state(run_dir) if multirun and not resume else "new"
         if state in ("failed", "lost"):  # a job started again (requeued, or its sweep resumed)
             log.info(f"{_display(run_dir)}: kept as failed: {sweep.failure_line(run_dir)}")
+            from pgrun import batched_launcher
+
+            if batched_launcher.pending is not None and sweep.diverged(run_dir):
+                # a group's seed whose update stopped being finite: the others continue
+                batched_launcher.defer(cfg, run_dir, resume=False, replay=True, diverged=True)
             return None
         if state == "finished":
             log.info(f"{_display(run_dir)}: finished before, not run again")

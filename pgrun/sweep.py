@@ -15,6 +15,7 @@ Job states (read from the job's directory, never from a scheduler):
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,12 @@ def job_state(path: Path) -> str:
 def failure_line(path: Path) -> str:
     lines = (path / FAILED_FILE).read_text().splitlines()
     return lines[0] if lines else "failed"
+
+
+def diverged(path: Path) -> bool:
+    """Whether the failed job in `path` stopped on a non-finite update (pgrun.guards.diverged's
+    line), the one failure of a group's seed that leaves the others training."""
+    return re.match(r"non-finite [\w ]+ at iteration \d+ ", failure_line(path)) is not None
 
 
 def basic_sweep(cfg: DictConfig) -> bool:

@@ -296,6 +296,89 @@ def test_a_group_stopped_after_a_seed_finished_resumes_bit_for_bit(tmp_path, mon
             assert scalars(cut / f"seed{s}") == scalars(tmp_path / "whole" / f"seed{s}"), (where, s)
 
 
+def test_a_group_stopped_after_a_seed_diverged_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """A seed whose update stops being finite fails alone and the others train on (as in
+    test_a_seed_that_diverges_fails_alone). Resumed, the group keeps the diverged seed in its
+    place, its files untouched, and the others log exactly what they log uninterrupted: where
+    they continue from after the divergence (it waits) and from the checkpoint before it (a
+    kill -9 between checkpoints: it trains again from that checkpoint and diverges again,
+    writing nothing)."""
+    from pgrun.config import Diverged
+
+    # compare_variants' off_policy, seed 1 (the group's longest batches) diverging at
+    # iteration 11, checkpoints every 10: without the seed in place the others continue from
+    # iteration 10 with other padding, and seeds 3 and 4 part from the uninterrupted group.
+    overrides = ["experiment=compare_variants", "variant=off_policy", "checkpoint.every=10"]
+    seeds, bad, at = tuple(range(5)), 1, 11
+    build = trainer.build
+
+    def nan_advantages_at(cfg, run_dir):
+        state, learner, evaluator = build(cfg, run_dir)
+        if run_dir.name == f"seed{bad}":
+            targets = state.learner.targets
+
+            def poisoned(batch):
+                t = targets(batch)
+                if state.iteration == at:
+                    t.adv = t.adv * float("nan")
+                return t
+
+            state.learner.targets = poisoned
+        return state, learner, evaluator
+
+    monkeypatch.setattr(trainer, "build", nan_advantages_at)
+
+    def jobs(root, failed=()):
+        out = []
+        for s in seeds:
+            d = root / f"seed{s}"
+            d.mkdir(parents=True, exist_ok=True)
+            resume, ended = bool(checkpoint.checkpoints(d)), s in failed
+            out.append(Job(cfg_of(*overrides, f"seed={s}"), d, resume and not ended,
+                           replay=ended, diverged=ended))  # fmt: skip
+        return out
+
+    whole = train_group(jobs(tmp_path / "whole"))
+    assert isinstance(whole[bad], Diverged) and f"iteration {at} " in str(whole[bad])
+    going = [s for s in seeds if s != bad]
+    assert all(whole[s]["iterations"] > at + 2 for s in going)
+    for where in ("after it diverged", "before it diverged"):
+        stop_at = at + 2 if where == "after it diverged" else at + 1
+        cut = tmp_path / where.replace(" ", "_")
+        with monkeypatch.context() as m:
+            m.setattr(trainer, "StopRequest", stop_after(stop_at - 1))
+            first = train_group(jobs(cut))
+        assert isinstance(first[bad], Diverged)
+        if where == "before it diverged":  # killed before the others' checkpoints of stop_at
+            for s in going:
+                checkpoint.checkpoints(cut / f"seed{s}")[0].unlink()
+                assert checkpoint.load_latest(cut / f"seed{s}")["iteration"] < at
+        kept = files_of(cut / f"seed{bad}")
+        again = train_group(jobs(cut, failed=(bad,)))
+        assert again[bad] is None
+        assert files_of(cut / f"seed{bad}") == kept
+        for s in seeds:
+            assert scalars(cut / f"seed{s}") == scalars(tmp_path / "whole" / f"seed{s}"), (where, s)
+
+
+def test_only_a_diverged_update_keeps_a_failed_seed_in_its_group(tmp_path):
+    """pgrun.sweep.diverged: the failure a group's seed has alone (a non-finite update, of the
+    policy or of V) is told from the others, which end the whole group."""
+    from pgrun import guards, sweep
+
+    lines = {
+        str(guards.diverged("loss", 11, 36806, [])): True,
+        str(guards.diverged("value loss", 3, 900, [Path("checkpoint-00000002.pt")])): True,
+        str(guards.diverged("parameters", 0, 200, [])): True,
+        "non-finite reward from the env Foo-v0 (nan at step 3 of episode 1 of the batch)": False,
+        "RuntimeError: out of memory": False,
+        "scheduler: the job was preempted": False,
+    }
+    for line, expected in lines.items():
+        (tmp_path / sweep.FAILED_FILE).write_text(line + "\n")
+        assert sweep.diverged(tmp_path) is expected, line
+
+
 def test_a_batched_sweep_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
     """`pgrun -m hydra/launcher=batched`, killed (SIGKILL to its process group: the sweep's
     process and the group's) once both seeds have checkpoints, then `pgrun resume=<sweep
