@@ -8,7 +8,9 @@ back its output and run directory.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
+import sys
 from itertools import pairwise
 from pathlib import Path
 
@@ -416,3 +418,43 @@ def test_a_launcher_of_the_sweep_extra_names_its_install():
     assert "sweep extra" not in one_line(
         "In 'hydra/config': Could not find 'hydra/launcher/nope'\n"
     )
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stop_while_the_command_imports_is_one_line(tmp_path, sig):
+    """SIGINT or SIGTERM while a console script imports its module (torch and Hydra load for
+    the first half second): one line naming the command and status 128 + signal, as once it
+    runs, not Python's traceback of the import (pgrun.entry). The module here sends the
+    signal to its own process while it is imported, so the test does not depend on timing."""
+    import signal
+
+    (tmp_path / "stops_while_imported.py").write_text(
+        f"import os, signal, time\nos.kill(os.getpid(), signal.{sig})\ntime.sleep(30)\n"
+    )
+    code = "from pgrun.entry import _start; _start('pgrun-check', 'stops_while_imported')"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    signum = getattr(signal, sig)
+    assert done.returncode == 128 + signum, done.stderr
+    assert done.stderr.strip().splitlines() == [f"pgrun-check: interrupted ({sig})"]
+
+
+def test_every_console_script_starts_its_commands_main(monkeypatch):
+    """The installed scripts go through pgrun.entry, each to the module whose main it runs."""
+    from importlib.metadata import entry_points
+
+    from pgrun import entry
+
+    scripts = {
+        e.name: e for e in entry_points(group="console_scripts") if e.module == "pgrun.entry"
+    }
+    assert set(scripts) == {"pgrun", "pgrun-compare", "pgrun-play", "pgrun-check", "pgrun-variance"}
+    started = []
+    monkeypatch.setattr(entry, "_start", lambda prog, module: started.append((prog, module)))
+    for script in scripts.values():
+        script.load()()
+    assert sorted(p for p, _ in started) == sorted(scripts)
+    for _, module in started:
+        assert callable(__import__(module, fromlist=["main"]).main), module
