@@ -8,11 +8,13 @@ from __future__ import annotations
 import signal
 import sys
 from importlib import import_module
+from typing import Any
 
 from pgrun import signals
 
 
-def _start(prog: str, module: str) -> None:
+def _start(prog: str, module: str) -> Any:
+    """Run `module`'s main as the command `prog`; its return value is the exit status."""
     signals.raise_on_signals()
     try:
         main = import_module(module).main
@@ -21,24 +23,24 @@ def _start(prog: str, module: str) -> None:
         signals.quiet_exit()
         print(f"{prog}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
         raise SystemExit(128 + signum) from None
-    main()
+    return main()
 
 
-def pgrun() -> None:
-    _start("pgrun", "pgrun.cli")
+def pgrun() -> Any:
+    return _start("pgrun", "pgrun.cli")
 
 
-def compare() -> None:
-    _start("pgrun-compare", "pgrun.compare")
+def compare() -> Any:
+    return _start("pgrun-compare", "pgrun.compare")
 
 
-def play() -> None:
-    _start("pgrun-play", "pgrun.play")
+def play() -> Any:
+    return _start("pgrun-play", "pgrun.play")
 
 
-def check() -> None:
-    _start("pgrun-check", "pgrun.check")
+def check() -> Any:
+    return _start("pgrun-check", "pgrun.check")
 
 
-def variance() -> None:
-    _start("pgrun-variance", "pgrun.variance")
+def variance() -> Any:
+    return _start("pgrun-variance", "pgrun.variance")

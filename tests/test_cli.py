@@ -458,3 +458,12 @@ def test_every_console_script_starts_its_commands_main(monkeypatch):
     assert sorted(p for p, _ in started) == sorted(scripts)
     for _, module in started:
         assert callable(__import__(module, fromlist=["main"]).main), module
+
+
+def test_a_console_script_exits_with_its_commands_status(tmp_path):
+    """The exit status a command's main returns is the script's (pgrun-compare returns 2 for
+    a directory without runs; pgrun.entry passes it on)."""
+    exe = Path(sys.executable).parent / "pgrun-compare"
+    done = subprocess.run([str(exe), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("pgrun-compare: error: no runs"), done.stderr
