@@ -542,6 +542,39 @@ def test_the_costliest_units_start_first():
     assert {i for u in out[:2] for i, _ in u[0]} == {3, 13}  # off_policy's group, halved
 
 
+def test_a_group_is_halved_where_that_ends_the_sweep_sooner():
+    """On 2 processes, 50 PPO seeds (cost 15 a job: 10 epochs, V's 16 steps at a quarter) and 50
+    rtg_baseline seeds (cost 2): PPO's group is halved and the halves start first, on both
+    processes; rtg_baseline's group follows whole. The sweep's estimated end is then
+    375 + 100 = 475 (an even split is 425), where the two groups as they came kept one process
+    on all of PPO's seeds (750) while the other idled after 100; halving again would not end it
+    sooner. A split that would not end the sweep sooner is not made: compare_variants' four
+    groups on 2 processes stay whole."""
+    from pgrun.batched_launcher import cost
+
+    ppo = cost(cfg_of("variant=ppo", "total_steps=10000"))
+    rtgb = cost(cfg_of("variant=rtg_baseline", "total_steps=10000"))
+    assert (ppo, rtgb) == (150000, 20000)
+    units = [
+        ([(i, ["rtg_baseline"]) for i in range(50)], True, rtgb),
+        ([(i, ["ppo"]) for i in range(50, 100)], True, ppo),
+    ]
+    out = spread(units, 2)
+    assert [(u[0][0][1][0], len(u[0])) for u in out] == [("ppo", 25), ("ppo", 25),
+                                                         ("rtg_baseline", 50)]  # fmt: skip
+    assert sorted(i for items, _, _ in out for i, _ in items) == list(range(100))
+    ends = [0.0, 0.0]  # list scheduling in that order, as the launcher's workers take units
+    for items, _, each in out:
+        ends[ends.index(min(ends))] += len(items) * each
+    assert max(ends) == 475 * 10000
+    variants = ["vanilla", "rtg", "rtg_baseline", "off_policy"]
+    groups = [
+        ([(5 * i + s, [v]) for s in range(5)], True, cost(cfg_of(f"variant={v}")))
+        for i, v in enumerate(variants)
+    ]
+    assert sorted(len(u[0]) for u in spread(groups, 2)) == [5, 5, 5, 5]
+
+
 def test_sweep_through_the_launcher(tmp_path):
     """`pgrun -m hydra/launcher=batched`: the adam jobs train as one group, the sgd ones one
     process each (said in one line); every job directory is complete and the sweep compared;
