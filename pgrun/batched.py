@@ -703,8 +703,10 @@ def _first_step_stats(loss, entropy, mask, grad_norm) -> dict[str, float]:
     }
 
 
-def _check_params(stacked: Stacked, k: int) -> bool:
-    return all(bool(torch.isfinite(p[k]).all()) for p in stacked.params)
+def _finite_params(stacked: Stacked) -> list[bool]:
+    """Whether each seed's parameters are all finite, (K,)."""
+    ok = torch.stack([torch.isfinite(p).flatten(1).all(1) for p in stacked.params]).all(0)
+    return ok.tolist()
 
 
 def gradient_step_group(
@@ -755,16 +757,20 @@ def _step(
     norms, finite = clip_per_seed(stacked, max_grad_norm)
     opt.last_norms = norms
     stepping = list(active)
-    for k, loss in losses.items():
-        if not torch.isfinite(loss):
+    finite_loss = torch.stack(list(losses.values())).isfinite().tolist()
+    finite_loss = dict(zip(losses, finite_loss, strict=True))
+    finite_grad = finite.tolist()
+    for k in losses:
+        if not finite_loss[k]:
             failed[k] = "loss"
-        elif not finite[k]:
+        elif not finite_grad[k]:
             failed[k] = "gradient"
         if k in failed:
             stepping[k] = False
     opt.step(stepping)
+    finite_params = _finite_params(stacked)
     for k in losses:
-        if stepping[k] and not _check_params(stacked, k):
+        if stepping[k] and not finite_params[k]:
             failed[k] = "parameters"
 
 
@@ -838,8 +844,6 @@ def ratio_epochs_group(
                         entropy_all = None
                 else:
                     logp_all, entropy_all = group.terms(policy, entropy=bool(rule.entropy_coef))
-                if entropy_all is None:
-                    entropy_all = torch.zeros_like(logp_all)
             else:
                 if by_steps:
                     obs, act = _gather_steps(batches, sels)
@@ -850,6 +854,8 @@ def ratio_epochs_group(
                 dist = policy(obs)
                 logp_all = dist.log_prob(act)
                 entropy_all = dist.entropy() if rule.entropy_coef else None
+            if entropy_all is None:  # the loss has no bonus: its entropy term is unused
+                entropy_all = torch.zeros_like(logp_all)
             losses = {}
             for k in range(K):
                 if not stepping[k] or (by_steps and sels[k] is None):
@@ -876,11 +882,7 @@ def ratio_epochs_group(
                     epoch_logp[k].view(-1)[sel] = logp.detach().view(-1)
                 else:
                     epoch_logp[k][sel] = logp.detach()
-                if entropy_all is not None:  # with gradient where the loss has the bonus
-                    entropy = mine(entropy_all)
-                else:
-                    with torch.no_grad():
-                        entropy = mine(dist.entropy())
+                entropy = mine(entropy_all)  # with gradient where the loss has the bonus
                 terms = policy_loss(
                     logp, entropy, mb_adv, mb_mask, rule.entropy_coef, mb_old, rule.clip
                 )

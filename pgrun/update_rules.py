@@ -209,7 +209,10 @@ class RatioEpochs:
                     epoch_logp.view(-1)[idx] = logp.detach().view(-1)
                 else:
                     epoch_logp[idx] = logp.detach()
-                entropy = _entropy(dist, self.entropy_coef)
+                if self.entropy_coef or (taken == 0 and idx is None):
+                    entropy = _entropy(dist, self.entropy_coef)
+                else:  # the loss has no bonus and no statistic reads it
+                    entropy = torch.zeros_like(logp)
                 terms = policy_loss(
                     logp, entropy, mb_adv, mb_mask, self.entropy_coef, mb_old, self.clip
                 )
