@@ -757,8 +757,8 @@ def _step(
     norms, finite = clip_per_seed(stacked, max_grad_norm)
     opt.last_norms = norms
     stepping = list(active)
-    finite_loss = torch.stack(list(losses.values())).isfinite().tolist()
-    finite_loss = dict(zip(losses, finite_loss, strict=True))
+    each = torch.stack(list(losses.values())).isfinite().tolist()
+    finite_loss = dict(zip(losses, each, strict=True))
     finite_grad = finite.tolist()
     for k in losses:
         if not finite_loss[k]:
