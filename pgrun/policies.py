@@ -47,12 +47,13 @@ from torch.distributions import (
     TransformedDistribution,
 )
 
+from pgrun.activations import Tanh
 from pgrun.config import UserError
 from pgrun.envs import is_image
 from pgrun.normalization import RunningNorm
 
 ACTIVATIONS = {
-    "tanh": nn.Tanh,
+    "tanh": Tanh,
     "relu": nn.ReLU,
     "elu": nn.ELU,
     "gelu": nn.GELU,
