@@ -18,8 +18,9 @@ import sys
 import threading
 import traceback
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -27,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
 from pgrun import rundir, signals, sweep
-from pgrun.config import Diverged, Interrupted, UserError, unknown_keys, validate
+from pgrun.config import ConfigError, Diverged, Interrupted, UserError, unknown_keys, validate
 from pgrun.hints import env_id_argv, value_gamma_warning
 from pgrun.sweep import MULTIRUN_FILE, resume_sweep_argv
 
@@ -308,7 +309,12 @@ def one_line_sweep_errors() -> None:
     """A sweep composes every job's config before it launches any (Hydra's
     Sweeper.validate_batch_is_legal), after stderr was given back for the sweep's messages. A
     job that does not compose (`seed=0,abc`, `variant=rtg,nope`) is reported as a single run's
-    bad override is: one line, exit status 2, before any job ran."""
+    bad override is: one line, exit status 2, before any job ran. The command line's sweep
+    (Hydra's basic sweeper) is also refused there when a list does not expand
+    (`seed='range(0,10,0)'`), when it has no jobs (`seed='range(0)'`), when it names one job
+    twice (`seed=0,0,1`: both would write one directory), or when a job's value is out of range
+    (`seed=-1`, as pgrun.config.validate says it)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.errors import ConfigCompositionException
     from hydra.plugins.sweeper import Sweeper
 
@@ -316,27 +322,82 @@ def one_line_sweep_errors() -> None:
     if getattr(check, "one_line", False):
         return
 
+    def refuse(exc: BaseException) -> NoReturn:
+        report = "\n".join(str(e) for e in (exc, exc.__cause__) if e is not None)
+        _release_stderr()
+        print(f"pgrun: error: {one_line(report)}", file=sys.stderr)
+        if "pgrun.batched_launcher" in sys.modules:  # its processes were importing torch
+            sys.modules["pgrun.batched_launcher"].stop_warm_up()
+        raise SystemExit(2) from None
+
     def validate_batch_is_legal(self: Sweeper, batch: Any) -> None:
         try:
-            check(self, batch)
+            basic = isinstance(self, BasicSweeper)
+            if basic:
+                _check_command_line_sweep(batch)
+            loader = self.hydra_context.config_loader
+            for overrides in batch:
+                job = loader.load_sweep_config(self.config, list(overrides))
+                if basic:
+                    _check_values(job, overrides)
             if batch and any(o.lstrip("~").startswith("+") for o in batch[0]):
                 # a key added with + (which the schema may lack) is in every job: check one
-                job = self.hydra_context.config_loader.load_sweep_config(
-                    self.config, list(batch[0])
-                )
+                job = loader.load_sweep_config(self.config, list(batch[0]))
                 with read_write(job), open_dict(job):
                     del job["hydra"]  # the task's config, as the job gets it
                 unknown_keys(job)
         except (ConfigCompositionException, UserError) as exc:
-            report = "\n".join(str(e) for e in (exc, exc.__cause__) if e is not None)
-            _release_stderr()
-            print(f"pgrun: error: {one_line(report)}", file=sys.stderr)
-            if "pgrun.batched_launcher" in sys.modules:  # its processes were importing torch
-                sys.modules["pgrun.batched_launcher"].stop_warm_up()
-            raise SystemExit(2) from None
+            refuse(exc)
+
+    split = BasicSweeper.split_arguments
+
+    def split_arguments(overrides: Any, max_batch_size: int | None) -> Any:
+        try:
+            return split(overrides, max_batch_size)
+        except ValueError as exc:  # a list that does not expand: range(0, 10, 0)
+            names = [o.input_line for o in overrides if o.is_sweep_override()]
+            refuse(
+                UserError(
+                    f"{' '.join(names)}: {exc}: give each swept key a list that expands "
+                    "(range(start, stop[, step]) with a step other than 0)"
+                )
+            )
 
     validate_batch_is_legal.one_line = True  # type: ignore[attr-defined]
     Sweeper.validate_batch_is_legal = validate_batch_is_legal  # type: ignore[method-assign]
+    BasicSweeper.split_arguments = staticmethod(split_arguments)  # type: ignore[method-assign]
+
+
+def _check_command_line_sweep(batch: Sequence[Sequence[str]]) -> None:
+    """The basic sweeper's jobs: at least one, and no job twice."""
+    if not batch:
+        raise UserError(
+            "the sweep has no jobs: a swept list is empty (e.g. seed='range(0)'); give each "
+            "swept key at least one value"
+        )
+    seen: set[tuple[str, ...]] = set()
+    for overrides in batch:
+        key = tuple(sorted(overrides))
+        if key in seen:
+            raise UserError(
+                f"the sweep names the job {','.join(overrides)} twice (a value repeated in a "
+                "swept list): both would write one directory; give each value once"
+            )
+        seen.add(key)
+
+
+def _check_values(job: DictConfig, overrides: Sequence[str]) -> None:
+    """pgrun.config.validate on a composed job, before any job runs: a value out of range
+    (seed=-1) is the command line's error, not each job's failure. Values that need the job's
+    own Hydra state to resolve are left to the job."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        validate(job)
+    except ConfigError:
+        raise
+    except (OmegaConfBaseException, ValueError, TypeError, AttributeError):
+        return
 
 
 _warned: set[str] = set()  # the config warnings this process has given (run)

@@ -156,6 +156,15 @@ CASES: dict[str, Case] = {
     "sweep wrong type": Case(["-m", "seed=0,abc"], ["seed=abc", "Integer"]),
     "sweep unknown variant": Case(["-m", "variant=rtg,nope"], ["variant/nope", "rtg_baseline"]),
     "sweep unknown key": Case(["-m", "foo=1,2"], ["'foo'", "not in"]),
+    # the command line's sweep as a whole: a list that does not expand, no jobs, a job named
+    # twice (both would write one directory), a value out of range (before any job ran)
+    "sweep range step zero": Case(["-m", "seed=range(0,10,0)"], ["range(0,10,0)", "step"]),
+    "sweep of no jobs": Case(["-m", "seed=range(0)"], ["no jobs", "at least one value"]),
+    "sweep repeats a seed": Case(
+        ["-m", "seed=0,0,1", "hydra/launcher=batched"], ["seed=0", "twice", "each value once"]
+    ),
+    "sweep repeats a variant": Case(["-m", "variant=rtg,rtg", "seed=0,1"], ["twice"]),
+    "sweep negative seed": Case(["-m", "seed=2,-1"], ["seed=-1", ">= 0"]),
     "batched n_jobs not a number": Case(
         ["-m", "seed=0,1", "hydra/launcher=batched", "hydra.launcher.n_jobs=abc"],
         ["hydra.launcher.n_jobs=abc", "integer other than 0"],
