@@ -417,14 +417,18 @@ class BatchedLauncher(Launcher):
 
         with signals.spawning():
             self._warming = Parallel(
-                n_jobs=self.processes(), backend="loky", return_as="generator"
-            )(delayed(warm_up)() for _ in range(self.processes()))
+                n_jobs=self.warm_processes(), backend="loky", return_as="generator"
+            )(delayed(warm_up)() for _ in range(self.warm_processes()))
         # a sweep stopped before launch() (a job's config does not compose) leaves the warm-up
         # unread: joblib would say so at exit
         warnings.filterwarnings("ignore", message=r".*tasks have been successfully executed")
 
     def processes(self) -> int:
         return self.n_jobs if self.n_jobs > 0 else (os.cpu_count() or 1)
+
+    def warm_processes(self) -> int:
+        """The processes started before the jobs are known: no more than the cores."""
+        return min(self.processes(), os.cpu_count() or 1)
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -461,8 +465,10 @@ class BatchedLauncher(Launcher):
                 units += [([item], False, each) for item in items]
         for reason, count in alone.items():
             log.info(f"{count} jobs run one process each: {reason}")
-        n_jobs = self.processes()
-        units = spread(units, n_jobs)
+        # groups are split to fill the cores, not an n_jobs above them (more processes than
+        # cores only share them, and a split group batches less); no more processes than units
+        units = spread(units, self.warm_processes())
+        n_jobs = min(self.processes(), max(len(units), 1))
         grouped = sum(len(i) for i, g, _ in units if g)
         log.info(
             f"{len(job_overrides)} jobs, {grouped} of them in "

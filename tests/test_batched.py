@@ -600,6 +600,23 @@ def test_sweep_through_the_launcher(tmp_path):
     assert (again.stdout + again.stderr).count("finished before, not run again") == 4
 
 
+def test_n_jobs_above_the_cores_and_the_jobs_starts_no_more_processes(tmp_path):
+    """hydra.launcher.n_jobs=64 for 4 seeds: the groups are split to fill the cores, not 64
+    processes, and no more processes start than there are units (it started 64 processes, each
+    importing torch, and trained every seed alone)."""
+    import os
+
+    sweep = tmp_path / "sweep"
+    proc = run_pgrun(
+        ["-m", "hydra/launcher=batched", "hydra.launcher.n_jobs=64", "seed=0,1,2,3",
+         "total_steps=600", "batch_episodes=4", f"hydra.sweep.dir={sweep}"],
+        tmp_path,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert f"{min(os.cpu_count() or 1, 4)} processes;" in out, out
+
+
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_a_seed_with_non_finite_weights_leaves_the_others_log_probs(env_id):
     """A seed whose parameters went non-finite stays in the stack (it no longer steps): the
