@@ -184,15 +184,22 @@ def test_failed_jobs_run_again_only_when_asked(tmp_path: Path):
     (kept under .hydra/) and runs it again; a job the scheduler ended always runs again."""
     root = tmp_path / "sweep"
     proc = run_pgrun(
-        ["-m", "optim.lr=0.01,-1", "total_steps=1000", f"hydra.sweep.dir={root}"],
+        [
+            "-m",
+            "variant.weights=rtg,no_such_module:weights",
+            "total_steps=1000",
+            f"hydra.sweep.dir={root}",
+        ],
         cwd=tmp_path,
         timeout=TIMEOUT,
     )
     assert proc.returncode == 1, describe(proc)
-    bad, good = root / "optim.lr=-1", root / "optim.lr=0.01"  # total_steps is the same for all
+    # a job that fails as it starts (its weights plug-in does not import; total_steps is the
+    # same for all, so not in the names)
+    bad, good = root / "variant.weights=no_such_module-weights", root / "variant.weights=rtg"
     jobs = sweep.expected_jobs(root)  # the directories Hydra made, from multirun.yaml
     assert [(j.num, j.path) for j in jobs] == [(0, good), (1, bad)]
-    assert jobs[1].overrides == ["optim.lr=-1", "total_steps=1000"]
+    assert jobs[1].overrides == ["variant.weights=no_such_module\\:weights", "total_steps=1000"]
     (good / "failed.txt").write_text(f"{sweep.SCHEDULER_PREFIX}CANCELLED (by hand)\n")
     (good / "policy.pt").unlink()  # as if the scheduler had ended it before its end
     assert sweep.job_state(good) == "lost"
@@ -201,12 +208,14 @@ def test_failed_jobs_run_again_only_when_asked(tmp_path: Path):
     assert proc.returncode == 1, describe(proc)
     assert sweep.job_state(good) == "finished"
     assert sweep.job_state(bad) == "failed"
-    assert "kept as failed: optim.lr=-1.0 is out of range" in proc.stdout, describe(proc)
+    assert "kept as failed: variant.weights=no_such_module:weights: cannot import" in proc.stdout, (
+        describe(proc)
+    )
 
     proc = run_pgrun([f"resume={root}", sweep.RERUN_FAILED], cwd=tmp_path, timeout=TIMEOUT)
     assert proc.returncode == 1, describe(proc)  # it fails again, for the same reason
     assert len(list((bad / ".hydra").glob("failed-*.txt"))) == 1
-    assert (bad / "failed.txt").read_text().startswith("optim.lr=-1.0 is out of range")
+    assert (bad / "failed.txt").read_text().startswith("variant.weights=no_such_module:weights")
 
 
 def test_squeue_and_sacct_lines():
