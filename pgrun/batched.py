@@ -1257,8 +1257,9 @@ def resume_points(
     checkpoint apart; continuing all from the one they share repeats what the group did after
     it, as it did it. Where they share none, each continues from its newest.
 
-    A job that ended before (Job.replay) is kept in the group only where the others share an
-    iteration (a group of new seeds never had it beside them). It gets its own checkpoint of
+    A job that ended before (Job.replay) is kept in the group where the others share an
+    iteration, and where none of the others has a checkpoint (they all start again from
+    iteration 0, as the group began beside it: it is built again and trains to its end). It gets its own checkpoint of
     that iteration if it ended after it (it trains again to its end, as it did beside them),
     else its last (it waits as it ended). A finished seed's last checkpoint is its end; a
     diverged seed's is the last good one, and since every seed checkpoints at the same
@@ -1273,6 +1274,11 @@ def resume_points(
         elif j.resume:
             saved[k] = checkpoint.load_readable(j.run_dir)
     going = [k for k in saved if not jobs[k].replay]
+    if not going and not all(j.replay for j in jobs):
+        # every seed that trains starts again from iteration 0 (none had checkpointed): the
+        # group began so, beside the seeds that ended since; those are built again and train
+        # to their end as they did, writing nothing
+        return [None] * len(jobs), [True] * len(jobs), [True] * len(jobs)
     shared = [{c["iteration"] for c in saved[k]} for k in going]
     at = max(set.intersection(*shared), default=None) if shared else None
     out: list[dict[str, Any] | None] = [None] * len(jobs)

@@ -252,23 +252,27 @@ def test_a_group_stopped_after_a_seed_finished_resumes_bit_for_bit(tmp_path, mon
     """Seeds stop on their own (stop_return), and a finished seed waits while the others train
     on. A group stopped after seed s finished resumes with s kept in its place, s's files
     untouched, and the others log exactly what they log uninterrupted: both where the others
-    continue from an iteration after s's end (s waits as it ended) and where they continue
-    from one before it (a kill -9 between checkpoints: s trains again to its end, writing
-    nothing). Without s in place the others' stacked computations change shape and can add
-    in another order."""
+    continue from an iteration after s's end (s waits as it ended), where they continue from
+    one before it (a kill -9 between checkpoints: s trains again to its end, writing nothing),
+    and where they had no checkpoint yet (they start again from iteration 0: s is built again
+    beside them and trains to its end, writing nothing). Without s in place the others'
+    stacked computations change shape and can add in another order."""
     # The case a trial of kill -9 found: seed 1 of compare_variants' off_policy ends at
     # iteration 12 with episodes of 500 steps, the longest batch of the group, and the others
     # checkpoint every 10 iterations.
     overrides = ["experiment=compare_variants", "variant=off_policy", "checkpoint.every=10"]
     seeds = tuple(range(5))
 
-    def jobs(root, resume=False):
+    def jobs(root, again=False):
+        """The group's jobs; `again`: as a resumed sweep hands them over (a finished job
+        replays, one with checkpoints resumes, one without starts again)."""
         out = []
         for s in seeds:
             d = root / f"seed{s}"
             d.mkdir(parents=True, exist_ok=True)
-            done = resume and (d / "policy.pt").exists()
-            out.append(Job(cfg_of(*overrides, f"seed={s}"), d, resume and not done, replay=done))
+            done = again and (d / "policy.pt").exists()
+            resume = again and not done and bool(checkpoint.checkpoints(d))
+            out.append(Job(cfg_of(*overrides, f"seed={s}"), d, resume, replay=done))
         return out
 
     whole = train_group(jobs(tmp_path / "whole"))
@@ -276,8 +280,8 @@ def test_a_group_stopped_after_a_seed_finished_resumes_bit_for_bit(tmp_path, mon
     first = min(ends)
     assert sorted(ends)[1] > first + 2, ends  # the others train on after the first stops
     finished = ends.index(first)
-    for where in ("after its end", "before its end"):
-        stop_at = first if where == "before its end" else first + 2
+    for where in ("after its end", "before its end", "before any checkpoint"):
+        stop_at = first if where != "after its end" else first + 2
         cut = tmp_path / where.replace(" ", "_")
         with monkeypatch.context() as m:
             m.setattr(trainer, "StopRequest", stop_after(stop_at - 1))
@@ -288,8 +292,14 @@ def test_a_group_stopped_after_a_seed_finished_resumes_bit_for_bit(tmp_path, mon
         if where == "before its end":  # killed before the others' checkpoints of stop_at
             for s in going:
                 checkpoint.checkpoints(cut / f"seed{s}")[0].unlink()
+        if where == "before any checkpoint":  # killed before the others' first checkpoint:
+            for s in going:  # they start again from iteration 0 (pgrun.sweep clears events)
+                for path in checkpoint.checkpoints(cut / f"seed{s}"):
+                    path.unlink()
+                for path in (cut / f"seed{s}").glob("events.out.tfevents.*"):
+                    path.unlink()
         kept = files_of(cut / f"seed{seeds[finished]}")
-        again = train_group(jobs(cut, resume=True))
+        again = train_group(jobs(cut, again=True))
         assert again[finished] is None
         assert files_of(cut / f"seed{seeds[finished]}") == kept
         for s in seeds:
