@@ -170,6 +170,10 @@ def main() -> None:
             print(f"pgrun: error: {one_line(held.getvalue())}", file=sys.stderr)
             sys.exit(2)
         raise
+    except signals.WorkerLost as exc:  # a launcher's worker process was killed
+        _release_stderr()
+        print(f"pgrun: error: {exc}{sweep.continue_hint()}", file=sys.stderr)
+        sys.exit(1)
     except rundir.Refused as exc:  # raised while Hydra made the run directory
         _release_stderr()
         _discard_unstarted()

@@ -167,6 +167,22 @@ def forwarding(workers: Callable[[], Iterable[int]]) -> Iterator[list[int]]:
             signal.signal(sig, handler)
 
 
+class WorkerLost(BaseException):  # noqa: N818
+    """A launcher's worker process died (SIGKILL: the out-of-memory killer, kill -9) and joblib
+    stopped the sweep's other workers with it. A BaseException: Hydra prints any Exception of
+    a sweep as a traceback; this passes through to the command's one line."""
+
+    def __init__(self, error: BaseException):
+        import re
+
+        codes = re.search(r"exit codes of the workers are \{([^}]*)\}", str(error))
+        how = f" ({codes.group(1)})" if codes else ""
+        super().__init__(
+            f"a worker process of the sweep was killed{how}, e.g. by the out-of-memory killer: "
+            "the sweep stopped, and its jobs keep their last checkpoints"
+        )
+
+
 def wait_forwarding(call: Callable[[], Any], workers: Callable[[], Iterable[int]]) -> Any:
     """call() (a launcher waiting for its workers' jobs) inside `forwarding`; once it returns
     after a first signal, Interruption for that signal (the sweep stops as a run does). An
@@ -175,8 +191,10 @@ def wait_forwarding(call: Callable[[], Any], workers: Callable[[], Iterable[int]
     with forwarding(workers) as stopped:
         try:
             result = call()
-        except Exception:
+        except Exception as exc:
             if not stopped:
+                if type(exc).__name__ == "TerminatedWorkerError":  # joblib's, at a worker's death
+                    raise WorkerLost(exc) from None
                 raise
     if stopped:
         raise Interruption(stopped[0])

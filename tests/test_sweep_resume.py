@@ -218,6 +218,32 @@ def test_failed_jobs_run_again_only_when_asked(tmp_path: Path):
     assert (bad / "failed.txt").read_text().startswith("variant.weights=no_such_module:weights")
 
 
+@pytest.mark.parametrize("launcher_name", ["batched", "joblib"])
+def test_a_killed_worker_stops_the_sweep_in_one_line(tmp_path: Path, launcher_name: str):
+    """A worker process that dies (here: its job's weights plug-in sends itself SIGKILL, as the
+    out-of-memory killer would) makes joblib stop the sweep: one line naming the kill and the
+    command that continues the sweep, exit status 1, no traceback."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "killer.py").write_text(
+        "import os, signal\n\n\ndef weights(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    root = tmp_path / "sweep"
+    proc = run_pgrun(
+        ["-m", "variant.weights=killer:weights", "seed=0,1,2", f"hydra/launcher={launcher_name}",
+         "total_steps=1000", f"hydra.sweep.dir={root}"],
+        cwd=tmp_path,
+        timeout=TIMEOUT,
+        env={"PYTHONPATH": str(plugins)},
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, describe(proc)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "a worker process of the sweep was killed (SIGKILL" in last, describe(proc)
+    assert "pgrun resume=" in last and "Traceback" not in out, describe(proc)
+
+
 def test_squeue_and_sacct_lines():
     text = "12_0|RUNNING\n12_1|PENDING\n13|CANCELLED by 0\n\n"
     assert launcher.parse_squeue(text) == {"12_0": "RUNNING", "12_1": "PENDING", "13": "CANCELLED"}
