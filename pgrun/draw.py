@@ -35,8 +35,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from pgrun.activations import Tanh
-
 Draw = Callable[[np.ndarray, int], np.ndarray]
 """draw(obs, t): the actions at step t of the batch for obs (*lead, d) float32."""
 
@@ -48,7 +46,7 @@ def _relu(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0.0, out=out)
 
 
-ACTIVATIONS = {nn.Tanh: np.tanh, Tanh: np.tanh, nn.ReLU: _relu}
+ACTIVATIONS = {nn.Tanh: np.tanh, nn.ReLU: _relu}
 
 
 def mlp_layers(net: nn.Sequential) -> list[tuple[nn.Linear, Callable | None]] | None:

@@ -47,13 +47,12 @@ from torch.distributions import (
     TransformedDistribution,
 )
 
-from pgrun.activations import Tanh
 from pgrun.config import UserError
 from pgrun.envs import is_image
 from pgrun.normalization import RunningNorm
 
 ACTIVATIONS = {
-    "tanh": Tanh,
+    "tanh": nn.Tanh,
     "relu": nn.ReLU,
     "elu": nn.ELU,
     "gelu": nn.GELU,

@@ -13,7 +13,6 @@ from torch.distributions import Categorical, Independent, Normal
 from torch.testing import assert_close
 
 import pgrun
-from pgrun.activations import Tanh
 from pgrun.policies import PolicyError, make_policy
 
 
@@ -112,7 +111,7 @@ def test_empty_hidden_sizes_is_a_linear_policy(env_name, request):
 
 
 @pytest.mark.parametrize(
-    ("activation", "cls"), [("tanh", Tanh), ("relu", nn.ReLU), ("elu", nn.ELU)]
+    ("activation", "cls"), [("tanh", nn.Tanh), ("relu", nn.ReLU), ("elu", nn.ELU)]
 )
 def test_hidden_layers_and_activation(cartpole, activation, cls):
     policy = make_policy(cartpole, hidden_sizes=[8, 5], activation=activation)
