@@ -1259,9 +1259,9 @@ def resume_points(
 
     A job that ended before (Job.replay) is kept in the group where the others share an
     iteration, and where none of the others has a checkpoint (they all start again from
-    iteration 0, as the group began beside it: it is built again and trains to its end). It gets its own checkpoint of
-    that iteration if it ended after it (it trains again to its end, as it did beside them),
-    else its last (it waits as it ended). A finished seed's last checkpoint is its end; a
+    iteration 0, as the group began beside it: it is built again and trains to its end). Where
+    they share one, it gets its own checkpoint of that iteration if it ended after it (it
+    trains again to its end, as it did beside them), else its last (it waits as it ended). A finished seed's last checkpoint is its end; a
     diverged seed's is the last good one, and since every seed checkpoints at the same
     iterations, it ended after the shared iteration exactly when it has that checkpoint (one
     that diverged before its first checkpoint waits as it was built). The second list says

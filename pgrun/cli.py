@@ -340,13 +340,13 @@ def one_line_sweep_errors() -> None:
             if basic:
                 _check_command_line_sweep(batch)
             loader = self.hydra_context.config_loader
-            for overrides in batch:
-                job = loader.load_sweep_config(self.config, list(overrides))
-                if basic:
-                    _check_values(job, overrides)
+            jobs = [loader.load_sweep_config(self.config, list(o)) for o in batch]
+            if basic:
+                for job in jobs:
+                    _check_values(job)
             if batch and any(o.lstrip("~").startswith("+") for o in batch[0]):
                 # a key added with + (which the schema may lack) is in every job: check one
-                job = loader.load_sweep_config(self.config, list(batch[0]))
+                job = jobs[0]
                 with read_write(job), open_dict(job):
                     del job["hydra"]  # the task's config, as the job gets it
                 unknown_keys(job)
@@ -390,7 +390,7 @@ def _check_command_line_sweep(batch: Sequence[Sequence[str]]) -> None:
         seen.add(key)
 
 
-def _check_values(job: DictConfig, overrides: Sequence[str]) -> None:
+def _check_values(job: DictConfig) -> None:
     """pgrun.config.validate on a composed job, before any job runs: a value out of range
     (seed=-1) is the command line's error, not each job's failure. Values that need the job's
     own Hydra state to resolve are left to the job."""
