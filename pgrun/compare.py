@@ -1211,8 +1211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = 2
             continue
         print(describe(report))
-        for run in report.failures:
-            print(f"  failed: {run.name}: {run.failure}")
+        for run in report.failures:  # failed (its failed.txt), or interrupted or never started
+            label = "failed" if (run.path / FAILED_FILE).is_file() else "not finished"
+            print(f"  {label}: {run.name}: {run.failure}")
         if report.failures:
             print(
                 f"pgrun-compare: error: {len(report.failures)} of {len(report.runs)} jobs of "

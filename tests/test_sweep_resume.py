@@ -72,8 +72,12 @@ def test_killed_joblib_sweep_is_reported_then_resumed(tmp_path: Path):
 
     proc = compare_cmd(root)
     assert proc.returncode == 1, describe(proc)
-    assert f"failed: {job(root, 1).name}: no final return: the job did not finish" in proc.stdout
-    assert f"failed: {job(root, 2).name}: never started: no directory" in proc.stdout
+    # interrupted and never started: "not finished", as the closing line says, not "failed"
+    assert f"not finished: {job(root, 1).name}: no final return: the job did not finish" in (
+        proc.stdout
+    )
+    assert f"not finished: {job(root, 2).name}: never started: no directory" in proc.stdout
+    assert "  failed: " not in proc.stdout, describe(proc)
     assert "(n=1, 2 not finished)" in proc.stdout, describe(proc)  # not all of them failed
     assert "2 of 3 jobs" in proc.stderr, describe(proc)
     (row,) = summary(root).values()
