@@ -54,14 +54,16 @@ def test_submitit_local_runs_the_job_in_another_process(tmp_path: Path):
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_a_failing_job_is_reported_and_the_others_kept(tmp_path: Path, launcher: str):
-    """A job with a bad value fails on its own: the sweep goes on, the comparison is written and
-    names it, and pgrun exits with status 1. joblib runs the jobs in its worker processes."""
+    """A job that fails as it starts (its weights plug-in does not import; a value out of range
+    is refused before the sweep launches) fails on its own: the sweep goes on, the comparison
+    is written and names it, and pgrun exits with status 1. joblib runs the jobs in its worker
+    processes."""
     sweep = tmp_path / "sweep"
     process = start_pgrun(
         [
             "-m",
             f"hydra/launcher={launcher}",
-            "optim.lr=0.01,-1",
+            "variant.weights=rtg,no_such_module:weights",
             "seed=0",
             TINY,
             f"hydra.sweep.dir={sweep}",
@@ -69,24 +71,26 @@ def test_a_failing_job_is_reported_and_the_others_kept(tmp_path: Path, launcher:
         cwd=tmp_path,
     )
     proc = finish(process)
-    bad = sweep / "optim.lr=-1"  # named by what varies
-    good = sweep / "optim.lr=0.01"
+    bad = sweep / "variant.weights=no_such_module-weights"  # named by what varies
+    good = sweep / "variant.weights=rtg"
     assert proc.returncode == 1, describe(proc)
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"pgrun: error: 1 of 2 jobs failed ({bad.name}): see "), describe(proc)
     assert last.endswith("pgrun resume=sweep --rerun-failed runs them again"), describe(proc)
     assert (writer_pid(good) == process.pid) == (launcher == "basic"), describe(proc)
     assert "hparams/final_return" in read_scalars(good)
-    assert (bad / "failed.txt").read_text().startswith("optim.lr=-1.0 is out of range")
+    failure = "variant.weights=no_such_module:weights: cannot import no_such_module"
+    assert (bad / "failed.txt").read_text().startswith(failure)
     rows = {row["group"]: row for row in summary(sweep)}
-    assert rows["optim.lr=0.01"]["seeds"] == "1"
-    assert float(rows["optim.lr=0.01"]["final_return_mean"]) > 0
-    assert (rows["optim.lr=-1"]["seeds"], rows["optim.lr=-1"]["failed"]) == ("0", "1")
-    assert rows["optim.lr=-1"]["failed_jobs"] == bad.name
+    (bad_group,) = (g for g in rows if "no_such_module" in g)
+    assert rows["variant.weights=rtg"]["seeds"] == "1"
+    assert float(rows["variant.weights=rtg"]["final_return_mean"]) > 0
+    assert (rows[bad_group]["seeds"], rows[bad_group]["failed"]) == ("0", "1")
+    assert rows[bad_group]["failed_jobs"] == bad.name
     md = (sweep / "summary.md").read_text()
-    assert f"## Failed jobs (1)\n\n- `{bad.name}`: optim.lr=-1.0 is out of range" in md
+    assert f"## Failed jobs (1)\n\n- `{bad.name}`: {failure}" in md
     assert (sweep / "comparison.png").is_file()
-    assert (sweep / "aggregate" / "optim.lr=0.01").is_dir()
+    assert (sweep / "aggregate" / "variant.weights=rtg").is_dir()
 
 
 def test_a_single_run_with_a_bad_value_still_fails_at_once(tmp_path: Path):
