@@ -206,19 +206,25 @@ def test_ctrl_c_stops_the_sweep_and_resume_continues_it(cluster: Cluster, tmp_pa
 
 
 def test_a_failing_job_is_failed_in_slurm_and_the_sweep_goes_on(cluster: Cluster, tmp_path: Path):
+    """A job that fails as it starts (its weights plug-in does not import: a value out of range
+    is refused before the sweep launches) is FAILED in SLURM; the other job completes."""
     sweep = tmp_path / "sweep"
     proc = run_pgrun(
-        ["-m", *SLURM, "optim.lr=0.01,-1", "total_steps=2000", f"hydra.sweep.dir={sweep}"],
+        ["-m", *SLURM, "variant.weights=rtg,no_such_module:weights", "total_steps=2000",
+         f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path,
         timeout=TIMEOUT,
-    )
+    )  # fmt: skip
     assert proc.returncode == 1, describe(proc)
-    bad = sweep / "optim.lr=-1"  # named by what varies
-    assert (bad / "failed.txt").read_text().startswith("optim.lr=-1.0 is out of range")
-    assert (sweep / "optim.lr=0.01" / "policy.pt").is_file()
+    bad = sweep / "variant.weights=no_such_module-weights"  # named by what varies
+    failure = "variant.weights=no_such_module:weights: cannot import no_such_module"
+    assert (bad / "failed.txt").read_text().startswith(failure)
+    assert (sweep / "variant.weights=rtg" / "policy.pt").is_file()
     states = [s for _, s in tasks(cluster)[-2:]]
     assert sorted(states) == ["COMPLETED", "FAILED"], states
-    assert summary(sweep)["optim.lr=-1"]["failed"] == "1"
+    rows = summary(sweep)
+    (bad_group,) = (g for g in rows if "no_such_module" in g)
+    assert rows[bad_group]["failed"] == "1"
 
 
 if __name__ == "__main__":  # a cluster to try things by hand: python tests/cluster/test_slurm.py
