@@ -317,7 +317,8 @@ def one_line_sweep_errors() -> None:
     (Hydra's basic sweeper) is also refused there when a list does not expand
     (`seed='range(0,10,0)'`), when it has no jobs (`seed='range(0)'`), when it names one job
     twice (`seed=0,0,1`: both would write one directory), or when a job's value is out of range
-    (`seed=-1`, as pgrun.config.validate says it)."""
+    (`seed=-1`, as pgrun.config.validate says it); not a resumed one, whose jobs stand as they
+    were begun."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.errors import ConfigCompositionException
     from hydra.plugins.sweeper import Sweeper
@@ -336,7 +337,9 @@ def one_line_sweep_errors() -> None:
 
     def validate_batch_is_legal(self: Sweeper, batch: Any) -> None:
         try:
-            basic = isinstance(self, BasicSweeper)
+            # a resumed sweep keeps its jobs as they were begun (one a version before this
+            # refused up front stays failed, as its job recorded it)
+            basic = isinstance(self, BasicSweeper) and not sweep.resuming
             if basic:
                 _check_command_line_sweep(batch)
             loader = self.hydra_context.config_loader

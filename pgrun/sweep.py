@@ -35,6 +35,10 @@ RERUN_FAILED = "--rerun-failed"
 current: Path | None = None
 """The directory of the sweep this process launches (set when the multirun starts)."""
 
+resuming = False
+"""In the sweep's process of `pgrun resume=<sweep dir>` (resume_sweep_argv): its jobs were
+checked when the sweep began, by the version that began it."""
+
 
 def continue_hint() -> str:
     """'; continue the sweep with: pgrun resume=<dir>' while a sweep runs, else ''."""
@@ -150,6 +154,7 @@ def resume_sweep_argv(sweep_dir: Path, others: list[str]) -> list[str]:
     start_job). Lost jobs' failure records are set aside so that they run again; the failed
     ones' only with --rerun-failed. `others` may hold --rerun-failed and hydra.launcher.*
     overrides (another partition or time limit): nothing that changes an experiment."""
+    global resuming
     cfg = OmegaConf.load(sweep_dir / MULTIRUN_FILE)
     if not basic_sweep(cfg):
         raise UserError(
@@ -171,6 +176,7 @@ def resume_sweep_argv(sweep_dir: Path, others: list[str]) -> list[str]:
             kept = job.path / ".hydra" / f"failed-{stamp}.txt"
             kept.parent.mkdir(parents=True, exist_ok=True)
             (job.path / FAILED_FILE).rename(kept)
+    resuming = True
     skip = ("hydra.sweep.dir=", "hydra.mode=")
     hydra_args = [str(o) for o in cfg.hydra.overrides.hydra if not str(o).startswith(skip)]
     task = [str(o) for o in cfg.hydra.overrides.task]

@@ -222,6 +222,22 @@ def test_failed_jobs_run_again_only_when_asked(tmp_path: Path):
     assert (bad / "failed.txt").read_text().startswith("variant.weights=no_such_module:weights")
 
 
+def test_a_sweep_begun_with_a_value_now_refused_still_resumes(tmp_path: Path):
+    """A sweep's jobs stand as they were begun: one whose value this version refuses before a
+    sweep launches (seed=-1, here written into the sweep's record as an earlier version let it
+    through) fails on its own when the sweep resumes, and the others are kept, where refusing
+    the resume would leave the whole sweep unresumable."""
+    root = tmp_path / "sweep"
+    proc = run_pgrun(["-m", "seed=0,1", "total_steps=600", f"hydra.sweep.dir={root}"], tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    record = root / sweep.MULTIRUN_FILE
+    record.write_text(record.read_text().replace("seed=0,1", "seed=0,-1"))
+    proc = run_pgrun([f"resume={root}"], tmp_path, timeout=TIMEOUT)
+    assert proc.returncode == 1, describe(proc)
+    assert sweep.job_state(root / "seed=0") == "finished"
+    assert (root / "seed=-1" / "failed.txt").read_text().startswith("seed=-1 is out of range")
+
+
 @pytest.mark.parametrize("launcher_name", ["batched", "joblib"])
 def test_a_killed_worker_stops_the_sweep_in_one_line(tmp_path: Path, launcher_name: str):
     """A worker process that dies (here: its job's weights plug-in sends itself SIGKILL, as the
