@@ -329,6 +329,8 @@ def run(what: str, overrides: list[str], n: int, episodes: int, alpha: float, ga
     a = math.sqrt(alpha)  # the level of each of the two samples
     z1 = z_crit(tests, a)
     M = episodes // n
+    # a plug-in that raises or returns bad weights says so before the report begins
+    batch_estimates(cases[0], weights, n, gamma, 1)
     print(
         f"pgrun-check {label}: the mean of its estimates against the exact grad J "
         f"(gamma={gamma:g}) of {len(cases)} random MDPs (stochastic transitions, "

@@ -238,7 +238,9 @@ def test_pgrun_check_refuses_non_finite_weights_on_valid_steps_only(plugin_dir, 
     with pytest.raises(SystemExit) as info:
         check.main(["student_estimators:all_nan", "--samples", "2000"])
     assert info.value.code == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()
+    said = capsys.readouterr()
+    assert said.out == ""  # the error comes before the report's header
+    (line,) = said.err.strip().splitlines()
     assert line.startswith(
         "pgrun-check: error: student_estimators:all_nan returned nan in batch 0 "
         "at episode 0, step 0 ("
