@@ -28,7 +28,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
 from pgrun import rundir, signals, sweep
-from pgrun.config import ConfigError, Diverged, Interrupted, UserError, unknown_keys, validate
+from pgrun.config import (
+    NAME_MAX,
+    ConfigError,
+    Diverged,
+    Interrupted,
+    UserError,
+    slug,
+    unknown_keys,
+    validate,
+)
 from pgrun.hints import env_id_argv, value_gamma_warning
 from pgrun.sweep import MULTIRUN_FILE, resume_sweep_argv
 
@@ -238,7 +247,7 @@ def prepare(args: list[str]) -> list[str]:
         _check_n_jobs(_given(args, "hydra.launcher.n_jobs"))
         given = _given(args, "hydra.sweep.dir")
         if given is None:
-            made = rundir.create_unique("outputs/multirun", "", lock=False)
+            made = rundir.create_unique("outputs/multirun", sweep_name(args), lock=False)
             args = [*args, f"hydra.sweep.dir={quote(os.path.abspath(made))}"]
             _made_sweep.append(made)
             rundir.acquire(made)  # not create_unique's lock: a run's, which a failure removes
@@ -257,6 +266,42 @@ def prepare(args: list[str]) -> list[str]:
             args = [a for a in args if not a.startswith("hydra.run.dir=")]
             args.append(f"hydra.run.dir={quote(explicit)}")
     return args
+
+
+def sweep_name(args: list[str]) -> str:
+    """The name after a new sweep directory's time stamp: the experiment, variant and env the
+    sweep holds constant, e.g. 'rtg_CartPole-v1' for `pgrun -m variant=rtg seed=0,1` and
+    'compare_variants' for `pgrun -m experiment=compare_variants` (whose file sets the rest),
+    so that TensorBoard's run names (`<sweep>/seed=0`) say what the jobs' names leave out; a
+    swept value (`variant=vanilla,rtg`) is in the jobs' names instead."""
+    from importlib import resources
+
+    import yaml
+
+    given = {}
+    for a in args:
+        key, eq, value = a.partition("=")
+        if eq and key in ("experiment", "variant", "env", "env.id"):
+            given[key] = unquote(value)
+
+    def constant(key: str) -> str | None:
+        value = given.get(key)
+        swept = value is not None and ("," in value or "(" in value)
+        return None if swept or value in (None, "null") else value
+
+    experiment = constant("experiment")
+    defaults: dict[str, str] = {}
+    if "experiment" not in given:  # the config's own choices hold
+        root = resources.files("pgrun.configs")
+        for entry in yaml.safe_load((root / "config.yaml").read_text())["defaults"]:
+            if isinstance(entry, dict):
+                defaults.update({str(k): str(v) for k, v in entry.items()})
+    variant = constant("variant") if "variant" in given else defaults.get("variant")
+    env = constant("env.id") if "env.id" in given else None
+    if env is None and "env.id" not in given:
+        env = constant("env") if "env" in given else defaults.get("env")
+    parts = [p for p in (experiment, variant, env) if p]
+    return slug("_".join(parts))[:NAME_MAX] if parts else ""
 
 
 def _check_n_jobs(value: str | None) -> None:

@@ -311,6 +311,26 @@ def sweep_jobs(sweep: Launch) -> dict[str, Path]:
     return {p.name: p for p in sweeps[0].iterdir() if (p / ".hydra").is_dir()}
 
 
+def test_a_sweep_directory_names_what_the_sweep_holds_constant(sweep):
+    """`pgrun -m variant=vanilla,rtg seed=0,1`: the variant varies (the jobs' names say it),
+    the env does not: the sweep's directory is <date>_<time>.<ms>_CartPole-v1, so that
+    TensorBoard's run names (`<sweep>/variant=rtg,seed=0`) name both."""
+    from pgrun.cli import sweep_name
+
+    sweep.ok()
+    (made,) = (sweep.root / "outputs" / "multirun").iterdir()
+    assert made.name.endswith("_CartPole-v1"), made.name
+    assert sweep_name(["-m", "seed=0,1"]) == "rtg_baseline_CartPole-v1"  # the config's defaults
+    assert sweep_name(["-m", "variant=rtg", "env.id=ALE/Pong-v5"]) == "rtg_ALE-Pong-v5"
+    assert sweep_name(["-m", "variant=vanilla,rtg", "env=Acrobot-v1,CartPole-v1"]) == ""
+    assert sweep_name(["-m", "seed=range(3)", "variant='ppo'"]) == "ppo_CartPole-v1"
+    # an experiment's file sets its variant and env: only what the command line gives is named
+    assert sweep_name(["-m", "experiment=compare_variants"]) == "compare_variants"
+    assert sweep_name(["-m", "experiment=compare_variants", "env=Acrobot-v1"]) == (
+        "compare_variants_Acrobot-v1"
+    )
+
+
 def test_sweep_makes_one_named_job_dir_per_combination(sweep):
     jobs = sweep_jobs(sweep)
     assert set(jobs) == {
