@@ -296,11 +296,12 @@ def sweep_name(args: list[str]) -> str:
         for entry in yaml.safe_load((root / "config.yaml").read_text())["defaults"]:
             if isinstance(entry, dict):
                 defaults.update({str(k): str(v) for k, v in entry.items()})
-    variant = constant("variant") if "variant" in given else defaults.get("variant")
-    env = constant("env.id") if "env.id" in given else None
-    if env is None and "env.id" not in given:
-        env = constant("env") if "env" in given else defaults.get("env")
-    parts = [p for p in (experiment, variant, env) if p]
+
+    def chosen(*keys: str) -> str | None:  # the first key given, else the config's default
+        given_key = next((k for k in keys if k in given), None)
+        return constant(given_key) if given_key else defaults.get(keys[-1])
+
+    parts = [p for p in (experiment, chosen("variant"), chosen("env.id", "env")) if p]
     return slug("_".join(parts))[:NAME_MAX] if parts else ""
 
 
