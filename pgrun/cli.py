@@ -382,6 +382,7 @@ def one_line_sweep_errors() -> None:
         raise SystemExit(2) from None
 
     def validate_batch_is_legal(self: Sweeper, batch: Any) -> None:
+        sweep.keep_record()  # written by the sweeper just before (a resume's goes beside it)
         try:
             # a resumed sweep keeps its jobs as they were begun (one a version before this
             # refused up front stays failed, as its job recorded it)

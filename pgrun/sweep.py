@@ -22,6 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from pgrun import rundir
 from pgrun.config import JOB_SUBDIR, UserError, job_subdir
 
 log = logging.getLogger("pgrun")
@@ -38,6 +39,32 @@ current: Path | None = None
 resuming = False
 """In the sweep's process of `pgrun resume=<sweep dir>` (resume_sweep_argv): its jobs were
 checked when the sweep began, by the version that began it."""
+
+_record: tuple[Path, bytes, str] | None = None
+"""(sweep dir, its multirun.yaml as the sweep began, the resume's stamp) while a resume runs."""
+
+RESUME_RECORD = "multirun-resume-{stamp}.yaml"
+
+
+def keep_record() -> None:
+    """A resumed sweep keeps the record it began with. Hydra's sweeper writes the config of each
+    sweep it runs into `multirun.yaml`; a resume's (its hydra.launcher.* settings: n_jobs=1,
+    another partition) goes to `multirun-resume-<stamp>.yaml` beside it, and `multirun.yaml`
+    gets its own bytes back. Called in the sweep's process once the sweeper has written it, before
+    any job starts; the file is replaced whole (never missing, never half written)."""
+    global _record
+    if _record is None:
+        return
+    sweep_dir, original, stamp = _record
+    _record = None
+    path = sweep_dir / MULTIRUN_FILE
+    written = path.read_bytes()
+    if written == original:
+        return
+    (sweep_dir / RESUME_RECORD.format(stamp=stamp)).write_bytes(written)
+    tmp = path.with_name(f".{MULTIRUN_FILE}.{stamp}")
+    tmp.write_bytes(original)
+    tmp.replace(path)
 
 
 def continue_hint() -> str:
@@ -154,7 +181,8 @@ def resume_sweep_argv(sweep_dir: Path, others: list[str]) -> list[str]:
     start_job). Lost jobs' failure records are set aside so that they run again; the failed
     ones' only with --rerun-failed. `others` may hold --rerun-failed and hydra.launcher.*
     overrides (another partition or time limit): nothing that changes an experiment."""
-    global resuming
+    global resuming, _record
+    original = (sweep_dir / MULTIRUN_FILE).read_bytes()
     cfg = OmegaConf.load(sweep_dir / MULTIRUN_FILE)
     if not basic_sweep(cfg):
         raise UserError(
@@ -177,6 +205,7 @@ def resume_sweep_argv(sweep_dir: Path, others: list[str]) -> list[str]:
             kept.parent.mkdir(parents=True, exist_ok=True)
             (job.path / FAILED_FILE).rename(kept)
     resuming = True
+    _record = (sweep_dir, original, rundir.stamp())
     skip = ("hydra.sweep.dir=", "hydra.mode=")
     hydra_args = [str(o) for o in cfg.hydra.overrides.hydra if not str(o).startswith(skip)]
     task = [str(o) for o in cfg.hydra.overrides.task]

@@ -291,3 +291,26 @@ def test_gpu_preset_asks_for_a_gpu_and_sets_the_jobs_device():
     assert (cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.max_num_timeout) == (1, 3)
     assert cfg.hydra.job.env_set.PGRUN_DEVICE == "cuda"  # device's default in the jobs
     assert cfg.hydra.job.env_set.OMP_NUM_THREADS is not None  # the base settings are kept
+
+
+def test_a_resumed_sweep_keeps_the_record_it_began_with(tmp_path: Path):
+    """`pgrun resume=<sweep> hydra.launcher.n_jobs=1` runs that resume with one process, and its
+    record goes beside the sweep's: multirun.yaml keeps the bytes the sweep began with (how its
+    results were made), and the next resume takes the sweep's own settings again."""
+    root = tmp_path / "sweep"
+    args = ["-m", "seed=0,1", "total_steps=600", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    proc = run_pgrun([*args, f"hydra.sweep.dir={root}"], tmp_path, timeout=TIMEOUT)
+    assert proc.returncode == 0, describe(proc)
+    record = root / sweep.MULTIRUN_FILE
+    began = record.read_bytes()
+    for n_jobs, seed in ((["hydra.launcher.n_jobs=1"], 1), ([], 0)):
+        (job(root, seed) / "policy.pt").unlink()  # as if it had been stopped before its end
+        proc = run_pgrun([f"resume={root}", *n_jobs], tmp_path, timeout=TIMEOUT)
+        assert proc.returncode == 0, describe(proc)
+        assert sweep.job_state(job(root, seed)) == "finished"
+        assert record.read_bytes() == began
+    first, second = sorted(root.glob("multirun-resume-*.yaml"))
+    assert "n_jobs: 1\n" in first.read_text() and "hydra.launcher.n_jobs=1" in first.read_text()
+    assert "n_jobs: 2\n" in second.read_text()
+    assert "hydra.launcher.n_jobs=1" not in second.read_text()
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []
