@@ -595,6 +595,17 @@ _UNTYPED = ("env.solved_return=null", "env.random_return=null")
 NAME_MAX = 120  # characters of the name after the time stamp (file systems allow 255)
 
 
+def _named(override: str) -> str:
+    """An override as a run's name shows it: a list's items joined by '+', and an empty list as
+    'none' ('logger=[]' -> 'logger=none', 'policy.hidden_sizes=[64,64]' -> '...=64+64'), where
+    slug would leave dashes for the brackets."""
+    key, eq, value = override.partition("=")
+    if eq and value.startswith("[") and value.endswith("]"):
+        items = [v.strip() for v in value[1:-1].split(",") if v.strip()]
+        return f"{key}={'+'.join(items) or 'none'}"
+    return override
+
+
 def run_name(variant: str, env_id: str, seed: Any, overrides: Any = ()) -> str:
     """The default run directory's name after its time stamp: variant, env, seed, then the other
     overrides of the command line, e.g. 'rtg_CartPole-v1_seed0_optim.lr=0.05'."""
@@ -604,7 +615,7 @@ def run_name(variant: str, env_id: str, seed: Any, overrides: Any = ()) -> str:
         if str(override) in _UNTYPED:  # added for an env.id without an env file (pgrun.hints)
             continue
         if key not in _NAMED and not key.startswith("hydra"):
-            others.append(str(override).lstrip("+~"))
+            others.append(_named(str(override).lstrip("+~")))
     name = "_".join(slug(part) for part in (variant, env_id, f"seed{seed}"))
     if others:
         name += "_" + slug(",".join(sorted(others)))

@@ -214,3 +214,9 @@ def test_a_run_is_named_by_what_was_typed():
         run_name("rtg", "CartPole-v1", 3, ["optim.lr=0.05"])
         == "rtg_CartPole-v1_seed3_optim.lr=0.05"
     )
+    # lists: their items, or none (the brackets were dashes: logger=-)
+    assert run_name("rtg", "CartPole-v1", 0, ["logger=[]"]) == "rtg_CartPole-v1_seed0_logger=none"
+    assert (
+        run_name("rtg", "CartPole-v1", 0, ["policy.hidden_sizes=[64, 32]", "logger=[csv]"])
+        == "rtg_CartPole-v1_seed0_logger=csv,policy.hidden_sizes=64+32"
+    )
