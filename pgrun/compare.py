@@ -221,7 +221,12 @@ def load_run(path: Path, root: Path) -> Run:
         lines = failed.read_text().splitlines()
         run.failure = lines[0] if lines else "failed"
     elif run.final_return is None or not math.isfinite(run.final_return):
-        run.failure = "no final return: the job did not finish"
+        from pgrun.rundir import holder
+
+        busy = holder(path)  # another pgrun trains it now (a job resumed on its own)
+        run.failure = (
+            f"{BUSY} ({busy})" if busy is not None else "no final return: the job did not finish"
+        )
     elif len(run.steps) == 0:
         run.failure = f"no {RETURN_TAG} logged"
     return run
@@ -1105,6 +1110,13 @@ def _display(path: Path) -> str:
 # Entry points
 
 
+BUSY = "being written by another pgrun"  # a job's failure line while another process holds it
+
+
+def _names(runs: Sequence[Run]) -> str:
+    return ", ".join(r.name for r in runs)
+
+
 class CompareCallback(Callback):
     """Hydra callback: compare the sweep when a multirun ends. A sweep with failed jobs still
     gets its comparison; then `pgrun -m` exits with status 1 after naming them."""
@@ -1135,16 +1147,33 @@ class CompareCallback(Callback):
             log.exception(f"pgrun: the comparison of {root} failed")
             sys.exit(1)
         print(describe(report), flush=True)
-        if report.failures:
-            from pgrun.rundir import shell
+        from pgrun.rundir import shell
 
-            names = ", ".join(r.name for r in report.failures)
+        failed = [r for r in report.failures if (r.path / FAILED_FILE).is_file()]
+        busy = [r for r in report.failures if r.failure and r.failure.startswith(BUSY)]
+        others = [r for r in report.failures if r not in failed and r not in busy]
+        n = len(report.runs)
+        if failed:
             print(
-                f"pgrun: error: {len(report.failures)} of {len(report.runs)} jobs failed "
-                f"({names}): see {root / 'summary.md'}; once the cause is fixed, pgrun "
-                f"resume={shell(root)} --rerun-failed runs them again",
+                f"pgrun: error: {len(failed)} of {n} jobs failed ({_names(failed)}): see "
+                f"{root / 'summary.md'}; once the cause is fixed, pgrun resume={shell(root)} "
+                "--rerun-failed runs them again",
                 file=sys.stderr,
             )
+        if busy:  # their directories were another process's: this sweep did not run them
+            held = "; ".join(f"{r.name}: {r.failure}" for r in busy)
+            print(
+                f"pgrun: error: {len(busy)} of {n} jobs were not run by this sweep ({held}); "
+                f"once that ends, pgrun-compare {shell(root)} compares the whole sweep",
+                file=sys.stderr,
+            )
+        if others:
+            print(
+                f"pgrun: error: {len(others)} of {n} jobs did not finish ({_names(others)}); "
+                f"pgrun resume={shell(root)} continues them",
+                file=sys.stderr,
+            )
+        if report.failures:
             sys.exit(1)
 
 

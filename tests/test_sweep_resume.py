@@ -314,3 +314,54 @@ def test_a_resumed_sweep_keeps_the_record_it_began_with(tmp_path: Path):
     assert "n_jobs: 2\n" in second.read_text()
     assert "hydra.launcher.n_jobs=1" not in second.read_text()
     assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []
+
+
+HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"pid={os.getpid()} host=elsewhere started=now\\n".encode())
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_job_another_pgrun_writes_is_named_as_such_when_the_sweep_ends(tmp_path: Path):
+    """A resumed sweep whose job is being trained by another pgrun (resumed on its own) leaves it
+    to that process, and its end says so: not "failed" with --rerun-failed, but which job, who
+    holds it, and to compare again once it ends; exit status 1, as the sweep's result is not
+    whole. pgrun-compare names it the same way."""
+    root = tmp_path / "sweep"
+    proc = run_pgrun(["-m", "seed=0,1", "total_steps=600", f"hydra.sweep.dir={root}"], tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    for seed in (0, 1):
+        (job(root, seed) / "policy.pt").unlink()
+    for path in job(root, 1).glob("*"):  # its curve is being rewritten: nothing of it is final
+        if path.is_file() and path.name.startswith(("events.", "metrics")):
+            path.unlink()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(job(root, 1) / ".pgrun.lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        proc = run_pgrun([f"resume={root}"], tmp_path, timeout=TIMEOUT)
+        assert proc.returncode == 1, describe(proc)
+        assert sweep.job_state(job(root, 0)) == "finished"
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith(
+            "pgrun: error: 1 of 2 jobs were not run by this sweep (seed=1: "
+            "being written by another pgrun (pid "
+        ), describe(proc)
+        assert "on elsewhere" in line and "once that ends, pgrun-compare" in line, line
+        assert "failed" not in proc.stderr, describe(proc)
+        compared = compare_cmd(root)
+        assert compared.returncode == 1, describe(compared)
+        assert "not finished: seed=1: being written by another pgrun (pid" in compared.stdout
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=TIMEOUT)
+    compared = compare_cmd(root)  # the lock is gone: an unfinished job, as any
+    assert "not finished: seed=1: no final return: the job did not finish" in compared.stdout
