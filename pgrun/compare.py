@@ -28,6 +28,7 @@ import csv
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import textwrap
@@ -138,7 +139,7 @@ class Group:
         shown = [o for o in self.varying if _key(o) not in ("env", "env.id")]
         # 'variant=rtg' -> 'rtg': the variant is what a comparison is about
         shown = [o.split("=", 1)[1] if _key(o) == "variant" else o for o in shown]
-        return ",".join(shown) or self.label
+        return _label(shown) or self.label
 
     @property
     def finals(self) -> np.ndarray:
@@ -343,6 +344,16 @@ def _setting(run: Run) -> tuple[str, ...]:
     return tuple(sorted(o for o in run.overrides if _key(o) != "seed"))
 
 
+def _unescaped(override: str) -> str:
+    """An override as typed: Hydra's sweeper stores a swept value's special characters escaped
+    (`variant.weights=mymod\\:weights`)."""
+    return re.sub(r"\\(.)", r"\1", override)
+
+
+def _label(overrides: Sequence[str]) -> str:
+    return ",".join(_unescaped(o) for o in overrides)
+
+
 def group_runs(runs: Sequence[Run]) -> list[Group]:
     """Group by every override except seed; label each group by the overrides that vary."""
     groups: dict[tuple[str, ...], Group] = {}
@@ -352,11 +363,11 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     common = set.intersection(*(set(k) for k in groups)) if groups else set()
     for group in groups.values():
         group.varying = [o for o in group.key if o not in common]
-        group.label = ",".join(group.varying) or ",".join(group.key) or "all runs"
+        group.label = _label(group.varying) or _label(group.key) or "all runs"
     labels = [g.label for g in groups.values()]
     for group in groups.values():  # keys that only some groups set can make labels collide
         if labels.count(group.label) > 1:
-            group.label = ",".join(group.key) or "all runs"
+            group.label = _label(group.key) or "all runs"
     return list(groups.values())
 
 

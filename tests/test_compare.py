@@ -153,6 +153,13 @@ def test_groups_ignore_seed_and_are_labelled_by_what_varies():
         ("variant=rtg", 2),
         ("variant=vanilla", 1),
     ]
+    # a swept value's special characters, as Hydra's sweeper stores them: shown as typed
+    swept = [run("variant.weights=rtg"), run("variant.weights=mymod\\:weights")]
+    assert sorted(g.label for g in group_runs(swept)) == [
+        "variant.weights=mymod:weights",
+        "variant.weights=rtg",
+    ]
+    assert sorted(g.short for g in group_runs(swept))[0] == "variant.weights=mymod:weights"
 
 
 def test_a_seed_run_more_than_once_counts_once():
