@@ -297,6 +297,40 @@ def warm_up() -> None:
     settle_collector()
 
 
+def mark_lost(sweep_dir: Path, items: Sequence[tuple[int, Sequence[str]]], how: str) -> None:
+    """The jobs of a unit whose worker process died (`how`: 'SIGKILL(-9)'): each one that had
+    begun and not ended gets failed.txt as a job the scheduler ended, so that `pgrun
+    resume=<sweep dir>` runs it again from its last checkpoint; one never begun is left to
+    resume as it is. Said in one line while the other units go on."""
+    from pgrun import sweep
+
+    paths = {job.num: job.path for job in sweep.expected_jobs(sweep_dir) or []}
+    reason = (
+        f"{sweep.SCHEDULER_PREFIX}its worker process was killed ({how}), e.g. by the "
+        "out-of-memory killer"
+    )
+    names = []
+    for idx, _ in items:
+        path = paths.get(idx)
+        if path is None:
+            continue
+        names.append(path.name)
+        if sweep.job_state(path) in ("new", "interrupted"):
+            (path / sweep.FAILED_FILE).write_text(reason + "\n")
+    log.error(
+        f"a worker process of the sweep was killed ({how}), e.g. by the out-of-memory killer, "
+        f"while it trained {', '.join(names) or 'its jobs'}: they keep their last checkpoints, "
+        "and the other jobs go on"
+    )
+
+
+def _lost_return(overrides: Sequence[str]) -> JobReturn:
+    """A job of a unit whose worker died: no value (its state is in its directory)."""
+    ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+    ret._return_value = None
+    return ret
+
+
 def _value(ret: JobReturn) -> Any:
     return ret._return_value if ret.status == JobStatus.COMPLETED else None
 
@@ -368,8 +402,15 @@ def job_log(run_dir: Path) -> Iterator[None]:
             root.addHandler(old)
 
 
+_pool: Any = None
+"""The batched launcher's pgrun.workers.Pool while a sweep runs in this process."""
+
+
 def worker_pids() -> list[int]:
-    """The pids of the launcher's worker processes (joblib's loky executor's)."""
+    """The pids of the launcher's worker processes (this launcher's pool, else joblib's loky
+    executor's: hydra/launcher=joblib)."""
+    if _pool is not None:
+        return _pool.pids()
     from joblib.externals.loky import reusable_executor
 
     executor = reusable_executor._executor
@@ -381,14 +422,14 @@ def stop_warm_up() -> None:
     sweep refused before launch (a job's config does not compose). They are killed and
     joined: a worker still starting would otherwise read its start-up state from this
     process as it exits, and print a traceback."""
-    import warnings
-
-    from joblib.externals.loky import reusable_executor
-
-    warnings.filterwarnings("ignore", message=r".*still being processed by the workers")
-    executor = reusable_executor._executor
-    if executor is not None:
-        executor.shutdown(wait=True, kill_workers=True)
+    global _pool
+    if _pool is not None:
+        pids = _pool.pids()
+        _pool.close(kill=True)
+        _pool = None
+        for pid in pids:  # reaped, so that none is left mid-start as this process exits
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
 
 
 class BatchedLauncher(Launcher):
@@ -399,7 +440,6 @@ class BatchedLauncher(Launcher):
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
-        self._warming: Any = None
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -409,19 +449,12 @@ class BatchedLauncher(Launcher):
             hydra_context.config_loader = SeedVariants(hydra_context.config_loader)
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         # The worker processes start now and import torch, gymnasium and the trainer (seconds)
-        # while this process checks the sweep's jobs; launch() then finds them ready (joblib
-        # keeps its processes for the next call with the same settings).
-        import warnings
+        # while this process checks the sweep's jobs; launch() then gives them their units.
+        global _pool
+        if _pool is None:
+            from pgrun.workers import Pool
 
-        from joblib import Parallel, delayed
-
-        with signals.spawning():
-            self._warming = Parallel(
-                n_jobs=self.warm_processes(), backend="loky", return_as="generator"
-            )(delayed(warm_up)() for _ in range(self.warm_processes()))
-        # a sweep stopped before launch() (a job's config does not compose) leaves the warm-up
-        # unread: joblib would say so at exit
-        warnings.filterwarnings("ignore", message=r".*tasks have been successfully executed")
+            _pool = Pool(self.warm_processes(), warm_up)
 
     def processes(self) -> int:
         return self.n_jobs if self.n_jobs > 0 else (os.cpu_count() or 1)
@@ -433,13 +466,9 @@ class BatchedLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from joblib import Parallel, delayed
-
+        global _pool
         assert self.config is not None and self.hydra_context is not None
-        if self._warming is not None:
-            for _ in self._warming:  # the processes are ready
-                pass
-            self._warming = None
+        assert _pool is not None, "setup() starts the worker processes"
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -485,27 +514,32 @@ class BatchedLauncher(Launcher):
         state = Singleton.get_state()
         loader = self.hydra_context.config_loader
         known = loader.composed if isinstance(loader, SeedVariants) else {}
+        tasks = [
+            (items, grouped, self.hydra_context, self.config, self.task_function, state,
+             known.get(group_key(items[0][1])))
+            for items, grouped, _ in units
+        ]  # fmt: skip
+        _pool.resize(n_jobs)
+        pool = _pool
+
+        def lost(i: int, how: Any) -> None:  # a worker died: its unit's jobs only
+            mark_lost(sweep_dir, units[i][0], how.how)  # how: a pgrun.workers.Lost
+
         # Ctrl-C (SIGINT, SIGTERM) while the units run: each unit finishes its iteration and
         # checkpoints its jobs, then the sweep stops (pgrun.signals.forwarding)
-        done = signals.wait_forwarding(
-            lambda: Parallel(n_jobs=n_jobs, backend="loky")(
-                delayed(execute_unit)(
-                    items,
-                    grouped,
-                    self.hydra_context,
-                    self.config,
-                    self.task_function,
-                    state,
-                    known.get(group_key(items[0][1])),
-                )  # fmt: skip
-                for items, grouped, _ in units
-            ),
-            worker_pids,
-        )
+        try:
+            done = signals.wait_forwarding(
+                lambda: pool.map(execute_unit, tasks, on_lost=lost), worker_pids
+            )
+        finally:
+            pool.close()  # the workers exit while the comparison is drawn
+            _pool = None
         if preload is not None:
             preload.join()
         by_idx = {}
         for (items, _, _), rets in zip(units, done, strict=True):
+            if not isinstance(rets, list):  # its worker died (Lost): recorded by mark_lost
+                rets = [_lost_return(overrides) for _, overrides in items]
             for (idx, _), ret in zip(items, rets, strict=True):
                 by_idx[idx] = ret
         return [by_idx[i] for i in sorted(by_idx)]

@@ -1159,11 +1159,21 @@ class CompareCallback(Callback):
             sys.exit(1)
         print(describe(report), flush=True)
         from pgrun.rundir import shell
+        from pgrun.sweep import SCHEDULER_PREFIX
 
-        failed = [r for r in report.failures if (r.path / FAILED_FILE).is_file()]
+        ended = [r for r in report.failures if (r.path / FAILED_FILE).is_file()]
+        lost = [r for r in ended if r.failure and r.failure.startswith(SCHEDULER_PREFIX)]
+        failed = [r for r in ended if r not in lost]
         busy = [r for r in report.failures if r.failure and r.failure.startswith(BUSY)]
-        others = [r for r in report.failures if r not in failed and r not in busy]
+        others = [r for r in report.failures if r not in ended and r not in busy]
         n = len(report.runs)
+        if lost:  # ended from outside (the scheduler, a killed worker): resume runs them again
+            print(
+                f"pgrun: error: {len(lost)} of {n} jobs were ended from outside "
+                f"({_names(lost)}: {'; '.join(dict.fromkeys(str(r.failure) for r in lost))}); "
+                f"pgrun resume={shell(root)} runs them again",
+                file=sys.stderr,
+            )
         if failed:
             print(
                 f"pgrun: error: {len(failed)} of {n} jobs failed ({_names(failed)}): see "

@@ -238,20 +238,19 @@ def test_a_sweep_begun_with_a_value_now_refused_still_resumes(tmp_path: Path):
     assert (root / "seed=-1" / "failed.txt").read_text().startswith("seed=-1 is out of range")
 
 
-@pytest.mark.parametrize("launcher_name", ["batched", "joblib"])
-def test_a_killed_worker_stops_the_sweep_in_one_line(tmp_path: Path, launcher_name: str):
-    """A worker process that dies (here: its job's weights plug-in sends itself SIGKILL, as the
-    out-of-memory killer would) makes joblib stop the sweep: one line naming the kill and the
-    command that continues the sweep, exit status 1, no traceback."""
+KILLER = "import os, signal\n\n\ndef weights(*args, **kwargs):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+
+
+def test_a_killed_joblib_worker_stops_the_sweep_in_one_line(tmp_path: Path):
+    """A joblib worker process that dies (here: its job's weights plug-in sends itself SIGKILL,
+    as the out-of-memory killer would) makes joblib stop the sweep: one line naming the kill
+    and the command that continues the sweep, exit status 1, no traceback."""
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "killer.py").write_text(
-        "import os, signal\n\n\ndef weights(*args, **kwargs):\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
-    )
+    (plugins / "killer.py").write_text(KILLER)
     root = tmp_path / "sweep"
     proc = run_pgrun(
-        ["-m", "variant.weights=killer:weights", "seed=0,1,2", f"hydra/launcher={launcher_name}",
+        ["-m", "variant.weights=killer:weights", "seed=0,1,2", "hydra/launcher=joblib",
          "total_steps=1000", f"hydra.sweep.dir={root}"],
         cwd=tmp_path,
         timeout=TIMEOUT,
@@ -262,6 +261,56 @@ def test_a_killed_worker_stops_the_sweep_in_one_line(tmp_path: Path, launcher_na
     last = proc.stderr.strip().splitlines()[-1]
     assert "a worker process of the sweep was killed (SIGKILL" in last, describe(proc)
     assert "pgrun resume=" in last and "Traceback" not in out, describe(proc)
+
+
+def test_a_killed_batched_worker_costs_its_own_group_only(tmp_path: Path):
+    """hydra/launcher=batched: a worker process that dies (its group's weights plug-in sends it
+    SIGKILL) costs its own group only. The other groups train to their end, with one process
+    started in the dead one's place; the killed group's begun job is recorded as ended from
+    outside, the sweep's last line says so and exits 1, and `pgrun resume=<sweep dir>` (the
+    plug-in fixed) trains the killed group's jobs."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "killer.py").write_text(KILLER)
+    root = tmp_path / "sweep"
+    proc = run_pgrun(
+        ["-m", "variant.weights=killer:weights,rtg,total", "seed=0,1",
+         "hydra/launcher=batched", "hydra.launcher.n_jobs=2", "total_steps=1000",
+         f"hydra.sweep.dir={root}"],
+        cwd=tmp_path,
+        timeout=TIMEOUT,
+        env={"PYTHONPATH": str(plugins)},
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, describe(proc)
+    assert "Traceback" not in out, describe(proc)
+    killed = [root / f"variant.weights=killer-weights,seed={s}" for s in (0, 1)]
+    others = [root / f"variant.weights={w},seed={s}" for w in ("rtg", "total") for s in (0, 1)]
+    assert [sweep.job_state(p) for p in others] == ["finished"] * 4, describe(proc)
+    # on 2 processes the killed group runs as two halves (pgrun.batched_launcher.spread): each
+    # seed's worker is killed in turn, and a new one takes the next unit
+    for path in killed:
+        assert sweep.job_state(path) == "lost", describe(proc)  # begun: it has its record
+        assert "worker process was killed (SIGKILL(-9))" in (path / "failed.txt").read_text()
+        assert (
+            f"killed (SIGKILL(-9)), e.g. by the out-of-memory killer, while it trained {path.name}: "
+            in out
+        )
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"pgrun: error: 2 of 6 jobs were ended from outside ({killed[0].name}, {killed[1].name}: "
+        "scheduler: its worker process was killed (SIGKILL(-9)), e.g. by the out-of-memory killer)"
+    ), describe(proc)
+    assert last.endswith("pgrun resume=sweep runs them again"), describe(proc)  # cwd: tmp_path
+
+    (plugins / "killer.py").write_text(  # fixed: the reward-to-go weights
+        "from pgrun.estimators import reward_to_go\n\n\ndef weights(batch, gamma):\n"
+        "    return reward_to_go(batch.rew, gamma) * batch.mask\n"
+    )
+    proc = run_pgrun([f"resume={root}"], cwd=tmp_path, timeout=TIMEOUT,
+                     env={"PYTHONPATH": str(plugins)})  # fmt: skip
+    assert proc.returncode == 0, describe(proc)
+    assert [sweep.job_state(p) for p in killed + others] == ["finished"] * 6
 
 
 def test_squeue_and_sacct_lines():

@@ -140,7 +140,8 @@ def test_preempted_cancelled_and_killed_jobs_then_resume(cluster: Cluster, tmp_p
     assert "Bypassing sacct error" not in proc.stdout + proc.stderr, describe(proc)
     assert "Traceback" not in proc.stderr, describe(proc)
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("pgrun: error: 2 of 5 jobs failed"), describe(proc)
+    assert last.startswith("pgrun: error: 2 of 5 jobs were ended from outside"), describe(proc)
+    assert last.endswith("runs them again") and "--rerun-failed" not in last, describe(proc)
 
     killed = (job(sweep, 1) / "failed.txt").read_text()
     assert killed.startswith("scheduler: FAILED, ended without a result"), killed
