@@ -50,7 +50,10 @@ def _serve(conn: Connection, initializer: Callable[[], None] | None) -> None:
             payload = cloudpickle.dumps(out)
         except Exception as exc:  # noqa: BLE001 (an exception that does not pickle)
             payload = cloudpickle.dumps(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
-        conn.send_bytes(payload)
+        try:
+            conn.send_bytes(payload)
+        except OSError:  # the parent is gone (killed): nobody to report to
+            return
 
 
 @dataclass
