@@ -241,21 +241,27 @@ def test_a_sweep_begun_with_a_value_now_refused_still_resumes(tmp_path: Path):
 KILLER = "import os, signal\n\n\ndef weights(*args, **kwargs):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
 
 
+def sweep_with_killer(tmp_path: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """`pgrun -m *args` into tmp_path/sweep with the weights plug-in killer:weights importable
+    (tmp_path/plugins), 1000 env steps a job."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "killer.py").write_text(KILLER)
+    return run_pgrun(
+        ["-m", *args, "total_steps=1000", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path,
+        timeout=TIMEOUT,
+        env={"PYTHONPATH": str(plugins)},
+    )
+
+
 def test_a_killed_joblib_worker_stops_the_sweep_in_one_line(tmp_path: Path):
     """A joblib worker process that dies (here: its job's weights plug-in sends itself SIGKILL,
     as the out-of-memory killer would) makes joblib stop the sweep: one line naming the kill
     and the command that continues the sweep, exit status 1, no traceback."""
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "killer.py").write_text(KILLER)
-    root = tmp_path / "sweep"
-    proc = run_pgrun(
-        ["-m", "variant.weights=killer:weights", "seed=0,1,2", "hydra/launcher=joblib",
-         "total_steps=1000", f"hydra.sweep.dir={root}"],
-        cwd=tmp_path,
-        timeout=TIMEOUT,
-        env={"PYTHONPATH": str(plugins)},
-    )  # fmt: skip
+    proc = sweep_with_killer(
+        tmp_path, ["variant.weights=killer:weights", "seed=0,1,2", "hydra/launcher=joblib"]
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, describe(proc)
     last = proc.stderr.strip().splitlines()[-1]
@@ -266,21 +272,15 @@ def test_a_killed_joblib_worker_stops_the_sweep_in_one_line(tmp_path: Path):
 def test_a_killed_batched_worker_costs_its_own_group_only(tmp_path: Path):
     """hydra/launcher=batched: a worker process that dies (its group's weights plug-in sends it
     SIGKILL) costs its own group only. The other groups train to their end, with one process
-    started in the dead one's place; the killed group's begun job is recorded as ended from
+    started in the dead one's place; the killed group's begun jobs are recorded as ended from
     outside, the sweep's last line says so and exits 1, and `pgrun resume=<sweep dir>` (the
     plug-in fixed) trains the killed group's jobs."""
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "killer.py").write_text(KILLER)
-    root = tmp_path / "sweep"
-    proc = run_pgrun(
-        ["-m", "variant.weights=killer:weights,rtg,total", "seed=0,1",
-         "hydra/launcher=batched", "hydra.launcher.n_jobs=2", "total_steps=1000",
-         f"hydra.sweep.dir={root}"],
-        cwd=tmp_path,
-        timeout=TIMEOUT,
-        env={"PYTHONPATH": str(plugins)},
+    proc = sweep_with_killer(
+        tmp_path,
+        ["variant.weights=killer:weights,rtg,total", "seed=0,1", "hydra/launcher=batched",
+         "hydra.launcher.n_jobs=2"],
     )  # fmt: skip
+    root, plugins = tmp_path / "sweep", tmp_path / "plugins"
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, describe(proc)
     assert "Traceback" not in out, describe(proc)
