@@ -341,6 +341,14 @@ def _refuse_a_sweeps_directory(path: Path) -> None:
             f"hydra.sweep.dir={where} holds a run: continue it with pgrun resume={where}, or "
             "give a new hydra.sweep.dir"
         )
+    below = rundir.run_inside(path)
+    if below is not None:  # a directory of sweeps (outputs/multirun): its comparison would
+        # pool their runs with this sweep's
+        raise UserError(
+            f"hydra.sweep.dir={rundir.shell(path)} holds runs below it already "
+            f"({rundir.display(below)}): give a new hydra.sweep.dir (or leave it out: pgrun "
+            "makes outputs/multirun/<time>_...)"
+        )
 
 
 _plain_path = re.compile(r"[A-Za-z0-9_./~+-]*")  # a value Hydra's grammar takes unquoted

@@ -332,6 +332,14 @@ def test_a_new_sweep_into_a_finished_sweeps_directory_is_refused(tmp_path):
     again = run_pgrun([f"resume={sweep}"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert (again.stdout + again.stderr).count("finished before, not run again") == 2
+    # a directory of sweeps (hydra.sweep.dir=outputs/multirun): the new sweep's comparison
+    # would pool their runs with its own
+    before = files(sweep)
+    proc = run_pgrun(["-m", "seed=0,1", *QUICK, f"hydra.sweep.dir={tmp_path}"], tmp_path)
+    line = one_error_line(proc)
+    assert "holds runs below it already (sweep/seed=" in line, line
+    assert "give a new hydra.sweep.dir" in line, line
+    assert files(sweep) == before
 
 
 # --- signals at the edges -------------------------------------------------------------------------
