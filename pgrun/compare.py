@@ -1198,6 +1198,17 @@ class CompareCallback(Callback):
             sys.exit(1)
 
 
+def _grid_points(text: str) -> int:
+    """--points: an integer of at least 2 (a curve needs two points), else argparse's one line."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an integer of at least 2")
+    return value
+
+
 @signals.interruptible("pgrun-compare")
 def main(argv: Sequence[str] | None = None) -> int:
     """pgrun-compare DIR...: compare the runs under each DIR and write the files into it."""
@@ -1217,7 +1228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--points",
-        type=int,
+        type=_grid_points,
         default=GRID_POINTS,
         help=f"steps of the shared grid the seeds are interpolated onto (default {GRID_POINTS})",
     )

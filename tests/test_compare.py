@@ -522,6 +522,27 @@ def test_pgrun_compare_leaves_a_single_runs_directory(sweep: Path, tmp_path: Pat
     assert sorted(p.name for p in job.iterdir()) == before
 
 
+@pytest.mark.parametrize("points", ["-5", "0", "1", "many"])
+def test_pgrun_compare_refuses_a_grid_of_fewer_than_two_points(
+    sweep: Path, tmp_path: Path, capsys, points: str
+):
+    """--points below 2 was a traceback (-5) or an empty figure written over the sweep's (0):
+    now argparse's error, exit status 2, and nothing written."""
+    from pgrun.compare import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    before = (copy / "comparison.png").read_bytes()
+    with pytest.raises(SystemExit) as stop:
+        main(["--points", points, str(copy)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        err == f"pgrun-compare: error: argument --points: {points!r}: give an integer of at least 2"
+    )
+    assert (copy / "comparison.png").read_bytes() == before
+
+
 def test_a_pair_with_too_few_seeds_for_a_rank_test_is_not_called_separated():
     """Every run of a beating every run of b gives P = 1.00 [1.00, 1.00] at any number of seeds;
     with 2 or 3 seeds each that happens by chance with probability 2 / C(4, 2) or 2 / C(6, 3),
