@@ -757,7 +757,13 @@ def run(cfg: DictConfig) -> float | None:
     except UserError as exc:
         if not multirun:
             _fail(str(exc), run_dir, exc.exit_code)
-        log.error(f"pgrun: error: {exc}")  # the job's directory is another process's
+        if isinstance(exc, rundir.Busy):  # a job resumed on its own, say: its writer keeps it
+            log.warning(
+                f"{_display(run_dir)}: not run by this sweep, left to the pgrun that writes it "
+                f"({rundir.holder(run_dir) or 'another process'}); the sweep's end names it"
+            )
+        else:
+            log.error(f"pgrun: error: {exc}")  # the job's directory cannot be written
         return None
     try:
         resume = bool(cfg.resume)

@@ -406,6 +406,9 @@ def test_a_job_another_pgrun_writes_is_named_as_such_when_the_sweep_ends(tmp_pat
         ), describe(proc)
         assert "on elsewhere" in line and "once that ends, pgrun-compare" in line, line
         assert "failed" not in proc.stderr, describe(proc)
+        assert "seed=1: not run by this sweep, left to the pgrun that writes it (pid " in (
+            proc.stdout
+        ), describe(proc)
         compared = compare_cmd(root)
         assert compared.returncode == 1, describe(compared)
         assert "not finished: seed=1: being written by another pgrun (pid" in compared.stdout
