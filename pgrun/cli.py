@@ -39,7 +39,7 @@ from pgrun.config import (
     validate,
 )
 from pgrun.hints import env_id_argv, value_gamma_warning
-from pgrun.sweep import MULTIRUN_FILE, resume_sweep_argv
+from pgrun.sweep import MULTIRUN_FILE, RERUN_FAILED, resume_sweep_argv
 
 log = logging.getLogger("pgrun")
 
@@ -239,6 +239,11 @@ def prepare(args: list[str]) -> list[str]:
             )
     multirun = any(a in ("-m", "--multirun") for a in args)
     target = resume_target(args)
+    if RERUN_FAILED in args and (target is None or not (target / MULTIRUN_FILE).is_file()):
+        raise UserError(
+            f"{RERUN_FAILED} goes with pgrun resume=<sweep dir> only (it runs that sweep's "
+            "failed jobs again); a single run is continued with pgrun resume=<run dir>"
+        )
     if target is not None:
         args = resume_argv(args)
         rundir.acquire(target)  # a sweep's too: its jobs lock their own as well

@@ -151,6 +151,19 @@ CASES: dict[str, Case] = {
         ["resume=run", "seed=3"], ["seed=3", "total_steps"], needs_run="run"
     ),
     "resume as a sweep": Case(["-m", "resume=run"], ["-m"], needs_run="run"),
+    "rerun-failed of a run": Case(
+        ["resume=run", "--rerun-failed"],
+        ["--rerun-failed goes with pgrun resume=<sweep dir> only", "pgrun resume=<run dir>"],
+        needs_run="run",
+    ),
+    "rerun-failed without resume": Case(
+        ["--rerun-failed", "variant=rtg"], ["--rerun-failed goes with pgrun resume=<sweep dir>"]
+    ),
+    "sweep into a directory of sweeps": Case(
+        ["-m", "seed=0,1", "hydra.sweep.dir=outs"],
+        ["outs holds runs below it already (outs/multirun/a_sweep/seed=0", "new hydra.sweep.dir"],
+        needs_run="nested",
+    ),
     # a sweep checks every job's config before it launches any (the battery puts -m after an
     # override, total_steps=200 -m ...: pgrun moves it first, where Hydra's parser takes it)
     "sweep wrong type": Case(["-m", "seed=0,abc"], ["seed=abc", "Integer"]),
