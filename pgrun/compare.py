@@ -746,11 +746,19 @@ def _plot_curves(ax, panel: Sequence[Group], colors: dict[str, str], x: str) -> 
     threshold = panel[0].threshold
     if threshold is not None:
         ax.axhline(threshold, color="0.4", ls="--", lw=1, label=f"solved ({threshold:g})")
-    ax.set_title(f"{panel[0].env_id}: return, mean over seeds, band: {CONFIDENCE:.0%} CI")
+    ax.set_title(f"{panel[0].env_id}: return, mean over seeds, band: {_bands(panel)}")
     ax.set_xlabel("environment steps" if x == "steps" else "wall-clock seconds")
     ax.set_ylabel("episodic return")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="best")
+
+
+def _bands(panel: Sequence[Group]) -> str:
+    """What the curves' bands of a panel are: the CI, the seeds' range, or which is which."""
+    names = {band_name(len(g.finished)) for g in panel if g.finished}
+    if len(names) == 1:
+        return names.pop()
+    return f"{CONFIDENCE:.0%} CI, the seeds' range below {MIN_SEEDS} seeds"
 
 
 def _plot_profile(ax, ranking: Ranking, colors: dict[str, str], unit: str, name: str) -> None:
@@ -760,11 +768,12 @@ def _plot_profile(ax, ranking: Ranking, colors: dict[str, str], unit: str, name:
     taus = np.linspace(lo - pad, hi + pad, 60)
     for label in ranking.labels:
         profile, low, high = stats.performance_profile(ranking.scores[label], taus)
-        ax.plot(taus, profile, color=colors[label], lw=1.6, label=label)
-        if not np.isnan(low).any():
+        n = min(len(s) for s in ranking.scores[label])
+        ax.plot(taus, profile, color=colors[label], lw=1.6, label=f"{label} (n={n})")
+        if n >= MIN_SEEDS:  # fewer seeds: no band, as the IQM gets no interval
             ax.fill_between(taus, low, high, color=colors[label], alpha=0.15, lw=0)
     ax.set_ylim(-0.03, 1.03)
-    ax.set_title(f"{name}: performance profile")
+    ax.set_title(f"{name}: performance profile, band: {CONFIDENCE:.0%} CI from {MIN_SEEDS} seeds")
     ax.set_xlabel(unit + " τ")
     ax.set_ylabel("fraction of runs with a score > τ")
     ax.grid(alpha=0.3)

@@ -216,6 +216,51 @@ def test_two_envs_are_also_ranked_together_on_normalised_scores(tmp_path):
     assert (tmp_path / "comparison.png").stat().st_size > 0
 
 
+def test_the_figure_names_each_band_for_what_it_is(tmp_path, monkeypatch):
+    """Below 4 seeds a curve's band is the seeds' range and the performance profile has no
+    band; the titles and legends say which band is which."""
+    from matplotlib.figure import Figure
+
+    from pgrun.compare import aggregate, plot, rankings
+
+    runs = []
+    for variant, seeds in (("rtg", 5), ("vanilla", 3)):
+        for seed in range(seeds):
+            r = Run(Path(f"{variant}{seed}"), f"{variant}{seed}",
+                    [f"variant={variant}", f"seed={seed}"], "A-v0", None)  # fmt: skip
+            r.steps, r.returns = np.array([10, 20]), np.array([0.0, seed + 10.0 * len(variant)])
+            r.seconds, r.final_return, r.seed = np.array([1.0, 2.0]), r.returns[-1], seed
+            runs.append(r)
+    groups = group_runs(runs)
+    for g in groups:
+        aggregate(g)
+    saved = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    plot(groups, rankings(groups), tmp_path / "comparison.png")
+    curves, profile = saved[0].axes[:2]
+    assert (
+        curves.get_title()
+        == "A-v0: return, mean over seeds, band: 95% CI, the seeds' range below 4 seeds"
+    )
+    assert sorted(t.get_text() for t in curves.get_legend().get_texts()) == [
+        "rtg (n=5, 95% CI)",
+        "vanilla (n=3, range)",
+    ]
+    assert sorted(t.get_text() for t in profile.get_legend().get_texts()) == [
+        "rtg (n=5)",
+        "vanilla (n=3)",
+    ]
+    assert len(profile.collections) == 1  # the band of the 5 seeds' profile only
+
+    # all groups below 4 seeds: the title says range
+    few = group_runs([r for r in runs if r.seed < 3])
+    for g in few:
+        aggregate(g)
+    plot(few, rankings(few), tmp_path / "few.png")
+    assert saved[1].axes[0].get_title() == "A-v0: return, mean over seeds, band: range"
+    assert not saved[1].axes[1].collections
+
+
 # --------------------------------------------------------------------------------------------
 # A small real sweep
 
