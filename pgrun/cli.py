@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from pgrun import rundir, signals, sweep
 from pgrun.config import (
@@ -407,6 +407,7 @@ def one_line_sweep_errors() -> None:
             if basic:
                 for job in jobs:
                     _check_values(job)
+                _check_env_ids(jobs)
             if batch and any(o.lstrip("~").startswith("+") for o in batch[0]):
                 # a key added with + (which the schema may lack) is in every job: check one
                 job = jobs[0]
@@ -465,6 +466,22 @@ def _check_values(job: DictConfig) -> None:
         raise
     except (OmegaConfBaseException, ValueError, TypeError, AttributeError):
         return
+
+
+def _check_env_ids(jobs: Sequence[DictConfig]) -> None:
+    """A gymnasium id without an env file (`env.id=CartPol-v1`) is looked up before any job
+    runs: a misspelt id is the command line's error, not each of its jobs' failure. Ids of
+    one's own module (module:EnvId) and Atari's are left to the jobs, which import them."""
+    from pgrun.hints import env_file_exists
+
+    ids = {str(job.env.id) for job in jobs if OmegaConf.select(job, "env.id") is not None}
+    ids = {i for i in ids if ":" not in i and not i.startswith("ALE/") and not env_file_exists(i)}
+    if not ids:
+        return
+    from pgrun.envs import env_spec
+
+    for env_id in sorted(ids):
+        env_spec(env_id)
 
 
 _warned: set[str] = set()  # the config warnings this process has given (run)

@@ -43,7 +43,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pgrun import signals, stats
-from pgrun.config import fit_file_name, slug
+from pgrun.config import NO_FILE_OVERRIDES, fit_file_name, slug
 from pgrun.views import exclude_constant_overrides, layout_summary, text_summary
 
 log = logging.getLogger("pgrun")
@@ -51,6 +51,8 @@ log = logging.getLogger("pgrun")
 RETURN_TAG = "charts/episodic_return"
 FINAL_TAG = "hparams/final_return"
 FAILED_FILE = "failed.txt"  # written by pgrun/cli.py into a multirun job that failed
+BUSY = "being written by another pgrun"  # a job's failure line while another process holds it
+UNFINISHED = ("failed", "ended from outside", "being written", "not finished")  # Run.unfinished
 AGGREGATE_DIR = "aggregate"
 FINAL_WINDOW = 5  # batches in the running mean that defines the final return (pgrun/trainer.py)
 GRID_POINTS = 100  # steps of the shared grid the seeds are interpolated onto
@@ -91,6 +93,20 @@ class Run:
     def ok(self) -> bool:
         return self.failure is None
 
+    @property
+    def unfinished(self) -> str | None:
+        """Why the run has no result, as the closing lines sort it: "failed" (its failed.txt:
+        fix the cause, --rerun-failed), "ended from outside" (the scheduler or a killed worker
+        ended it: a resume runs it again), "being written" (another pgrun holds it) or "not
+        finished" (interrupted or never started: a resume continues it); None when it finished."""
+        if self.failure is None:
+            return None
+        if (self.path / FAILED_FILE).is_file():
+            from pgrun.sweep import SCHEDULER_PREFIX
+
+            return "ended from outside" if self.failure.startswith(SCHEDULER_PREFIX) else "failed"
+        return "being written" if self.failure.startswith(BUSY) else "not finished"
+
 
 @dataclass
 class Group:
@@ -119,7 +135,13 @@ class Group:
 
     @property
     def failed(self) -> list[Run]:
+        """Its runs without a result, whatever the reason (Run.unfinished)."""
         return [r for r in self.runs if not r.ok]
+
+    def unfinished(self) -> dict[str, list[Run]]:
+        """Its runs without a result by Run.unfinished, in the order of UNFINISHED."""
+        kinds = {kind: [r for r in self.runs if r.unfinished == kind] for kind in UNFINISHED}
+        return {kind: runs for kind, runs in kinds.items() if runs}
 
     @property
     def env_id(self) -> str:
@@ -350,8 +372,10 @@ def _unescaped(override: str) -> str:
     return re.sub(r"\\(.)", r"\1", override)
 
 
-def _label(overrides: Sequence[str]) -> str:
-    return ",".join(_unescaped(o) for o in overrides)
+def _label(overrides: Sequence[str], added: bool = False) -> str:
+    """The overrides as typed, without the two pgrun adds for an env id that has no env file
+    (`env.solved_return=null`, pgrun.hints) unless `added`."""
+    return ",".join(_unescaped(o) for o in overrides if added or o not in NO_FILE_OVERRIDES)
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
@@ -368,6 +392,10 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     for group in groups.values():  # keys that only some groups set can make labels collide
         if labels.count(group.label) > 1:
             group.label = _label(group.key) or "all runs"
+    labels = [g.label for g in groups.values()]
+    for group in groups.values():  # an env.solved_return=null typed by hand
+        if labels.count(group.label) > 1:
+            group.label = _label(group.key, added=True) or "all runs"
     return list(groups.values())
 
 
@@ -454,7 +482,7 @@ def aggregate(group: Group, points: int = GRID_POINTS) -> None:
         "group": group.label,
         "overrides": " ".join(group.key),
         "seeds": len(finished),
-        "failed": len(group.failed),
+        "failed": 0,
         "final_return_mean": math.nan,
         "final_return_ci_low": math.nan,
         "final_return_ci_high": math.nan,
@@ -465,8 +493,18 @@ def aggregate(group: Group, points: int = GRID_POINTS) -> None:
         "reached": "",
         "steps_to_threshold": "",
         "seconds_to_threshold": "",
-        "failed_jobs": " ".join(r.name for r in group.failed),
+        "failed_jobs": "",
+        "ended_from_outside": 0,
+        "ended_from_outside_jobs": "",
+        "not_finished": 0,
+        "not_finished_jobs": "",
     }
+    for kind, runs in group.unfinished().items():  # being written: not finished, for now
+        column = _COLUMN[kind]
+        row[column] += len(runs)
+        row[f"{column}_jobs"] = " ".join(
+            filter(None, [row[f"{column}_jobs"], *(r.name for r in runs)])
+        )
     group.row = row
     if not finished:
         return
@@ -839,7 +877,22 @@ CSV_COLUMNS = [
     "steps_to_threshold",
     "seconds_to_threshold",
     "failed_jobs",
+    "ended_from_outside",
+    "ended_from_outside_jobs",
+    "not_finished",
+    "not_finished_jobs",
 ]
+_COLUMN = {  # summary.csv's columns for each kind of Run.unfinished
+    "failed": "failed",
+    "ended from outside": "ended_from_outside",
+    "being written": "not_finished",
+    "not finished": "not_finished",
+}
+
+
+def unfinished_text(group: Group) -> str:
+    """'2 failed, 1 not finished': its runs without a result, by kind; '' when there are none."""
+    return ", ".join(f"{len(runs)} {kind}" for kind, runs in group.unfinished().items())
 
 
 def write_csv(groups: Sequence[Group], path: Path) -> None:
@@ -905,7 +958,7 @@ def write_markdown(
         "seeds reached it).",
         "",
         "| env | group | seeds | final return (95% CI) | IQM (95% CI) | threshold | reached "
-        "| env steps to threshold | seconds to threshold | failed |",
+        "| env steps to threshold | seconds to threshold | unfinished |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for g in groups:
@@ -926,15 +979,25 @@ def write_markdown(
             f"| {r['env']} | `{r['group']}` | {r['seeds']} | {final} "
             f"| {iqm_text} | {_num(r['threshold'], 'g')} "
             f"| {r['reached'] or '–'} | {_num(steps, ',d')} "
-            f"| {_num(r['seconds_to_threshold'], '.1f')} | {r['failed']} |"
+            f"| {_num(r['seconds_to_threshold'], '.1f')} | {unfinished_text(g) or 0} |"
         )
     if notes:
         lines += ["", "## Notes", ""]
         lines += [f"- {line}" for line in notes]
-    if failures:
-        lines += ["", f"## Failed jobs ({len(failures)})", ""]
-        lines += [f"- `{run.name}`: {run.failure}" for run in failures]
+    for kind, heading in _HEADINGS.items():
+        runs = [run for run in failures if run.unfinished == kind]
+        if runs:
+            lines += ["", f"## {heading} ({len(runs)})", ""]
+            lines += [f"- `{run.name}`: {run.failure}" for run in runs]
     path.write_text("\n".join(lines) + "\n")
+
+
+_HEADINGS = {  # summary.md's section for each kind of Run.unfinished
+    "failed": "Failed jobs",
+    "ended from outside": "Jobs ended from outside",
+    "being written": "Jobs being written by another pgrun",
+    "not finished": "Jobs not finished",
+}
 
 
 class _EventWriter:
@@ -1090,6 +1153,7 @@ def describe(report: Report) -> str:
     where to look."""
     lines = [f"comparison of {len(report.runs)} runs in {_display(report.root)}:"]
     width = max(len(g.label) for g in report.groups)
+    env_width = max(len(g.env_id) for g in report.groups)
     for g in report.groups:
         r = g.row
         if g.finished:
@@ -1098,9 +1162,9 @@ def describe(report: Report) -> str:
             final += f", IQM {r['final_return_iqm']:.1f}"
         else:
             final = "no finished run"
-        # failed, interrupted or never started: the lines below say which
-        failed = f", {r['failed']} not finished" if r["failed"] else ""
-        lines.append(f"  {r['env']}  {g.label:<{width}}  {final}  (n={r['seeds']}{failed})")
+        unfinished = unfinished_text(g)
+        counts = f"n={r['seeds']}" + (f", {unfinished}" if unfinished else "")
+        lines.append(f"  {r['env']:<{env_width}}  {g.label:<{width}}  {final}  ({counts})")
     lines += [f"  note: {line}" for line in report.notes]
     for ranking in report.rankings:
         lines += ["", *verdict_block(ranking)]
@@ -1128,9 +1192,6 @@ def _display(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Entry points
-
-
-BUSY = "being written by another pgrun"  # a job's failure line while another process holds it
 
 
 def _names(runs: Sequence[Run]) -> str:
@@ -1168,13 +1229,10 @@ class CompareCallback(Callback):
             sys.exit(1)
         print(describe(report), flush=True)
         from pgrun.rundir import shell
-        from pgrun.sweep import SCHEDULER_PREFIX
 
-        ended = [r for r in report.failures if (r.path / FAILED_FILE).is_file()]
-        lost = [r for r in ended if r.failure and r.failure.startswith(SCHEDULER_PREFIX)]
-        failed = [r for r in ended if r not in lost]
-        busy = [r for r in report.failures if r.failure and r.failure.startswith(BUSY)]
-        others = [r for r in report.failures if r not in ended and r not in busy]
+        kinds = {kind: [r for r in report.failures if r.unfinished == kind] for kind in UNFINISHED}
+        lost, failed = kinds["ended from outside"], kinds["failed"]
+        busy, others = kinds["being written"], kinds["not finished"]
         n = len(report.runs)
         if lost:  # ended from outside (the scheduler, a killed worker): resume runs them again
             print(
@@ -1281,9 +1339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = 2
             continue
         print(describe(report))
-        for run in report.failures:  # failed (its failed.txt), or interrupted or never started
-            label = "failed" if (run.path / FAILED_FILE).is_file() else "not finished"
-            print(f"  {label}: {run.name}: {run.failure}")
+        for run in report.failures:  # by Run.unfinished: failed, ended from outside, ...
+            label = "not finished" if run.unfinished == "being written" else run.unfinished
+            print(f"  {label}: {run.name}: {run.failure}")  # (its failure says it is written)
         if report.failures:
             print(
                 f"pgrun-compare: error: {len(report.failures)} of {len(report.runs)} jobs of "

@@ -591,7 +591,7 @@ def slug(text: str) -> str:
 
 # Overrides already in a run directory's name, or that change nothing about the run.
 _NAMED = ("variant", "env", "env.id", "seed", "resume", "progress")
-_UNTYPED = ("env.solved_return=null", "env.random_return=null")
+NO_FILE_OVERRIDES = ("env.solved_return=null", "env.random_return=null")
 NAME_MAX = 120  # characters of the name after the time stamp (file systems allow 255)
 
 
@@ -612,7 +612,9 @@ def run_name(variant: str, env_id: str, seed: Any, overrides: Any = ()) -> str:
     others = []
     for override in overrides or ():
         key = str(override).split("=", 1)[0].lstrip("+~")
-        if str(override) in _UNTYPED:  # added for an env.id without an env file (pgrun.hints)
+        if (
+            str(override) in NO_FILE_OVERRIDES
+        ):  # added for an env.id without an env file (pgrun.hints)
             continue
         if key not in _NAMED and not key.startswith("hydra"):
             others.append(_named(str(override).lstrip("+~")))

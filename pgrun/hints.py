@@ -7,6 +7,8 @@ Imports neither torch nor gymnasium.
 
 from __future__ import annotations
 
+import logging
+import re
 import sys
 from importlib import resources
 from typing import Any
@@ -55,6 +57,20 @@ def env_id_argv(args: list[str]) -> list[str]:
                 f"env=<ids with a file> and env.id=<the others> separately"
             )
     return out + extra
+
+
+class HideNoFileOverrides(logging.Filter):
+    """The launchers' line for each job (`#0 : env.id=CartPole-v0 seed=0`) without the
+    overrides env_id_argv adds: the user did not type them, and every such job has them."""
+
+    _added = re.compile(
+        " (?:" + "|".join(re.escape(f"{k}=null") for k in NO_FILE_KEYS) + ")(?= |$)"
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("\t#"):
+            record.msg = self._added.sub("", record.msg)
+        return True
 
 
 def _warn_other_env_file(args: list[str]) -> None:

@@ -168,6 +168,10 @@ CASES: dict[str, Case] = {
     # override, total_steps=200 -m ...: pgrun moves it first, where Hydra's parser takes it)
     "sweep wrong type": Case(["-m", "seed=0,abc"], ["seed=abc", "Integer"]),
     "sweep unknown variant": Case(["-m", "variant=rtg,nope"], ["variant/nope", "rtg_baseline"]),
+    "sweep misspelt env id": Case(
+        ["-m", "env.id=CartPol-v1,MountainCarr-v0", "seed=0,1"],
+        ["env.id='CartPol-v1' is not a registered gymnasium environment", "`CartPole`"],
+    ),
     "sweep unknown key": Case(["-m", "foo=1,2"], ["'foo'", "not in"]),
     # the command line's sweep as a whole: a list that does not expand, no jobs, a job named
     # twice (both would write one directory), a value out of range (before any job ran)

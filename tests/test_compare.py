@@ -261,6 +261,42 @@ def test_the_figure_names_each_band_for_what_it_is(tmp_path, monkeypatch):
     assert not saved[1].axes[1].collections
 
 
+def test_the_closing_table_lines_up_and_says_why_runs_have_no_result(tmp_path):
+    """The terminal's table: one column per field whatever the env ids' lengths, and each
+    group's runs without a result counted by kind (failed.txt, ended by the scheduler,
+    interrupted)."""
+    from pgrun.compare import FAILED_FILE, Report, aggregate, describe
+
+    runs = []
+    for env, failure in (("A-v0", None), ("LongerName-v0", "x"), ("LongerName-v0", "s")):
+        for seed in range(2):
+            path = tmp_path / f"{env}-{failure}-{seed}"
+            path.mkdir()
+            r = Run(path, path.name, [f"env.id={env}", f"f={failure}", f"seed={seed}"], env, None)
+            r.seed = seed
+            if failure is None:
+                r.steps, r.returns = np.array([10, 20]), np.array([0.0, 5.0 + seed])
+                r.seconds, r.final_return = np.array([1.0, 2.0]), 5.0 + seed
+            elif failure == "x" and seed == 0:  # it wrote failed.txt
+                r.failure = "ValueError: x"
+                (path / FAILED_FILE).write_text(r.failure + "\n")
+            elif failure == "s":  # the scheduler ended it
+                r.failure = "scheduler: CANCELLED"
+                (path / FAILED_FILE).write_text(r.failure + "\n")
+            else:  # interrupted
+                r.failure = "no final return: the job did not finish"
+            runs.append(r)
+    groups = group_runs(runs)
+    for g in groups:
+        aggregate(g)
+    text = describe(Report(tmp_path, groups, runs, [], []))
+    table = [line for line in text.splitlines()[1:] if line.startswith("  ") and "(n=" in line]
+    assert len(table) == 3, text
+    assert len({line.index("env.id=") for line in table}) == 1, text  # the labels line up
+    ends = sorted(line.rsplit("  ", 1)[1] for line in table)
+    assert ends == ["(n=0, 1 failed, 1 not finished)", "(n=0, 2 ended from outside)", "(n=2)"]
+
+
 # --------------------------------------------------------------------------------------------
 # A small real sweep
 

@@ -87,10 +87,26 @@ def test_a_failing_job_is_reported_and_the_others_kept(tmp_path: Path, launcher:
     assert float(rows["variant.weights=rtg"]["final_return_mean"]) > 0
     assert (rows[bad_group]["seeds"], rows[bad_group]["failed"]) == ("0", "1")
     assert rows[bad_group]["failed_jobs"] == bad.name
+    assert (rows[bad_group]["not_finished"], rows[bad_group]["ended_from_outside"]) == ("0", "0")
+    table = [line for line in proc.stdout.splitlines() if line.startswith("  CartPole-v1  ")]
+    assert sorted(line.rsplit("  ", 1)[1] for line in table) == ["(n=0, 1 failed)", "(n=1)"]
     md = (sweep / "summary.md").read_text()
     assert f"## Failed jobs (1)\n\n- `{bad.name}`: {failure}" in md
     assert (sweep / "comparison.png").is_file()
     assert (sweep / "aggregate" / "variant.weights=rtg").is_dir()
+
+
+def test_a_sweep_of_an_id_without_an_env_file_shows_what_was_typed(tmp_path: Path):
+    """env.id=<an id without an env file> drops the default env file's solved_return and
+    random_return with two overrides pgrun adds: the launcher's job lines and the comparison's
+    labels show what the user typed, not them."""
+    proc = run_pgrun(["-m", "env.id=CartPole-v0", "seed=0,1", TINY], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert "#0 : env.id=CartPole-v0 seed=0 total_steps=2000\n" in proc.stdout, describe(proc)
+    assert "=null" not in proc.stdout, describe(proc)
+    (row,) = summary(next((tmp_path / "outputs" / "multirun").iterdir()))
+    assert row["group"] == "env.id=CartPole-v0,total_steps=2000", row
+    assert "env.solved_return=null" in row["overrides"], row  # what the jobs ran with
 
 
 def test_a_single_run_with_a_bad_value_still_fails_at_once(tmp_path: Path):

@@ -81,7 +81,10 @@ def test_killed_joblib_sweep_is_reported_then_resumed(tmp_path: Path):
     assert "(n=1, 2 not finished)" in proc.stdout, describe(proc)  # not all of them failed
     assert "2 of 3 jobs" in proc.stderr, describe(proc)
     (row,) = summary(root).values()
-    assert (row["seeds"], row["failed"]) == ("1", "2"), row
+    assert (row["seeds"], row["failed"], row["not_finished"]) == ("1", "0", "2"), row
+    assert row["not_finished_jobs"] == f"{job(root, 1).name} {job(root, 2).name}", row
+    md = (root / "summary.md").read_text()
+    assert "## Jobs not finished (2)" in md and "Failed jobs" not in md, md
 
     refused = run_pgrun([f"resume={root}", "seed=5"], cwd=tmp_path, timeout=TIMEOUT)
     assert refused.returncode == 2, describe(refused)

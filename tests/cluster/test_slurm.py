@@ -160,7 +160,7 @@ def test_preempted_cancelled_and_killed_jobs_then_resume(cluster: Cluster, tmp_p
     steps = [s for s, _ in preempted]
     assert steps == sorted(set(steps))
     (row,) = summary(sweep).values()
-    assert (row["seeds"], row["failed"]) == ("3", "2"), row
+    assert (row["seeds"], row["failed"], row["ended_from_outside"]) == ("3", "0", "2"), row
     assert (sweep / "comparison.png").is_file()
     assert preempted == reference(tmp_path, 0)  # bit-exact on the CPU
 
