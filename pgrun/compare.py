@@ -361,9 +361,16 @@ def missing_runs(root: Path, found: Sequence[Run]) -> list[Run]:
     return missing
 
 
+_NOT_SETTINGS = (
+    "seed",
+    "progress",
+)  # what a group's runs may differ in: progress changes no number
+
+
 def _setting(run: Run) -> tuple[str, ...]:
-    """A run's overrides except its seed, sorted: the runs of one setting share it."""
-    return tuple(sorted(o for o in run.overrides if _key(o) != "seed"))
+    """A run's overrides except its seed (and progress=, a terminal's bar), sorted: the runs
+    of one setting share it."""
+    return tuple(sorted(o for o in run.overrides if _key(o) not in _NOT_SETTINGS))
 
 
 def _unescaped(override: str) -> str:

@@ -147,10 +147,11 @@ def test_groups_ignore_seed_and_are_labelled_by_what_varies():
         run("total_steps=100", "variant=rtg", "seed=0"),
         run("total_steps=100", "variant=rtg", "+seed=1"),
         run("seed=0", "total_steps=100", "variant=vanilla"),
+        run("total_steps=100", "variant=rtg", "seed=2", "progress=false"),  # the same numbers
     ]
     groups = group_runs(runs)
     assert sorted((g.label, len(g.runs)) for g in groups) == [
-        ("variant=rtg", 2),
+        ("variant=rtg", 3),
         ("variant=vanilla", 1),
     ]
     # a swept value's special characters, as Hydra's sweeper stores them: shown as typed
