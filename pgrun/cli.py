@@ -836,6 +836,19 @@ def run(cfg: DictConfig) -> float | None:
 
         settle_collector()
         result = train(cfg, run_dir, resume=resume)
+        if "finished_before" in result:  # nothing trained: the attempt leaves no record
+            shutil.rmtree(run_dir / HydraConfig.get().output_subdir, ignore_errors=True)
+            why, where = result["finished_before"], rundir.shell(run_dir)
+            more = (
+                "stop_return=null"
+                if "stop_return" in why
+                else f"total_steps={2 * result['env_steps']}"
+            )
+            log.info(
+                f"{_display(run_dir)} had finished ({why}): nothing to train; pgrun "
+                f"resume={where} {more} trains it on"
+            )
+            return result["final_return"]
         (run_dir / FAILED_FILE).unlink(missing_ok=True)  # a resumed sweep job that finished
     except Exception as exc:
         if multirun and isinstance(exc, Interrupted):  # the whole sweep stops

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -148,7 +149,19 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[TrainState, object, Evaluator
     return state, rule_from_config(cfg), evaluator
 
 
-def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, float]:
+def _finished_before(cfg: DictConfig, state: TrainState, run_dir: Path) -> str | None:
+    """Why a resumed run that had finished (its policy.pt is written) has nothing to train at
+    this command's total_steps and stop_return; None when it trains on."""
+    if not (run_dir / "policy.pt").is_file():  # killed before its end was written: it is
+        return None
+    if state.env_steps >= cfg.total_steps:
+        return f"{state.env_steps:,} env steps, total_steps={cfg.total_steps}"
+    if state.solved(cfg.stop_return):
+        return f"final return {state.final_return():.1f} >= stop_return={cfg.stop_return:g}"
+    return None
+
+
+def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Train the policy described by `cfg`, logging to `run_dir` (TensorBoard, metrics.csv).
 
     Every `checkpoint.every` iterations, and at the end, the whole state is saved
@@ -156,7 +169,8 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, flo
     in `run_dir`, in the same TensorBoard run: points logged after that checkpoint are purged.
 
     Returns a summary: final_return (mean episodic return of the last 5 batches), env_steps,
-    iterations, wall_seconds.
+    iterations, wall_seconds; and finished_before (why) where a resumed run had finished
+    at this total_steps and stop_return, which then trains and writes nothing.
     Raises Diverged when the loss, the gradient or the parameters stop being finite, and
     Interrupted after SIGINT / SIGTERM (a checkpoint is written first).
     """
@@ -165,6 +179,17 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, flo
     policy, learner, collector = state.policy, state.learner, state.collector
     if resume:
         state.load_state_dict(checkpoint.load_latest(run_dir), run_dir)
+        done = _finished_before(cfg, state, run_dir)
+        if done is not None:  # nothing to train: nothing is written
+            collector.env.close()
+            evaluator.close()
+            return {
+                "final_return": state.final_return(),
+                "env_steps": state.env_steps,
+                "iterations": state.iteration,
+                "wall_seconds": 0.0,
+                "finished_before": done,
+            }
         log.info(
             f"resuming {run_dir} at iteration {state.iteration}, {state.env_steps:,} env steps"
         )

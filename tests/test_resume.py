@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -159,6 +160,34 @@ def finished_run(tmp_path_factory) -> Path:
 def run_copy(finished_run, tmp_path) -> Path:
     shutil.copytree(finished_run, tmp_path / "run")
     return tmp_path / "run"
+
+
+def test_resuming_a_finished_run_says_so_and_writes_nothing(tmp_path, run_copy):
+    """`pgrun resume=<finished run>` at a total_steps it has reached: one line that it had
+    finished and how to train it on, exit 0, and the directory as it was (no resume record,
+    no events file, no checkpoint)."""
+
+    def files() -> dict[str, bytes]:
+        paths = (p for p in run_copy.rglob("*") if p.is_file() and p.name != "pgrun.log")
+        return {str(p.relative_to(run_copy)): p.read_bytes() for p in paths}
+
+    before = files()
+    for budget, extra in ((1000, []), (100, ["total_steps=100"])):
+        done = pgrun("resume=run", *extra, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        (line,) = done.stdout.strip().splitlines()
+        said = re.fullmatch(
+            rf"run had finished \(([\d,]+) env steps, total_steps={budget}\): nothing to train; "
+            r"pgrun resume=run total_steps=(\d+) trains it on",
+            line,
+        )
+        assert said, line
+        assert files() == before
+    steps = int(said.group(1).replace(",", ""))
+    assert steps >= 1000 and int(said.group(2)) == 2 * steps
+    done = pgrun("resume=run", f"total_steps={said.group(2)}", cwd=tmp_path)  # as the line says
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stdout and files() != before, done.stdout
 
 
 def test_a_checkpoint_that_needs_code_is_refused(tmp_path, run_copy):

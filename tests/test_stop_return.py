@@ -34,3 +34,20 @@ def test_stops_at_the_first_batch_that_reaches_it(tmp_path):
 def test_null_trains_for_the_whole_budget(tmp_path):
     summary = train(config("total_steps=3000"), tmp_path)
     assert summary["env_steps"] >= 3000
+
+
+def test_a_resumed_run_that_reached_it_trains_no_further(tmp_path):
+    """Resumed with the stop_return it reached, a finished run has nothing to train: train says
+    why and leaves its files as they were; with stop_return=null it trains on."""
+    first = train(config("stop_return=60", "total_steps=100000"), tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    again = train(config("stop_return=60", "total_steps=100000"), tmp_path, resume=True)
+    assert again["finished_before"].startswith("final return ")
+    assert again["finished_before"].endswith(">= stop_return=60")
+    assert (again["env_steps"], again["final_return"]) == (
+        first["env_steps"],
+        first["final_return"],
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
+    on = train(config("total_steps=100000", "stop_return=null"), tmp_path, resume=True)
+    assert "finished_before" not in on and on["env_steps"] >= 100_000
