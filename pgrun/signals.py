@@ -149,8 +149,8 @@ def forwarding(workers: Callable[[], Iterable[int]]) -> Iterator[list[int]]:
             signal.signal(sig, handler)
         name = signal.Signals(signum).name
         print(
-            f"pgrun: {name}: the running jobs stop after their iteration and save a checkpoint "
-            f"({name} again stops them at once)",
+            f"pgrun: {name}: stopping the sweep: a running job saves a checkpoint after its "
+            f"iteration, and no other job starts ({name} again stops them at once)",
             file=sys.stderr,
             flush=True,
         )
