@@ -496,12 +496,20 @@ class BatchedLauncher(Launcher):
             log.info(f"{count} jobs run one process each: {reason}")
         # groups are split to fill the cores, not an n_jobs above them (more processes than
         # cores only share them, and a split group batches less); no more processes than units
+        batchable = [i for i, g, _ in units if g]
         units = spread(units, self.warm_processes())
         n_jobs = min(self.processes(), max(len(units), 1))
         grouped = sum(len(i) for i, g, _ in units if g)
+        pieces = sum(1 for i, _, _ in units if any(i[0] in b for b in batchable))
+        split = (
+            f" ({len(batchable)} group{'s' if len(batchable) > 1 else ''} of seeds split into "
+            f"{pieces} to keep the {n_jobs} processes busy)"
+            if pieces > len(batchable)
+            else ""
+        )
         log.info(
             f"{len(job_overrides)} jobs, {grouped} of them in "
-            f"{sum(1 for _, g, _ in units if g)} groups of seeds, {n_jobs} processes; "
+            f"{sum(1 for _, g, _ in units if g)} groups of seeds{split}, {n_jobs} processes; "
             f"sweep output dir: {display(sweep_dir)}"
         )
         # the comparison at the sweep's end imports matplotlib: meanwhile, in this idle process
