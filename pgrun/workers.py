@@ -79,12 +79,10 @@ class _Worker:
         child.close()
         self.task: int | None = None
 
-    def send(self, data: bytes) -> bool:
-        try:
+    def send(self, data: bytes) -> None:
+        """Its next task; a worker that died meanwhile is found by the pool's wait."""
+        with contextlib.suppress(BrokenPipeError, OSError):
             self.conn.send_bytes(data)
-            return True
-        except (BrokenPipeError, OSError):  # it died meanwhile
-            return False
 
 
 class Pool:
@@ -127,8 +125,7 @@ class Pool:
                     if w.task is None and waiting and error is None:
                         i = waiting.pop(0)
                         w.task = i
-                        if not w.send(cloudpickle.dumps((fn, tasks[i]))):
-                            pass  # seen dead below
+                        w.send(cloudpickle.dumps((fn, tasks[i])))  # if it died: seen below
                 busy = [w for w in self._workers if w.task is not None]
                 if not busy:
                     break
