@@ -361,10 +361,9 @@ def missing_runs(root: Path, found: Sequence[Run]) -> list[Run]:
     return missing
 
 
-_NOT_SETTINGS = (
-    "seed",
-    "progress",
-)  # what a group's runs may differ in: progress changes no number
+# What the runs of one group may differ in: their seed, and progress= (a terminal's bar,
+# which changes no number).
+_NOT_SETTINGS = ("seed", "progress")
 
 
 def _setting(run: Run) -> tuple[str, ...]:
