@@ -591,7 +591,9 @@ def slug(text: str) -> str:
 
 # Overrides already in a run directory's name, or that change nothing about the run.
 _NAMED = ("variant", "env", "env.id", "seed", "resume", "progress")
-NO_FILE_OVERRIDES = ("env.solved_return=null", "env.random_return=null")
+# What pgrun.hints adds for an env.id without an env file: the default file's thresholds dropped.
+NO_FILE_KEYS = ("env.solved_return", "env.random_return")
+NO_FILE_OVERRIDES = tuple(f"{k}=null" for k in NO_FILE_KEYS)
 NAME_MAX = 120  # characters of the name after the time stamp (file systems allow 255)
 
 
@@ -612,9 +614,7 @@ def run_name(variant: str, env_id: str, seed: Any, overrides: Any = ()) -> str:
     others = []
     for override in overrides or ():
         key = str(override).split("=", 1)[0].lstrip("+~")
-        if (
-            str(override) in NO_FILE_OVERRIDES
-        ):  # added for an env.id without an env file (pgrun.hints)
+        if str(override) in NO_FILE_OVERRIDES:  # added for an env.id without an env file
             continue
         if key not in _NAMED and not key.startswith("hydra"):
             others.append(_named(str(override).lstrip("+~")))

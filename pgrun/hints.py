@@ -13,9 +13,7 @@ import sys
 from importlib import resources
 from typing import Any
 
-from pgrun.config import UserError
-
-NO_FILE_KEYS = ("env.solved_return", "env.random_return")
+from pgrun.config import NO_FILE_KEYS, NO_FILE_OVERRIDES, UserError
 
 
 def env_file_exists(env_id: str) -> bool:
@@ -63,9 +61,7 @@ class HideNoFileOverrides(logging.Filter):
     """The launchers' line for each job (`#0 : env.id=CartPole-v0 seed=0`) without the
     overrides env_id_argv adds: the user did not type them, and every such job has them."""
 
-    _added = re.compile(
-        " (?:" + "|".join(re.escape(f"{k}=null") for k in NO_FILE_KEYS) + ")(?= |$)"
-    )
+    _added = re.compile(" (?:" + "|".join(re.escape(o) for o in NO_FILE_OVERRIDES) + ")(?= |$)")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str) and record.msg.startswith("\t#"):
