@@ -24,6 +24,7 @@ configs/config.yaml) and as ``pgrun-compare DIR...``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
 import math
@@ -39,11 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pgrun import signals, stats
-from pgrun.config import NO_FILE_OVERRIDES, fit_file_name, slug
+from pgrun.config import NO_FILE_OVERRIDES, fit_file_name, read_yaml, record_problem, slug
 from pgrun.views import exclude_constant_overrides, layout_summary, text_summary
 
 log = logging.getLogger("pgrun")
@@ -185,17 +187,6 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def read_yaml(path: Path) -> Any:
-    """A YAML file that Hydra wrote (.hydra/*.yaml, multirun.yaml) as plain values, by libyaml
-    where PyYAML has it: a fraction of the time of OmegaConf.load, which builds a config tree
-    and parses every interpolation in it. Interpolations stay unresolved strings: see
-    env_settings."""
-    import yaml
-
-    with path.open() as f:
-        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-
-
 ENV_KEYS = ("id", "solved_return", "random_return")
 
 
@@ -216,10 +207,18 @@ def env_settings(path: Path) -> tuple[str, float | None, float | None]:
     return str(env_id), *(None if v is None else float(v) for v in (solved, random))
 
 
+class DamagedRecord(Exception):
+    """A run directory whose .hydra record cannot be read (pgrun.config.record_problem)."""
+
+
 def load_run(path: Path, root: Path) -> Run:
-    """Read a job's overrides, config and logged scalars (pgrun.logger.read_scalars)."""
+    """Read a job's overrides, config and logged scalars (pgrun.logger.read_scalars).
+    DamagedRecord where its .hydra record cannot be read."""
     from pgrun.logger import read_scalars
 
+    problem = record_problem(path, optional=("config.yaml", "hydra.yaml"))  # what it reads
+    if problem is not None:
+        raise DamagedRecord(problem)
     overrides = [str(o) for o in read_yaml(path / ".hydra" / "overrides.yaml") or []]
     env_id, threshold, random = env_settings(path / ".hydra" / "config.yaml")
     name = path.relative_to(root).as_posix() if path != root else path.name
@@ -270,8 +269,13 @@ def _seed_of(overrides: Sequence[str], config: Path | None = None) -> int | None
 def _budget_of(path: Path) -> int | None:
     """total_steps of the run in `path`, as its newest record has it (.hydra/resume-<stamp>/
     of the last resume, else .hydra/)."""
-    records = sorted(path.glob(".hydra/resume-*/config.yaml")) or [path / ".hydra/config.yaml"]
-    saved = read_yaml(records[-1]) if records[-1].is_file() else None
+    records = sorted(path.glob(".hydra/resume-*/config.yaml"), reverse=True)
+    saved = None
+    for record in [*records, path / ".hydra/config.yaml"]:  # a resume's cut short: the one before
+        with contextlib.suppress(OSError, UnicodeDecodeError, yaml.YAMLError):
+            saved = read_yaml(record)
+        if isinstance(saved, dict):
+            break
     steps = saved.get("total_steps") if isinstance(saved, dict) else None
     return steps if isinstance(steps, int) else None
 
@@ -332,9 +336,25 @@ def _checkpointed_return(path: Path) -> float | None:
         return None
 
 
-def missing_runs(root: Path, found: Sequence[Run]) -> list[Run]:
+def load_runs(root: Path) -> tuple[list[Run], dict[str, str]]:
+    """The runs under `root` (find_runs, load_run), and for each directory whose record cannot
+    be read, by its name, what is wrong with it."""
+    runs, damaged = [], {}
+    for path in find_runs(root):
+        try:
+            runs.append(load_run(path, root))
+        except DamagedRecord as exc:
+            damaged[path.relative_to(root).as_posix() if path != root else path.name] = str(exc)
+    return runs, damaged
+
+
+def missing_runs(
+    root: Path, found: Sequence[Run], damaged: dict[str, str] | None = None
+) -> list[Run]:
     """The jobs that the sweep's multirun.yaml lists but that left no run directory (never
-    started, or cancelled before they started), as failed runs."""
+    started, or cancelled before they started), or one whose record cannot be read (killed
+    while Hydra wrote it: `damaged`, by name, as load_runs gives it), as runs without a result;
+    such a job is taken out of `damaged`."""
     from pgrun.sweep import expected_jobs, failure_line
 
     jobs = expected_jobs(root)
@@ -349,12 +369,16 @@ def missing_runs(root: Path, found: Sequence[Run]) -> list[Run]:
             continue
         env = next((o for o in job.overrides if _key(o) == "env"), None)
         job_env = by_env[env].env_id if env in by_env else env_id
-        reason = (
-            failure_line(job.path)
-            if (job.path / FAILED_FILE).is_file()
-            else "never started: no directory"
-        )
         name = job.path.relative_to(root).as_posix()
+        problem = (damaged or {}).pop(name, None) or record_problem(job.path)
+        if (job.path / FAILED_FILE).is_file():
+            reason = failure_line(job.path)
+        elif not job.path.is_dir():
+            reason = "never started: no directory"
+        elif not (job.path / ".hydra").is_dir():
+            reason = "never started: no .hydra record"
+        else:  # e.g. killed while Hydra wrote it: a resume writes it again (hydra_subdir)
+            reason = f"its record {problem}"
         run = Run(job.path, name, job.overrides, job_env, None, failure=reason)
         run.seed = _seed_of(job.overrides)
         missing.append(run)
@@ -1133,12 +1157,13 @@ def compare(
     Raises FileNotFoundError when `root` holds no run.
     """
     root = Path(root)
-    paths = find_runs(root)
-    runs = [load_run(p, root) for p in paths]
-    runs += missing_runs(root, runs)
+    runs, damaged = load_runs(root)
+    runs += missing_runs(root, runs, damaged)
+    notes = [f"{name}: left out: its record {why}" for name, why in damaged.items()]
     if not runs:
         raise FileNotFoundError(f"no runs (directories with .hydra/overrides.yaml) under {root}")
-    runs, notes = drop_repeated_seeds(runs)
+    runs, repeated = drop_repeated_seeds(runs)
+    notes += repeated
     groups = group_runs(runs)
     notes += mixed_budgets(groups)
     for g in groups:

@@ -642,11 +642,49 @@ def run_dir(resume: str | None, parent: str, name: str) -> str:
     return _made[parent, name]
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file that Hydra wrote (.hydra/*.yaml, multirun.yaml) as plain values, by libyaml
+    where PyYAML has it: a fraction of the time of OmegaConf.load, which builds a config tree
+    and parses every interpolation in it. Interpolations stay unresolved strings."""
+    with path.open() as f:
+        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+RECORD = {"config.yaml": dict, "hydra.yaml": dict, "overrides.yaml": list}
+"""A run's record in <run dir>/.hydra, as Hydra writes it before the run starts: each file and
+what it holds."""
+
+
+def record_problem(run_dir: Path, optional: tuple[str, ...] = ()) -> str | None:
+    """What is wrong with the record in `run_dir`/.hydra (one phrase: '.hydra/hydra.yaml is
+    empty'), None when each of its files reads as what Hydra writes (those in `optional`
+    where they are there). A job killed while Hydra wrote them (a second Ctrl-C, kill -9 of
+    a sweep) leaves one empty or missing."""
+    for name, kind in RECORD.items():
+        path = Path(run_dir) / ".hydra" / name
+        if not path.is_file():
+            if name in optional:
+                continue
+            return f".hydra/{name} is missing"
+        try:
+            value = read_yaml(path)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            return f".hydra/{name} cannot be read ({' '.join(str(exc).split())})"
+        if not isinstance(value, kind):
+            what = "empty" if value is None else f"not a YAML {kind.__name__}"
+            return f".hydra/{name} is {what}"
+    return None
+
+
 def hydra_subdir(resume: str | None, stamp: str, output_dir: str | None = None) -> str:
     """hydra.output_subdir: `.hydra`, or `.hydra/resume-<stamp>` when resuming or when
     `output_dir` already holds a record (a sweep job started again: requeued or resumed), so
-    that the run's original record is kept."""
-    again = output_dir is not None and (Path(output_dir) / ".hydra" / "config.yaml").is_file()
+    that the run's original record is kept. A sweep job's record that was cut short (its
+    process killed while Hydra wrote it: record_problem) is written again in `.hydra`, where
+    the sweep's resume and its comparison read it."""
+    again = output_dir is not None and (Path(output_dir) / ".hydra").is_dir()
+    if again and not resume and record_problem(Path(output_dir)) is not None:
+        again = False
     return f".hydra/resume-{stamp}" if resume or again else ".hydra"
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import comparable_scalars, describe, finish, pgrun_cmd, pgrun_env, run_pgrun
 
-from pgrun import launcher, sweep
+from pgrun import config, launcher, sweep
 
 STEPS = "total_steps=30000"
 TIMEOUT = 600  # a loaded machine can take minutes for one pgrun command
@@ -420,3 +420,39 @@ def test_a_job_another_pgrun_writes_is_named_as_such_when_the_sweep_ends(tmp_pat
         holder.wait(timeout=TIMEOUT)
     compared = compare_cmd(root)  # the lock is gone: an unfinished job, as any
     assert "not finished: seed=1: no final return: the job did not finish" in compared.stdout
+
+
+def test_a_job_killed_while_its_record_was_written_resumes_and_is_compared(tmp_path: Path):
+    """A job killed while Hydra wrote its .hydra record (a sweep stopped at once, kill -9) has
+    one file empty or missing; one damaged by hand does not read. pgrun-compare names each
+    job and what is wrong, with no traceback, and `pgrun resume=<sweep>` writes the record
+    again where the comparison reads it (not beside it, as for a record that reads): the
+    job trains, and the next comparison counts it."""
+    root = tmp_path / "sweep"
+    proc = run_pgrun(["-m", "seed=0,1", "total_steps=600", f"hydra.sweep.dir={root}"], tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    (job(root, 0) / ".hydra" / "overrides.yaml").write_text("- seed=0\n- {{[\n")  # finished
+    for path in job(root, 1).iterdir():  # killed as it began: only part of its record
+        if path.is_file():
+            path.unlink()
+    (job(root, 1) / ".hydra" / "hydra.yaml").write_text("")
+    (job(root, 1) / ".hydra" / "overrides.yaml").unlink()
+
+    compared = compare_cmd(root)
+    assert compared.returncode == 1, describe(compared)
+    assert "Traceback" not in compared.stderr, describe(compared)
+    assert "not finished: seed=0: its record .hydra/overrides.yaml cannot be read (" in (
+        compared.stdout
+    ), describe(compared)
+    assert "not finished: seed=1: its record .hydra/hydra.yaml is empty" in compared.stdout
+
+    proc = run_pgrun([f"resume={root}"], tmp_path, timeout=TIMEOUT)
+    assert proc.returncode == 0, describe(proc)
+    assert "seed=0: finished before, not run again" in proc.stdout, describe(proc)
+    for seed in (0, 1):
+        assert sweep.job_state(job(root, seed)) == "finished"
+        assert config.record_problem(job(root, seed)) is None
+        assert not list(job(root, seed).glob(".hydra/resume-*")), "its record went beside"
+    (row,) = summary(root).values()
+    assert (row["seeds"], row["not_finished"]) == ("2", "0"), row
+    assert compare_cmd(root).returncode == 0
