@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -32,7 +33,32 @@ class Interruption(KeyboardInterrupt):  # noqa: N818 (a signal, as KeyboardInter
         self.signum = signum
 
 
+ECHO_S = 0.5
+"""A SIGINT or SIGTERM this soon after the first stop request is the same request again, not
+a second one: GNU timeout sends its signal to the command and then to its process group, so
+pgrun gets it twice at once, and a sweep's worker can get it after its sweep's own stop
+(SWEEP_STOP). Only a signal after this acts at once."""
+
+_first_request: float | None = None
+"""time.monotonic() when this process got its first stop request, or None."""
+
+
+def note_request() -> None:
+    """A stop request arrived (its first handler calls this)."""
+    global _first_request
+    if _first_request is None:
+        _first_request = time.monotonic()
+
+
+def echo() -> bool:
+    """Whether a signal now repeats the first stop request (ECHO_S): it is ignored."""
+    return _first_request is not None and time.monotonic() - _first_request < ECHO_S
+
+
 def _raise(signum: int, frame) -> None:
+    if echo():
+        return
+    note_request()
     raise Interruption(signum)
 
 
@@ -52,6 +78,9 @@ def deferred(what: str) -> Iterator[None]:
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
 
     def note(signum: int, frame) -> None:
+        if echo():
+            return
+        note_request()
         log.warning(f"{signal.Signals(signum).name} while {what}: finishing that first")
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -106,6 +135,7 @@ sweep_stopping = False
 def note_sweep_stop(signum: int, frame) -> None:
     global sweep_stopping
     sweep_stopping = True
+    note_request()
 
 
 def _worker_signal(signum: int, frame) -> None:
@@ -114,7 +144,10 @@ def _worker_signal(signum: int, frame) -> None:
     next job is not started), a second (also the second in a loop) ends the worker at once:
     its sweep's process is stopping too, and an exception would only print a traceback from
     wherever the worker is (its exit, a library's clean-up). A killed writer's temporary files
-    and locks are cleared by the next one."""
+    and locks are cleared by the next one. A signal that only repeats the first (echo) is
+    ignored."""
+    if echo():
+        return
     if sweep_stopping:
         os._exit(128 + signum)
     note_sweep_stop(signum, frame)
@@ -144,6 +177,9 @@ def forwarding(workers: Callable[[], Iterable[int]]) -> Iterator[list[int]]:
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
 
     def first(signum: int, frame) -> None:
+        if echo():
+            return
+        note_request()
         got.append(signum)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -133,13 +133,18 @@ def test_ctrl_c_stops_a_basic_sweep_and_resume_continues_it(tmp_path: Path):
     assert (row["seeds"], row["failed"]) == ("2", "0"), row
 
 
-@pytest.mark.parametrize("launcher", ["batched", "joblib"])
-def test_ctrl_c_checkpoints_the_jobs_of_a_parallel_sweep(tmp_path: Path, launcher: str):
+@pytest.mark.parametrize(
+    ("launcher", "how"), [("batched", "terminal"), ("joblib", "terminal"), ("batched", "timeout")]
+)
+def test_ctrl_c_checkpoints_the_jobs_of_a_parallel_sweep(tmp_path: Path, launcher: str, how: str):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while the jobs train
     in worker processes: the sweep's process waits for each running job to end its iteration
     and save a checkpoint (which joblib's ending its workers at once lost), then stops with
     status 130 and the continue hint, without a traceback; every job then resumes from its
-    checkpoint and finishes."""
+    checkpoint and finishes. `timeout`: the signal as GNU timeout sends it, to the sweep's
+    process and then to its process group, so that the sweep's process gets it twice and the
+    workers get it after the sweep's stop: still one request (pgrun.signals.ECHO_S), where it
+    used to be taken as a second Ctrl-C that ends the workers at once."""
     root = tmp_path / "sweep"
     process = subprocess.Popen(
         pgrun_cmd(
@@ -169,12 +174,16 @@ def test_ctrl_c_checkpoints_the_jobs_of_a_parallel_sweep(tmp_path: Path, launche
                 for s in (0, 1)
             ),
         )
+        if how == "timeout":
+            os.kill(process.pid, signal.SIGINT)
+            time.sleep(0.05)  # the sweep's process forwards its stop before the group's arrives
         os.killpg(process.pid, signal.SIGINT)
         proc = finish(process, timeout=TIMEOUT)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert proc.returncode == 130, describe(proc)
+    assert "again stops them at once" in proc.stderr, describe(proc)  # said once, not acted on
     assert "Traceback" not in proc.stderr, describe(proc)
     assert f"continue the sweep with: pgrun resume={root.relative_to(tmp_path)}" in proc.stderr
     for seed in (0, 1):
