@@ -799,7 +799,8 @@ def plot(groups: Sequence[Group], ranked: Sequence[Ranking], path: Path, x: str 
 def _plot_curves(ax, panel: Sequence[Group], colors: dict[str, str], x: str) -> None:
     for g in panel:
         color = colors[g.short]
-        n = f"n={len(g.finished)}" + (f", {len(g.failed)} not finished" if g.failed else "")
+        unfinished = unfinished_text(g)
+        n = f"n={len(g.finished)}" + (f", {unfinished}" if unfinished else "")
         label = f"{g.short} ({n}, {band_name(len(g.finished))})"
         if not g.finished:
             ax.plot([], [], color=color, label=label)
@@ -814,11 +815,30 @@ def _plot_curves(ax, panel: Sequence[Group], colors: dict[str, str], x: str) -> 
     threshold = panel[0].threshold
     if threshold is not None:
         ax.axhline(threshold, color="0.4", ls="--", lw=1, label=f"solved ({threshold:g})")
-    ax.set_title(f"{panel[0].env_id}: return, mean over seeds, band: {_bands(panel)}")
+    _title(ax, f"{panel[0].env_id}: return, mean over seeds, band: {_bands(panel)}")
     ax.set_xlabel("environment steps" if x == "steps" else "wall-clock seconds")
     ax.set_ylabel("episodic return")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="best")
+
+
+TITLE_CHAR_PX = 7.0
+"""About the width of a character of an axes' title (matplotlib's 'large', 12 pt) at the
+figure's 72 dpi, in pixels: an upper bound for the titles' mix of letters, digits and spaces."""
+
+
+def _title(ax, text: str) -> None:
+    """The axes' title, in as many lines as keep it within the panel's width (a title wider
+    than its panel runs over its neighbour's, or past the figure's edge); a title that does not
+    fit on one line breaks first after its env id ('LunarLanderContinuous-v3:')."""
+    fig = ax.get_figure()
+    slot = ax.get_subplotspec().get_position(fig)  # the panel's cell (an image's axes is less)
+    chars = max(20, int(slot.width * fig.get_figwidth() * 72 / TITLE_CHAR_PX))
+    if len(text) > chars:
+        head, sep, rest = text.partition(": ")
+        lines = textwrap.wrap(head + sep.strip(), chars) + textwrap.wrap(rest, chars)
+        text = "\n".join(lines) if sep else textwrap.fill(text, chars)
+    ax.set_title(text)
 
 
 def _bands(panel: Sequence[Group]) -> str:
@@ -841,7 +861,7 @@ def _plot_profile(ax, ranking: Ranking, colors: dict[str, str], unit: str, name:
         if n >= MIN_SEEDS:  # fewer seeds: no band, as the IQM gets no interval
             ax.fill_between(taus, low, high, color=colors[label], alpha=0.15, lw=0)
     ax.set_ylim(-0.03, 1.03)
-    ax.set_title(f"{name}: performance profile, band: {CONFIDENCE:.0%} CI from {MIN_SEEDS} seeds")
+    _title(ax, f"{name}: performance profile, band: {CONFIDENCE:.0%} CI from {MIN_SEEDS} seeds")
     ax.set_xlabel(unit + " τ")
     ax.set_ylabel("fraction of runs with a score > τ")
     ax.grid(alpha=0.3)
@@ -861,7 +881,7 @@ def _plot_iqm(ax, ranking: Ranking, colors: dict[str, str], unit: str, name: str
             ax.barh(i, high - low, left=low, height=0.5, color=colors[label], alpha=0.35)
             ax.plot([value, value], [i - 0.25, i + 0.25], color=colors[label], lw=2)
     ax.set_yticks(range(len(labels)), labels)
-    ax.set_title(f"{name}: IQM with {CONFIDENCE:.0%} CI")
+    _title(ax, f"{name}: IQM with {CONFIDENCE:.0%} CI")
     ax.set_xlabel("IQM of the " + unit)
     ax.grid(alpha=0.3, axis="x")
 
@@ -887,7 +907,7 @@ def _plot_matrix(ax, ranking: Ranking, name: str) -> None:
                         color=color)  # fmt: skip
     ax.set_xticks(range(k), labels, rotation=30, ha="right")
     ax.set_yticks(range(k), labels)
-    ax.set_title(f"{name}: P(row > column)")
+    _title(ax, f"{name}: P(row > column)")
 
 
 CSV_COLUMNS = [

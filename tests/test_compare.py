@@ -240,7 +240,7 @@ def test_the_figure_names_each_band_for_what_it_is(tmp_path, monkeypatch):
     plot(groups, rankings(groups), tmp_path / "comparison.png")
     curves, profile = saved[0].axes[:2]
     assert (
-        curves.get_title()
+        " ".join(curves.get_title().split())
         == "A-v0: return, mean over seeds, band: 95% CI, the seeds' range below 4 seeds"
     )
     assert sorted(t.get_text() for t in curves.get_legend().get_texts()) == [
@@ -260,6 +260,59 @@ def test_the_figure_names_each_band_for_what_it_is(tmp_path, monkeypatch):
     plot(few, rankings(few), tmp_path / "few.png")
     assert saved[1].axes[0].get_title() == "A-v0: return, mean over seeds, band: range"
     assert not saved[1].axes[1].collections
+
+
+def test_the_figure_titles_fit_their_panels_and_the_legend_counts_by_kind(tmp_path):
+    """A long env id and a panel of both bands: each panel's title is wrapped to lie within
+    its panel (it ran over the next one and past the figure's left edge); the curves' legend
+    counts a group's runs without a result by kind, as the terminal's table does."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from pgrun.compare import FAILED_FILE, aggregate, plot, rankings
+
+    env = "LunarLanderContinuous-v3"
+    runs = []
+    for variant, seeds in (("rtg", 5), ("vanilla", 3)):
+        for seed in range(seeds + 1):
+            path = tmp_path / f"{variant}{seed}"
+            path.mkdir()
+            r = Run(path, path.name, [f"variant={variant}", f"seed={seed}"], env, 200.0)
+            r.seed = seed
+            if seed == seeds:  # one more that failed
+                r.failure = "ValueError: x"
+                (path / FAILED_FILE).write_text(r.failure + "\n")
+            else:
+                r.steps, r.returns = np.array([10, 20]), np.array([0.0, seed + 10.0 * len(variant)])
+                r.seconds, r.final_return = np.array([1.0, 2.0]), r.returns[-1]
+            runs.append(r)
+    groups = group_runs(runs)
+    for g in groups:
+        aggregate(g)
+    saved: list[Figure] = []
+    real = Figure.savefig
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Figure, "savefig", lambda fig, *a, **k: (saved.append(fig), real(fig, *a, **k)))
+        plot(groups, rankings(groups), tmp_path / "comparison.png")
+    (fig,) = saved
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    width = fig.bbox.width
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 4
+    for ax in shown:
+        title = ax.title.get_window_extent(renderer)
+        panel = ax.get_subplotspec().get_position(fig).transformed(fig.transFigure)  # its cell
+        assert title.x0 >= max(0, panel.x0) and title.x1 <= min(width, panel.x1), (
+            ax.get_title(),
+            title,
+            panel,
+        )
+    legend = sorted(t.get_text() for t in shown[0].get_legend().get_texts())
+    assert legend == [
+        "rtg (n=5, 1 failed, 95% CI)",
+        "solved (200)",
+        "vanilla (n=3, 1 failed, range)",
+    ], legend
 
 
 def test_the_closing_table_lines_up_and_says_why_runs_have_no_result(tmp_path):
