@@ -300,6 +300,32 @@ def mixed_budgets(groups: Sequence[Group]) -> list[str]:
     return notes
 
 
+def short_runs(groups: Sequence[Group]) -> list[str]:
+    """A line for the groups whose finished runs logged no more batches than the final return
+    averages (FINAL_WINDOW): their final return then includes the first batch, the untrained
+    policy's, and a verdict compares little that was learnt. Groups with the same counts share
+    the line."""
+    by_text: dict[str, list[str]] = {}
+    for g in groups:
+        counts = sorted({len(r.steps) for r in g.finished if len(r.steps)})
+        if not counts or counts[0] > FINAL_WINDOW:
+            continue
+        per = int(np.median([r.steps[0] for r in g.finished if len(r.steps)]))
+        if counts == [1]:
+            text = (
+                f"runs of 1 batch (about {per:,} env steps): their final return is the "
+                "untrained policy's"
+            )
+        else:
+            n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+            text = (
+                f"runs of {n} batches (about {per:,} env steps each): their final return, the "
+                f"mean of the last {FINAL_WINDOW}, includes the untrained policy's first batch"
+            )
+        by_text.setdefault(text, []).append(g.label)
+    return [f"{', '.join(labels)}: {text}; raise total_steps" for text, labels in by_text.items()]
+
+
 def drop_repeated_seeds(runs: Sequence[Run]) -> tuple[list[Run], list[str]]:
     """The runs with one per setting and seed, and a line for each setting and seed that had
     more: the same seed trains the same run, so its repeats are not more evidence, and
@@ -1185,7 +1211,7 @@ def compare(
     runs, repeated = drop_repeated_seeds(runs)
     notes += repeated
     groups = group_runs(runs)
-    notes += mixed_budgets(groups)
+    notes += mixed_budgets(groups) + short_runs(groups)
     for g in groups:
         aggregate(g, points)
     groups.sort(key=lambda g: (g.env_id, -np.nan_to_num(g.row["final_return_iqm"], nan=-np.inf)))

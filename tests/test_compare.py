@@ -474,15 +474,16 @@ def test_a_group_of_mixed_budgets_is_named(sweep: Path, tmp_path: Path):
 
     copy = tmp_path / "copy"
     shutil.copytree(sweep, copy)
-    assert compare(copy, tensorboard=False).notes == []
+    budgets = "runs of different budgets in one group"
+    assert not [n for n in compare(copy, tensorboard=False).notes if budgets in n]
     job = job_dir(copy, VARIANTS[0], SEEDS[0])
     record = job / ".hydra" / "resume-2026-01-01_00-00-00.000000"
     record.mkdir()
     text = (job / ".hydra" / "config.yaml").read_text()
     assert "total_steps: 2000\n" in text
     (record / "config.yaml").write_text(text.replace("total_steps: 2000\n", "total_steps: 3000\n"))
-    (note,) = compare(copy, tensorboard=False).notes
-    assert note.startswith(f"variant={VARIANTS[0]}: runs of different budgets in one group")
+    (note,) = [n for n in compare(copy, tensorboard=False).notes if budgets in n]
+    assert note.startswith(f"variant={VARIANTS[0]}: {budgets}")
     assert "total_steps 2,000 (1 run), 3,000 (1 run)" in note
     assert note in (copy / "summary.md").read_text()
 
@@ -688,3 +689,29 @@ def test_a_pair_with_too_few_seeds_for_a_rank_test_is_not_called_separated():
         v = Verdict("a", "b", 1.0, 1.0, 1.0, [(n, n)])
         assert v.relation == relation, n
         assert v.line().startswith(f"a {relation} b  P(improvement) = 1.00 [1.00, 1.00]")
+
+
+def test_runs_too_short_to_have_learnt_are_named():
+    """Runs of no more batches than the final return averages (5): their final return holds
+    the untrained policy's first batch (with one batch, it is that), and a note says so, once
+    for the groups that share the count; a group of longer runs gets none."""
+    from pgrun.compare import aggregate, short_runs
+
+    runs = []
+    for variant, batches in (("a", 1), ("b", 1), ("c", 3), ("d", 6)):
+        for seed in range(2):
+            r = Run(Path(f"{variant}{seed}"), f"{variant}{seed}",
+                    [f"variant={variant}", f"seed={seed}"], "A-v0", None)  # fmt: skip
+            r.steps = 500 * np.arange(1, batches + 1)
+            r.returns = np.full(batches, 10.0)
+            r.seconds, r.final_return, r.seed = np.ones(batches), 10.0, seed
+            runs.append(r)
+    groups = group_runs(runs)
+    for g in groups:
+        aggregate(g)
+    assert short_runs(groups) == [
+        "variant=a, variant=b: runs of 1 batch (about 500 env steps): their final return is "
+        "the untrained policy's; raise total_steps",
+        "variant=c: runs of 3 batches (about 500 env steps each): their final return, the mean "
+        "of the last 5, includes the untrained policy's first batch; raise total_steps",
+    ]
