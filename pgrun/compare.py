@@ -1299,13 +1299,23 @@ class CompareCallback(Callback):
         root = Path(config.hydra.sweep.dir)
         if not find_runs(root):
             return
+        from pgrun.rundir import shell
+
         try:
             report = compare(root)
+        except signals.Interruption as exc:  # Ctrl-C while it draws: the runs are all there
+            signals.quiet_exit()
+            print(
+                f"pgrun: interrupted ({signals.signal.Signals(exc.signum).name}) while "
+                f"comparing the sweep's runs, its jobs having ended: pgrun-compare {shell(root)} "
+                "writes the comparison",
+                file=sys.stderr,
+            )
+            sys.exit(128 + exc.signum)
         except Exception:
             log.exception(f"pgrun: the comparison of {root} failed")
             sys.exit(1)
         print(describe(report), flush=True)
-        from pgrun.rundir import shell
 
         kinds = {kind: [r for r in report.failures if r.unfinished == kind] for kind in UNFINISHED}
         lost, failed = kinds["ended from outside"], kinds["failed"]

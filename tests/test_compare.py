@@ -715,3 +715,36 @@ def test_runs_too_short_to_have_learnt_are_named():
         "variant=c: runs of 3 batches (about 500 env steps each): their final return, the mean "
         "of the last 5, includes the untrained policy's first batch; raise total_steps",
     ]
+
+
+def test_ctrl_c_while_the_sweep_compares_names_the_command_that_compares(
+    tmp_path, monkeypatch, capsys
+):
+    """A signal while the sweep's closing comparison is drawn: the jobs have all ended, so the
+    line says so and gives `pgrun-compare <dir>` (not `pgrun resume=`, which has nothing to
+    run), exit status 130, no traceback."""
+    from omegaconf import OmegaConf
+
+    from pgrun import compare as compare_module
+    from pgrun import signals
+
+    job = tmp_path / "sweep" / "seed=0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
+
+    def interrupted(root, *args, **kwargs):
+        raise signals.Interruption(signal.SIGINT)
+
+    monkeypatch.setattr(compare_module, "compare", interrupted)
+    quiet = []
+    monkeypatch.setattr(signals, "quiet_exit", lambda: quiet.append(True))  # not in pytest
+    monkeypatch.chdir(tmp_path)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": "sweep"}}})
+    with pytest.raises(SystemExit) as exited:
+        compare_module.CompareCallback().on_multirun_end(config)
+    assert exited.value.code == 130
+    assert quiet == [True]  # a second signal does not cut the line short
+    assert capsys.readouterr().err == (
+        "pgrun: interrupted (SIGINT) while comparing the sweep's runs, its jobs having ended: "
+        "pgrun-compare sweep writes the comparison\n"
+    )
