@@ -56,6 +56,7 @@ FAILED_FILE = "failed.txt"  # written by pgrun/cli.py into a multirun job that f
 BUSY = "being written by another pgrun"  # a job's failure line while another process holds it
 UNFINISHED = ("failed", "ended from outside", "being written", "not finished")  # Run.unfinished
 AGGREGATE_DIR = "aggregate"
+NOT_FINISHED = "no final return"  # a run that stopped before its end, its reason's start
 FINAL_WINDOW = 5  # batches in the running mean that defines the final return (pgrun/trainer.py)
 GRID_POINTS = 100  # steps of the shared grid the seeds are interpolated onto
 BOOTSTRAP_SAMPLES = 2000
@@ -246,9 +247,13 @@ def load_run(path: Path, root: Path) -> Run:
         from pgrun.rundir import holder
 
         busy = holder(path)  # another pgrun trains it now (a job resumed on its own)
-        run.failure = (
-            f"{BUSY} ({busy})" if busy is not None else "no final return: the job did not finish"
-        )
+        kept = sorted(path.glob("checkpoint-*.pt"))
+        if busy is not None:
+            run.failure = f"{BUSY} ({busy})"
+        elif kept:
+            run.failure = f"{NOT_FINISHED}: interrupted; a resume continues from {kept[-1].name}"
+        else:
+            run.failure = f"{NOT_FINISHED}: no checkpoint; a resume starts it again"
     elif len(run.steps) == 0:
         run.failure = f"no {RETURN_TAG} logged"
     return run
@@ -1275,6 +1280,47 @@ def _names(runs: Sequence[Run]) -> str:
     return ", ".join(r.name for r in runs)
 
 
+def closing_lines(report: Report, prog: str) -> list[str]:
+    """One line for each kind of run without a result (Run.unfinished): which jobs, and the
+    command that deals with them. `prog`: the command that prints them."""
+    from pgrun.rundir import shell
+
+    root = report.root
+    kinds = {kind: [r for r in report.failures if r.unfinished == kind] for kind in UNFINISHED}
+    lost, failed = kinds["ended from outside"], kinds["failed"]
+    busy, others = kinds["being written"], kinds["not finished"]
+    n = len(report.runs)
+    # a sweep resumes as one; runs compared together otherwise resume one by one
+    sweep = (root / "multirun.yaml").is_file()
+    resume = f"pgrun resume={shell(root)}" if sweep else "pgrun resume=<its dir>, for each,"
+    lines = []
+    if lost:  # ended from outside (the scheduler, a killed worker): resume runs them again
+        lines.append(
+            f"{prog}: error: {len(lost)} of {n} jobs were ended from outside "
+            f"({_names(lost)}: {'; '.join(dict.fromkeys(str(r.failure) for r in lost))}); "
+            f"{resume} runs them again"
+        )
+    if failed:
+        again = f"; once the cause is fixed, {resume} --rerun-failed runs them again"
+        lines.append(
+            f"{prog}: error: {len(failed)} of {n} jobs failed ({_names(failed)}): see "
+            f"{root / 'summary.md'}{again if sweep else ''}"
+        )
+    if busy:  # their directories were another process's: this sweep did not run them
+        held = "; ".join(f"{r.name}: {r.failure}" for r in busy)
+        verb = "were not run by this sweep" if prog == "pgrun" else "are being written"
+        lines.append(
+            f"{prog}: error: {len(busy)} of {n} jobs {verb} ({held}); once that ends, "
+            f"pgrun-compare {shell(root)} compares the whole sweep"
+        )
+    if others:
+        lines.append(
+            f"{prog}: error: {len(others)} of {n} jobs did not finish ({_names(others)}); "
+            f"{resume} continues them"
+        )
+    return lines
+
+
 class CompareCallback(Callback):
     """Hydra callback: compare the sweep when a multirun ends. A sweep with failed jobs still
     gets its comparison; then `pgrun -m` exits with status 1 after naming them."""
@@ -1317,37 +1363,8 @@ class CompareCallback(Callback):
             sys.exit(1)
         print(describe(report), flush=True)
 
-        kinds = {kind: [r for r in report.failures if r.unfinished == kind] for kind in UNFINISHED}
-        lost, failed = kinds["ended from outside"], kinds["failed"]
-        busy, others = kinds["being written"], kinds["not finished"]
-        n = len(report.runs)
-        if lost:  # ended from outside (the scheduler, a killed worker): resume runs them again
-            print(
-                f"pgrun: error: {len(lost)} of {n} jobs were ended from outside "
-                f"({_names(lost)}: {'; '.join(dict.fromkeys(str(r.failure) for r in lost))}); "
-                f"pgrun resume={shell(root)} runs them again",
-                file=sys.stderr,
-            )
-        if failed:
-            print(
-                f"pgrun: error: {len(failed)} of {n} jobs failed ({_names(failed)}): see "
-                f"{root / 'summary.md'}; once the cause is fixed, pgrun resume={shell(root)} "
-                "--rerun-failed runs them again",
-                file=sys.stderr,
-            )
-        if busy:  # their directories were another process's: this sweep did not run them
-            held = "; ".join(f"{r.name}: {r.failure}" for r in busy)
-            print(
-                f"pgrun: error: {len(busy)} of {n} jobs were not run by this sweep ({held}); "
-                f"once that ends, pgrun-compare {shell(root)} compares the whole sweep",
-                file=sys.stderr,
-            )
-        if others:
-            print(
-                f"pgrun: error: {len(others)} of {n} jobs did not finish ({_names(others)}); "
-                f"pgrun resume={shell(root)} continues them",
-                file=sys.stderr,
-            )
+        for line in closing_lines(report, "pgrun"):
+            print(line, file=sys.stderr)
         if report.failures:
             sys.exit(1)
 
@@ -1429,12 +1446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for run in report.failures:  # by Run.unfinished: failed, ended from outside, ...
             label = "not finished" if run.unfinished == "being written" else run.unfinished
             print(f"  {label}: {run.name}: {run.failure}")  # (its failure says it is written)
+        for line in closing_lines(report, "pgrun-compare"):
+            print(line, file=sys.stderr)
         if report.failures:
-            print(
-                f"pgrun-compare: error: {len(report.failures)} of {len(report.runs)} jobs of "
-                f"{root} did not finish: see {root / 'summary.md'}",
-                file=sys.stderr,
-            )
             status = max(status, 1)
     return status
 

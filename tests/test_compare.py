@@ -531,7 +531,13 @@ def test_a_finished_job_without_its_final_metric_reads_it_from_its_checkpoint(
     run = load_run(job, copy)
     assert run.ok and run.final_return == finished_return(job) == pytest.approx(logged)
     (job / "policy.pt").unlink()  # not finished: no final return, as before
-    assert load_run(job, copy).failure == "no final return: the job did not finish"
+    last = sorted(job.glob("checkpoint-*.pt"))[-1].name
+    assert load_run(job, copy).failure == (
+        f"no final return: interrupted; a resume continues from {last}"
+    )
+    for path in job.glob("checkpoint-*.pt"):
+        path.unlink()
+    assert load_run(job, copy).failure == "no final return: no checkpoint; a resume starts it again"
 
 
 # --------------------------------------------------------------------------------------------

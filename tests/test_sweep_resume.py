@@ -73,13 +73,15 @@ def test_killed_joblib_sweep_is_reported_then_resumed(tmp_path: Path):
     proc = compare_cmd(root)
     assert proc.returncode == 1, describe(proc)
     # interrupted and never started: "not finished", as the closing line says, not "failed"
-    assert f"not finished: {job(root, 1).name}: no final return: the job did not finish" in (
-        proc.stdout
-    )
+    assert (
+        f"not finished: {job(root, 1).name}: no final return: interrupted; a resume continues "
+        "from checkpoint-" in proc.stdout
+    ), describe(proc)
     assert f"not finished: {job(root, 2).name}: never started: no directory" in proc.stdout
     assert "  failed: " not in proc.stdout, describe(proc)
     assert "(n=1, 2 not finished)" in proc.stdout, describe(proc)  # not all of them failed
     assert "2 of 3 jobs" in proc.stderr, describe(proc)
+    assert proc.stderr.rstrip().endswith(f"pgrun resume={root} continues them"), describe(proc)
     (row,) = summary(root).values()
     assert (row["seeds"], row["failed"], row["not_finished"]) == ("1", "0", "2"), row
     assert row["not_finished_jobs"] == f"{job(root, 1).name} {job(root, 2).name}", row
@@ -428,7 +430,9 @@ def test_a_job_another_pgrun_writes_is_named_as_such_when_the_sweep_ends(tmp_pat
         holder.stdin.close()
         holder.wait(timeout=TIMEOUT)
     compared = compare_cmd(root)  # the lock is gone: an unfinished job, as any
-    assert "not finished: seed=1: no final return: the job did not finish" in compared.stdout
+    assert "not finished: seed=1: no final return: interrupted; a resume continues from" in (
+        compared.stdout
+    ), describe(compared)
 
 
 def test_a_job_killed_while_its_record_was_written_resumes_and_is_compared(tmp_path: Path):
