@@ -192,9 +192,17 @@ def resume_sweep_argv(sweep_dir: Path, others: list[str]) -> list[str]:
     rerun_failed = RERUN_FAILED in others
     refused = [a for a in others if a != RERUN_FAILED and not a.startswith("hydra.launcher.")]
     if refused:
+        budget = [a for a in refused if a.split("=", 1)[0].lstrip("+") == "total_steps"]
+        further = (
+            f"; to train its jobs further, resume each one: pgrun resume=<job dir> {budget[0]}, "
+            f"then pgrun-compare {rundir.shell(sweep_dir)}"
+            if budget
+            else ""
+        )
         raise UserError(
             f"resume={sweep_dir} continues that sweep with its own config: drop "
             f"{' '.join(refused)} (only {RERUN_FAILED} and hydra.launcher.* may be given)"
+            f"{further}"
         )
     jobs = expected_jobs(sweep_dir) or []
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")

@@ -91,6 +91,13 @@ def test_killed_joblib_sweep_is_reported_then_resumed(tmp_path: Path):
     refused = run_pgrun([f"resume={root}", "seed=5"], cwd=tmp_path, timeout=TIMEOUT)
     assert refused.returncode == 2, describe(refused)
     assert refused.stderr.startswith(f"pgrun: error: resume={root} continues that sweep")
+    assert "train its jobs further" not in refused.stderr, describe(refused)
+    refused = run_pgrun([f"resume={root}", "total_steps=90000"], cwd=tmp_path, timeout=TIMEOUT)
+    assert refused.returncode == 2, describe(refused)
+    assert refused.stderr.rstrip().endswith(
+        "to train its jobs further, resume each one: pgrun resume=<job dir> total_steps=90000, "
+        f"then pgrun-compare {root.relative_to(tmp_path)}"
+    ), describe(refused)
 
     before = comparable_scalars(job(root, 0))
     proc = run_pgrun([f"resume={root}"], cwd=tmp_path, timeout=TIMEOUT)
