@@ -35,6 +35,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from pgrun import signals
+from pgrun.config import count
 from pgrun.rundir import display
 
 log = logging.getLogger("pgrun")
@@ -349,7 +350,8 @@ def _train(jobs: list, waiting: list[JobReturn]) -> None:
         try:
             results = train_group(jobs)
         except NotBatchable as exc:
-            log.info(f"{sum(not j.replay for j in jobs)} jobs run one process each: {exc}")
+            alone = count(sum(not j.replay for j in jobs), "job")
+            log.info(f"{alone} run one process each: {exc}")
             results = []
             for j in jobs:
                 if j.replay:  # finished before: kept as it is
@@ -492,8 +494,8 @@ class BatchedLauncher(Launcher):
             else:
                 alone[reason] = alone.get(reason, 0) + len(items)
                 units += [([item], False, each) for item in items]
-        for reason, count in alone.items():
-            log.info(f"{count} jobs run one process each: {reason}")
+        for reason, n in alone.items():
+            log.info(f"{count(n, 'job')} run one process each: {reason}")
         # groups are split to fill the cores, not an n_jobs above them (more processes than
         # cores only share them, and a split group batches less); no more processes than units
         batchable = [i for i, g, _ in units if g]
@@ -502,15 +504,19 @@ class BatchedLauncher(Launcher):
         grouped = sum(len(i) for i, g, _ in units if g)
         pieces = sum(1 for i, _, _ in units if any(i[0] in b for b in batchable))
         split = (
-            f" ({len(batchable)} group{'s' if len(batchable) > 1 else ''} of seeds split into "
-            f"{pieces} to keep the {n_jobs} processes busy)"
+            f" ({count(len(batchable), 'group')} of seeds split into {pieces} to keep the "
+            f"{n_jobs} processes busy)"
             if pieces > len(batchable)
             else ""
         )
+        together = (
+            f"{grouped} of them in {count(sum(1 for _, g, _ in units if g), 'group')} of seeds"
+            if grouped
+            else "none of them batched"
+        )
         log.info(
-            f"{len(job_overrides)} jobs, {grouped} of them in "
-            f"{sum(1 for _, g, _ in units if g)} groups of seeds{split}, {n_jobs} processes; "
-            f"sweep output dir: {display(sweep_dir)}"
+            f"{count(len(job_overrides), 'job')}, {together}{split}, "
+            f"{count(n_jobs, 'process', 'processes')}; sweep output dir: {display(sweep_dir)}"
         )
         # the comparison at the sweep's end imports matplotlib: meanwhile, in this idle process
         preload = None

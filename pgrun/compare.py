@@ -45,7 +45,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pgrun import signals, stats
-from pgrun.config import NO_FILE_OVERRIDES, fit_file_name, read_yaml, record_problem, slug
+from pgrun.config import NO_FILE_OVERRIDES, count, fit_file_name, read_yaml, record_problem, slug
 from pgrun.views import exclude_constant_overrides, layout_summary, text_summary
 
 log = logging.getLogger("pgrun")
@@ -633,14 +633,13 @@ class Verdict:
         ci = "[–, –]" if math.isnan(self.low) else f"[{self.low:.2f}, {self.high:.2f}]"
         seeds = {n for pair in self.sizes for n in pair}
         if len(seeds) == 1:
-            n = seeds.pop()
-            count = f"{n} seed{'s' if n != 1 else ''} each"
+            sizes = f"{count(seeds.pop(), 'seed')} each"
         elif len(self.sizes) == 1:
-            count = f"{self.sizes[0][0]} and {self.sizes[0][1]} seeds"
+            sizes = f"{self.sizes[0][0]} and {self.sizes[0][1]} seeds"
         else:
-            count = "seeds per env: " + ", ".join(f"{m}/{n}" for m, n in self.sizes)
+            sizes = "seeds per env: " + ", ".join(f"{m}/{n}" for m, n in self.sizes)
         pair = f"{self.better} {self.relation} {self.worse}"
-        return f"{pair:<{width}}  P(improvement) = {self.p:.2f} {ci}  ({count})"
+        return f"{pair:<{width}}  P(improvement) = {self.p:.2f} {ci}  ({sizes})"
 
 
 @dataclass
@@ -1233,7 +1232,7 @@ def compare(
 def describe(report: Report) -> str:
     """The closing block for the terminal: each group's final return, the ranked verdicts, and
     where to look."""
-    lines = [f"comparison of {len(report.runs)} runs in {_display(report.root)}:"]
+    lines = [f"comparison of {count(len(report.runs), 'run')} in {_display(report.root)}:"]
     width = max(len(g.label) for g in report.groups)
     env_width = max(len(g.env_id) for g in report.groups)
     for g in report.groups:

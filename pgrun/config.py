@@ -584,6 +584,11 @@ def unknown_keys(cfg: DictConfig) -> None:
     walk(cfg, Config, "")
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 job', '2 jobs'; `plural` where it is not the noun and an s ('processes')."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def slug(text: str) -> str:
     """A name that is safe as one path component: 'ALE/Pong-v5' -> 'ALE-Pong-v5'."""
     return re.sub(r"[^A-Za-z0-9._=,+-]+", "-", str(text)).strip("-") or "run"
