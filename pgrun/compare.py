@@ -1291,13 +1291,17 @@ def closing_lines(report: Report, prog: str) -> list[str]:
     n = len(report.runs)
     # a sweep resumes as one; runs compared together otherwise resume one by one
     sweep = (root / "multirun.yaml").is_file()
-    resume = f"pgrun resume={shell(root)}" if sweep else "pgrun resume=<its dir>, for each,"
+    resume = f"pgrun resume={shell(root)}"
+
+    def resumes(verb: str) -> str:  # 'pgrun resume=sw runs them again'
+        return f"{resume} {verb} them" if sweep else f"pgrun resume=<job dir> {verb} each"
+
     lines = []
     if lost:  # ended from outside (the scheduler, a killed worker): resume runs them again
         lines.append(
             f"{prog}: error: {len(lost)} of {n} jobs were ended from outside "
             f"({_names(lost)}: {'; '.join(dict.fromkeys(str(r.failure) for r in lost))}); "
-            f"{resume} runs them again"
+            f"{resumes('runs')} again"
         )
     if failed:
         again = f"; once the cause is fixed, {resume} --rerun-failed runs them again"
@@ -1315,7 +1319,7 @@ def closing_lines(report: Report, prog: str) -> list[str]:
     if others:
         lines.append(
             f"{prog}: error: {len(others)} of {n} jobs did not finish ({_names(others)}); "
-            f"{resume} continues them"
+            f"{resumes('continues')}"
         )
     return lines
 

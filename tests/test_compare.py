@@ -754,3 +754,44 @@ def test_ctrl_c_while_the_sweep_compares_names_the_command_that_compares(
         "pgrun: interrupted (SIGINT) while comparing the sweep's runs, its jobs having ended: "
         "pgrun-compare sweep writes the comparison\n"
     )
+
+
+@pytest.mark.parametrize("sweep", [True, False], ids=["sweep", "runs"])
+def test_the_closing_lines_give_the_command_for_each_kind(tmp_path, sweep):
+    """The lines after a comparison (the sweep's end, pgrun-compare): each kind of run without
+    a result, and what runs it again: the sweep's resume, or, for runs compared together that
+    no sweep holds, each one's own (--rerun-failed is a sweep's)."""
+    from pgrun.compare import FAILED_FILE, Report, closing_lines
+
+    if sweep:
+        (tmp_path / "multirun.yaml").write_text("{}\n")
+    runs = []
+    for name, failure, written in (
+        ("a", "ValueError: x", True),
+        ("b", "scheduler: CANCELLED", True),
+        ("c", "no final return: no checkpoint; a resume starts it again", False),
+        ("d", None, False),
+    ):
+        path = tmp_path / name
+        path.mkdir()
+        if written:
+            (path / FAILED_FILE).write_text(f"{failure}\n")
+        runs.append(Run(path, name, [], "A-v0", None, failure=failure))
+    lines = closing_lines(Report(tmp_path, [], runs), "pgrun-compare")
+    resume = f"pgrun resume={tmp_path}"
+    if sweep:
+        assert lines == [
+            "pgrun-compare: error: 1 of 4 jobs were ended from outside (b: scheduler: "
+            f"CANCELLED); {resume} runs them again",
+            f"pgrun-compare: error: 1 of 4 jobs failed (a): see {tmp_path / 'summary.md'}; once "
+            f"the cause is fixed, {resume} --rerun-failed runs them again",
+            f"pgrun-compare: error: 1 of 4 jobs did not finish (c); {resume} continues them",
+        ]
+    else:
+        assert lines == [
+            "pgrun-compare: error: 1 of 4 jobs were ended from outside (b: scheduler: "
+            "CANCELLED); pgrun resume=<job dir> runs each again",
+            f"pgrun-compare: error: 1 of 4 jobs failed (a): see {tmp_path / 'summary.md'}",
+            "pgrun-compare: error: 1 of 4 jobs did not finish (c); pgrun resume=<job dir> "
+            "continues each",
+        ]
