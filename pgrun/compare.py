@@ -852,23 +852,33 @@ def _plot_curves(ax, panel: Sequence[Group], colors: dict[str, str], x: str) -> 
     ax.legend(fontsize="small", loc="best")
 
 
-TITLE_CHAR_PX = 7.0
-"""About the width of a character of an axes' title (matplotlib's 'large', 12 pt) at the
-figure's 72 dpi, in pixels: an upper bound for the titles' mix of letters, digits and spaces."""
+TITLE_SHARE = 0.92  # of its column's share of the figure, what a panel's title may take
 
 
 def _title(ax, text: str) -> None:
     """The axes' title, in as many lines as keep it within the panel's width (a title wider
-    than its panel runs over its neighbour's, or past the figure's edge); a title that does not
-    fit on one line breaks first after its env id ('LunarLanderContinuous-v3:')."""
+    than its panel runs over its neighbour's, or past the figure's edge), measured as drawn; a
+    title that does not fit on one line breaks first after its env id ('CartPole-v1:')."""
     fig = ax.get_figure()
-    slot = ax.get_subplotspec().get_position(fig)  # the panel's cell (an image's axes is less)
-    chars = max(20, int(slot.width * fig.get_figwidth() * 72 / TITLE_CHAR_PX))
-    if len(text) > chars:
-        head, sep, rest = text.partition(": ")
-        lines = textwrap.wrap(head + sep.strip(), chars) + textwrap.wrap(rest, chars)
-        text = "\n".join(lines) if sep else textwrap.fill(text, chars)
-    ax.set_title(text)
+    renderer = fig.canvas.get_renderer()
+    # the panel's share of the figure's width, less the margins and gaps the layout leaves
+    # (the cells before the layout are narrower than those it draws)
+    spec = ax.get_subplotspec()
+    grid = spec.get_gridspec()
+    ratios = grid.get_width_ratios() or [1] * grid.ncols
+    share = sum(ratios[c] for c in spec.colspan) / sum(ratios)
+    width = TITLE_SHARE * share * fig.bbox.width
+    head, sep, rest = text.partition(": ")
+    for chars in range(len(text), 9, -1):
+        if chars == len(text):
+            lines = [text]
+        elif sep:
+            lines = textwrap.wrap(head + ":", chars) + textwrap.wrap(rest, chars)
+        else:
+            lines = textwrap.wrap(text, chars)
+        ax.set_title("\n".join(lines))
+        if ax.title.get_window_extent(renderer).width <= width:
+            return
 
 
 def _bands(panel: Sequence[Group]) -> str:
