@@ -790,6 +790,8 @@ def run(cfg: DictConfig) -> float | None:
     try:
         resume = bool(cfg.resume)
         state = sweep.job_state(run_dir) if multirun and not resume else "new"
+        if state == "finished" and sweep.trains_further(cfg, run_dir):
+            state = "interrupted"  # its sweep resumed with a larger total_steps: it trains on
         if state in ("failed", "lost"):  # a job started again (requeued, or its sweep resumed)
             log.info(f"{_display(run_dir)}: kept as failed: {sweep.failure_line(run_dir)}")
             from pgrun import batched_launcher

@@ -234,8 +234,12 @@ def load_run(path: Path, root: Path) -> Run:
         run.steps = np.array([e[0] for e in events], dtype=np.int64)
         run.returns = np.array([e[1] for e in events], dtype=np.float64)
         run.seconds = np.array([e[2] for e in events]) - run.start_time
+    past_end = False  # trained on after its final metric (resumed with a larger total_steps)
     if FINAL_TAG in series:
-        run.final_return = float(series[FINAL_TAG][-1][1])
+        step, value = series[FINAL_TAG][-1][:2]
+        past_end = bool(len(run.steps) and run.steps[-1] > step)
+        if not past_end:
+            run.final_return = float(value)
     elif (path / "policy.pt").is_file():  # finished, killed before its final metric was logged
         run.final_return = _checkpointed_return(path)
 
@@ -250,6 +254,13 @@ def load_run(path: Path, root: Path) -> Run:
         kept = sorted(path.glob("checkpoint-*.pt"))
         if busy is not None:
             run.failure = f"{BUSY} ({busy})"
+        elif past_end and run.budget is not None:
+            from pgrun.rundir import shell
+
+            run.failure = (
+                f"{NOT_FINISHED}: stopped while trained on to total_steps={run.budget}; pgrun "
+                f"resume={shell(path)} total_steps={run.budget} continues it"
+            )
         elif kept:
             run.failure = f"{NOT_FINISHED}: interrupted; a resume continues from {kept[-1].name}"
         else:
@@ -287,8 +298,11 @@ def _budget_of(path: Path) -> int | None:
 
 def mixed_budgets(groups: Sequence[Group]) -> list[str]:
     """A line for each group whose runs had different total_steps (one resumed with more, say):
-    their final returns are then not one sample."""
+    their final returns are then not one sample; and one for the groups whose runs were all
+    trained on to another total_steps than their overrides say (`pgrun resume=<sweep dir>
+    total_steps=N`), whose label names the budget they began with."""
     notes = []
+    extended: dict[tuple[int, str], list[str]] = {}
     for g in groups:
         counts: dict[int, int] = {}
         for r in g.runs:
@@ -302,6 +316,16 @@ def mixed_budgets(groups: Sequence[Group]) -> list[str]:
                 f"{g.label}: runs of different budgets in one group, total_steps {budgets}: "
                 "its statistics mix them"
             )
+        typed = next((o.split("=", 1)[1] for o in g.key if _key(o) == "total_steps"), None)
+        if len(counts) == 1 and typed is not None and typed.isdigit():
+            (budget,) = counts
+            if budget != int(typed):  # every run resumed with another (pgrun resume=<sweep>)
+                extended.setdefault((budget, typed), []).append(g.label)
+    for (budget, typed), labels in extended.items():
+        notes.append(
+            f"{', '.join(labels)}: trained on to total_steps {budget:,} by a resume (they began "
+            f"with total_steps={typed})"
+        )
     return notes
 
 

@@ -14,6 +14,7 @@ Job states (read from the job's directory, never from a scheduler):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -126,18 +127,23 @@ def expected_jobs(sweep_dir: Path) -> list[Job] | None:
     """Every job of the grid sweep in `sweep_dir`, from its multirun.yaml, as Hydra's basic
     sweeper expands it (hydra.sweeper.params, then the command line's overrides). None when
     the directory has no multirun.yaml or its sweeper picks the jobs as it goes (Optuna)."""
-    from hydra._internal.config_loader_impl import get_overrides_dirname
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from pgrun.views import exclude_keys_of
-
     file = Path(sweep_dir) / MULTIRUN_FILE
     if not file.is_file():
         return None
     cfg = OmegaConf.load(file)
     if not basic_sweep(cfg):
         return None
+    return jobs_of(cfg, Path(sweep_dir))
+
+
+def jobs_of(cfg: DictConfig, sweep_dir: Path) -> list[Job]:
+    """The jobs of a grid sweep's record `cfg` (see expected_jobs)."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from pgrun.views import exclude_keys_of
+
     params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
     arguments = [f"{k}={v}" for k, v in params.items()]
     arguments += [str(o) for o in cfg.hydra.overrides.task]
@@ -190,20 +196,19 @@ def resume_sweep_argv(sweep_dir: Path, others: list[str]) -> list[str]:
             "resume its jobs one by one with pgrun resume=<job dir>"
         )
     rerun_failed = RERUN_FAILED in others
-    refused = [a for a in others if a != RERUN_FAILED and not a.startswith("hydra.launcher.")]
+    given = [a for a in others if a.split("=", 1)[0].lstrip("+") == BUDGET]
+    refused = [
+        a
+        for a in others
+        if a != RERUN_FAILED and not a.startswith("hydra.launcher.") and a not in given
+    ]
     if refused:
-        budget = [a for a in refused if a.split("=", 1)[0].lstrip("+") == "total_steps"]
-        further = (
-            f"; to train its jobs further, resume each one: pgrun resume=<job dir> {budget[0]}, "
-            f"then pgrun-compare {rundir.shell(sweep_dir)}"
-            if budget
-            else ""
-        )
         raise UserError(
             f"resume={sweep_dir} continues that sweep with its own config: drop "
-            f"{' '.join(refused)} (only {RERUN_FAILED} and hydra.launcher.* may be given)"
-            f"{further}"
+            f"{' '.join(refused)} (only {RERUN_FAILED}, {BUDGET}=N and hydra.launcher.* may be "
+            "given)"
         )
+    task = budget_task(sweep_dir, cfg, given[-1] if given else None)
     jobs = expected_jobs(sweep_dir) or []
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     for job in jobs:
@@ -216,9 +221,89 @@ def resume_sweep_argv(sweep_dir: Path, others: list[str]) -> list[str]:
     _record = (sweep_dir, original, rundir.stamp())
     skip = ("hydra.sweep.dir=", "hydra.mode=")
     hydra_args = [str(o) for o in cfg.hydra.overrides.hydra if not str(o).startswith(skip)]
-    task = [str(o) for o in cfg.hydra.overrides.task]
-    extra = [a for a in others if a != RERUN_FAILED]
+    extra = [a for a in others if a != RERUN_FAILED and a not in given]
     return ["-m", *task, *hydra_args, *extra, f"hydra.sweep.dir={_quote(str(sweep_dir))}"]
+
+
+BUDGET = "total_steps"
+
+
+def _plain_int(value: str) -> int | None:
+    value = value.strip().replace("_", "")
+    return int(value) if value.isdigit() else None
+
+
+def budget_task(sweep_dir: Path, cfg: DictConfig, given: str | None) -> list[str]:
+    """The task overrides a resume of the sweep in `sweep_dir` (its record `cfg`) runs with:
+    the sweep's own, its total_steps the last one a resume gave (`pgrun resume=<sweep dir>
+    total_steps=N` trains every job on to N, and the resumes after it keep N), or `given`.
+    Refused where the jobs differ in total_steps, where N is below the sweep's budget, and
+    where a total_steps of its own would rename the jobs' directories (a sweep in which
+    nothing varies is named by all its overrides)."""
+    from pgrun.views import exclude_constant_overrides
+
+    task = [str(o) for o in cfg.hydra.overrides.task]
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
+    records = sorted(Path(sweep_dir).glob(RESUME_RECORD.format(stamp="*")))
+    if given is None:  # the budget of the last resume that gave one
+        for record in reversed(records):
+            with contextlib.suppress(Exception):  # a record cut short: the one before
+                last = [str(o) for o in OmegaConf.load(record).hydra.overrides.task]
+                given = next((o for o in last if o.split("=", 1)[0] == BUDGET), None)
+                break
+        if given is None or given in task:
+            return task
+    value = _plain_int(given.split("=", 1)[1])
+    if value is None or value <= 0:
+        raise UserError(f"{given}: give total_steps as a positive whole number of env steps")
+    own = [o for o in task if o.split("=", 1)[0].lstrip("+") == BUDGET]
+    swept = BUDGET in params or any(_plain_int(o.split("=", 1)[1]) is None for o in own)
+    if swept:
+        raise UserError(
+            f"resume={sweep_dir}: its jobs differ in {BUDGET}, which {given} would make one; "
+            f"train them further one by one with pgrun resume=<job dir> {given}, then "
+            f"pgrun-compare {rundir.shell(sweep_dir)}"
+        )
+    current = _plain_int(own[-1].split("=", 1)[1]) if own else OmegaConf.select(cfg, BUDGET)
+    if given in task:  # a resume's, given again
+        return task
+    if isinstance(current, int) and value < current:
+        raise UserError(
+            f"{given} is below the sweep's total_steps={current}: a resume trains its jobs "
+            "further, never back"
+        )
+    new = [o for o in task if o not in own] + [f"{BUDGET}={value}"]
+    moved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    moved.hydra.overrides.task = new
+    exclude_constant_overrides(moved)  # as the resumed sweep names its jobs
+    before = [j.path for j in jobs_of(cfg, Path(sweep_dir))]
+    if [j.path for j in jobs_of(moved, Path(sweep_dir))] != before:
+        raise UserError(
+            f"resume={sweep_dir}: {given} would rename its jobs' directories (nothing varies "
+            f"in the sweep, so each job is named by all its overrides); train it further with "
+            f"pgrun resume=<job dir> {given}"
+        )
+    return new
+
+
+def trains_further(cfg: DictConfig, run_dir: Path) -> bool:
+    """Whether the finished job in `run_dir` has more to train at `cfg`'s total_steps (a sweep
+    resumed with a larger one): its end has fewer env steps and it did not stop on
+    stop_return."""
+    from pgrun import checkpoint
+    from pgrun.state import FINAL_WINDOW
+
+    try:
+        end = checkpoint.load_latest(run_dir)
+    except (checkpoint.CheckpointError, OSError, KeyError):
+        return False
+    recent = list(end.get("recent_returns") or [])
+    solved = (
+        cfg.stop_return is not None
+        and len(recent) == FINAL_WINDOW
+        and sum(recent) / len(recent) >= cfg.stop_return
+    )
+    return int(end.get("env_steps", 0)) < int(cfg.total_steps) and not solved
 
 
 def remove_stale_events(run_dir: Path) -> None:

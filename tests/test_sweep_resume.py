@@ -91,12 +91,8 @@ def test_killed_joblib_sweep_is_reported_then_resumed(tmp_path: Path):
     refused = run_pgrun([f"resume={root}", "seed=5"], cwd=tmp_path, timeout=TIMEOUT)
     assert refused.returncode == 2, describe(refused)
     assert refused.stderr.startswith(f"pgrun: error: resume={root} continues that sweep")
-    assert "train its jobs further" not in refused.stderr, describe(refused)
-    refused = run_pgrun([f"resume={root}", "total_steps=90000"], cwd=tmp_path, timeout=TIMEOUT)
-    assert refused.returncode == 2, describe(refused)
-    assert refused.stderr.rstrip().endswith(
-        "to train its jobs further, resume each one: pgrun resume=<job dir> total_steps=90000, "
-        f"then pgrun-compare {root.relative_to(tmp_path)}"
+    assert "(only --rerun-failed, total_steps=N and hydra.launcher.* may be given)" in (
+        refused.stderr
     ), describe(refused)
 
     before = comparable_scalars(job(root, 0))
@@ -476,3 +472,78 @@ def test_a_job_killed_while_its_record_was_written_resumes_and_is_compared(tmp_p
     (row,) = summary(root).values()
     assert (row["seeds"], row["not_finished"]) == ("2", "0"), row
     assert compare_cmd(root).returncode == 0
+
+
+def test_a_finished_sweep_trains_on_to_a_larger_total_steps(tmp_path: Path):
+    """`pgrun resume=<sweep> total_steps=N` trains every finished job on from its end, in its
+    own directory, to the curve a sweep begun with N gives; the resumes after it keep N. A
+    budget below the sweep's, or not a number, is refused in one line. A job trained on
+    past its final metric and stopped is not finished for the comparison."""
+    root, fresh = tmp_path / "sweep", tmp_path / "fresh"
+    common = ["-m", "seed=0,1", "hydra/launcher=batched"]
+    proc = run_pgrun([*common, "total_steps=600", f"hydra.sweep.dir={root}"], tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    dirs = sorted(p.name for p in root.iterdir())
+    for args, message in (
+        (["total_steps=300"], "total_steps=300 is below the sweep's total_steps=600"),
+        (["total_steps=lots"], "total_steps=lots: give total_steps as a positive whole number"),
+    ):
+        refused = run_pgrun([f"resume={root}", *args], tmp_path, timeout=TIMEOUT)
+        assert refused.returncode == 2, describe(refused)
+        assert refused.stderr.startswith(f"pgrun: error: {message}"), describe(refused)
+
+    proc = run_pgrun([f"resume={root}", "total_steps=1500"], tmp_path, timeout=TIMEOUT)
+    assert proc.returncode == 0, describe(proc)
+    assert "finished before" not in proc.stdout, describe(proc)
+    assert "trained on to total_steps 1,500 by a resume" in proc.stdout, describe(proc)
+    new = sorted(p.name for p in root.iterdir())
+    assert [n for n in new if not n.startswith("multirun-resume-")] == dirs  # the same jobs
+    proc = run_pgrun([*common, "total_steps=1500", f"hydra.sweep.dir={fresh}"], tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    for seed in (0, 1):
+        assert comparable_scalars(job(root, seed)) == comparable_scalars(job(fresh, seed))
+
+    proc = run_pgrun([f"resume={root}"], tmp_path, timeout=TIMEOUT)  # keeps 1500
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout.count("finished before, not run again") == 2, describe(proc)
+    newest = sorted(root.glob("multirun-resume-*.yaml"))[-1]
+    assert "- total_steps=1500\n" in newest.read_text()
+
+    # sweeps it cannot extend: their jobs differ in total_steps; nothing varies (named by all)
+    for sweep_args, message in (
+        (["seed=0", "total_steps=300,600"], "its jobs differ in total_steps"),
+        (["seed=0", "total_steps=300"], "total_steps=900 would rename its jobs' directories"),
+    ):
+        other = tmp_path / f"other{len(message)}"
+        proc = run_pgrun(["-m", *sweep_args, f"hydra.sweep.dir={other}"], tmp_path)
+        assert proc.returncode == 0, describe(proc)
+        refused = run_pgrun([f"resume={other}", "total_steps=900"], tmp_path, timeout=TIMEOUT)
+        assert refused.returncode == 2, describe(refused)
+        assert refused.stderr.startswith(f"pgrun: error: resume={other}: {message}"), describe(
+            refused
+        )
+        assert "pgrun resume=<job dir> total_steps=900" in refused.stderr
+
+    # trained on past its final metric, then stopped: not finished for the comparison
+    run = job(root, 1)
+    ends = sorted(run.glob("checkpoint-*.pt"))
+    process = subprocess.Popen(
+        pgrun_cmd(f"resume={run}", "total_steps=500000", "checkpoint.every=1"),
+        cwd=tmp_path,
+        env=pgrun_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for("a checkpoint past its end", lambda: sorted(run.glob("checkpoint-*.pt")) != ends)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=TIMEOUT) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+    compared = compare_cmd(root)
+    assert compared.returncode == 1, describe(compared)
+    assert (
+        f"not finished: {run.name}: no final return: stopped while trained on to "
+        f"total_steps=500000; pgrun resume={run} total_steps=500000 continues it"
+    ) in compared.stdout, describe(compared)
