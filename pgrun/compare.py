@@ -1068,8 +1068,8 @@ def write_markdown(
         f"seeds with a {CONFIDENCE:.0%} bootstrap CI, and the interquartile mean (IQM) with a "
         f"{CONFIDENCE:.0%} bootstrap CI (none below {MIN_SEEDS} seeds). Steps and seconds to the "
         "threshold: median over seeds of the first batch where the running mean of "
-        f"{FINAL_WINDOW} batches reaches the env's solved_return (– when fewer than half the "
-        "seeds reached it).",
+        f"{FINAL_WINDOW} batches reaches the env's solved_return, a seed that never did "
+        "counting as infinitely late (– unless more than half the seeds reached it).",
         "",
         "| env | group | seeds | final return (95% CI) | IQM (95% CI) | threshold | reached "
         "| env steps to threshold | seconds to threshold | unfinished |",
