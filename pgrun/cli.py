@@ -688,6 +688,16 @@ def resume_argv(args: list[str]) -> list[str]:
             "a symlink without it: ln -s <that directory> run && pgrun resume=run"
         )
     if not (run_dir / ".hydra" / "overrides.yaml").is_file():
+        sweeps = (
+            sorted(p.parent for p in run_dir.glob(f"*/{MULTIRUN_FILE}")) if run_dir.is_dir() else []
+        )
+        if sweeps:  # outputs/multirun: the sweeps' parent
+            newest = max(sweeps, key=lambda p: (p / MULTIRUN_FILE).stat().st_mtime)
+            raise UserError(
+                f"resume={shown}: holds {len(sweeps)} sweep{'s' if len(sweeps) > 1 else ''}, "
+                f"not one; resume one of them, e.g. the newest: pgrun "
+                f"resume={rundir.shell(newest)}"
+            )
         if run_dir.is_dir() and any(run_dir.glob("*/.hydra/overrides.yaml")):
             raise UserError(
                 f"resume={shown}: holds runs but is neither a run nor a grid sweep (no "

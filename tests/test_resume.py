@@ -228,3 +228,21 @@ def test_resume_without_checkpoint_is_refused(tmp_path, run_copy):
         os.remove(path)
     done = pgrun("resume=run", cwd=tmp_path)
     assert done.returncode == 2 and "no checkpoint" in done.stderr
+
+
+def test_resume_of_the_sweeps_parent_names_one_to_resume(tmp_path):
+    """`pgrun resume=outputs/multirun` (the sweeps' parent, not a sweep): one line naming how
+    many sweeps it holds and the command that resumes the newest; nothing written."""
+    parent = tmp_path / "multirun"
+    for name in ("2026-01-01_00-00-00", "2026-01-02_00-00-00"):
+        (parent / name).mkdir(parents=True)
+        (parent / name / "multirun.yaml").write_text("{}\n")
+        time.sleep(0.01)  # the second is the newer
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    done = pgrun("resume=multirun", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        "pgrun: error: resume=multirun: holds 2 sweeps, not one; resume one of them, e.g. the "
+        "newest: pgrun resume=multirun/2026-01-02_00-00-00\n"
+    )
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
