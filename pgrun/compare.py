@@ -336,20 +336,23 @@ def short_runs(groups: Sequence[Group]) -> list[str]:
     the line."""
     by_text: dict[str, list[str]] = {}
     for g in groups:
-        counts = sorted({len(r.steps) for r in g.finished if len(r.steps)})
-        if not counts or counts[0] > FINAL_WINDOW:
+        logged = [r for r in g.finished if len(r.steps)]
+        short = [r for r in logged if len(r.steps) <= FINAL_WINDOW]
+        if not short:
             continue
-        per = int(np.median([r.steps[0] for r in g.finished if len(r.steps)]))
+        counts = sorted({len(r.steps) for r in short})
+        per = int(np.median([r.steps[0] for r in short]))
+        some = f"{len(short)} of {len(logged)} " if len(short) < len(logged) else ""
         if counts == [1]:
             text = (
-                f"runs of 1 batch (about {per:,} env steps): their final return is the "
+                f"{some}runs of 1 batch (about {per:,} env steps): their final return is the "
                 "untrained policy's"
             )
         else:
             n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
             text = (
-                f"runs of {n} batches (about {per:,} env steps each): their final return, the "
-                f"mean of the last {FINAL_WINDOW}, includes the untrained policy's first batch"
+                f"{some}runs of {n} batches (about {per:,} env steps each): their final return, "
+                f"the mean of the last {FINAL_WINDOW}, includes the untrained policy's first batch"
             )
         by_text.setdefault(text, []).append(g.label)
     return [f"{', '.join(labels)}: {text}; raise total_steps" for text, labels in by_text.items()]
@@ -927,6 +930,9 @@ def _plot_profile(ax, ranking: Ranking, colors: dict[str, str], unit: str, name:
     ax.set_ylim(-0.03, 1.03)
     _title(ax, f"{name}: performance profile, band: {CONFIDENCE:.0%} CI from {MIN_SEEDS} seeds")
     ax.set_xlabel(unit + " τ")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
     ax.set_ylabel("fraction of runs with a score > τ")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="best")
@@ -947,6 +953,9 @@ def _plot_iqm(ax, ranking: Ranking, colors: dict[str, str], unit: str, name: str
     ax.set_yticks(range(len(labels)), labels)
     _title(ax, f"{name}: IQM with {CONFIDENCE:.0%} CI")
     ax.set_xlabel("IQM of the " + unit)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # long labels (-229.8) must not run together
     ax.grid(alpha=0.3, axis="x")
 
 

@@ -245,12 +245,14 @@ def budget_task(sweep_dir: Path, cfg: DictConfig, given: str | None) -> list[str
     task = [str(o) for o in cfg.hydra.overrides.task]
     params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
     records = sorted(Path(sweep_dir).glob(RESUME_RECORD.format(stamp="*")))
-    if given is None:  # the budget of the last resume that gave one
-        for record in reversed(records):
-            with contextlib.suppress(Exception):  # a record cut short: the one before
-                last = [str(o) for o in OmegaConf.load(record).hydra.overrides.task]
-                given = next((o for o in last if o.split("=", 1)[0] == BUDGET), None)
-                break
+    last = None  # the budget of the last resume's record (one that gave total_steps=N keeps it)
+    for record in reversed(records):
+        with contextlib.suppress(Exception):  # a record cut short: the one before
+            resumed = [str(o) for o in OmegaConf.load(record).hydra.overrides.task]
+            last = next((o for o in resumed if o.split("=", 1)[0] == BUDGET), None)
+            break
+    if given is None:
+        given = last
         if given is None or given in task:
             return task
     value = _plain_int(given.split("=", 1)[1])
@@ -265,13 +267,15 @@ def budget_task(sweep_dir: Path, cfg: DictConfig, given: str | None) -> list[str
             f"pgrun-compare {rundir.shell(sweep_dir)}"
         )
     current = _plain_int(own[-1].split("=", 1)[1]) if own else OmegaConf.select(cfg, BUDGET)
-    if given in task:  # a resume's, given again
-        return task
+    if last is not None and isinstance(current, int):  # a resume trained its jobs further
+        current = max(current, _plain_int(last.split("=", 1)[1]) or 0)
     if isinstance(current, int) and value < current:
         raise UserError(
             f"{given} is below the sweep's total_steps={current}: a resume trains its jobs "
             "further, never back"
         )
+    if given in task:  # the sweep's own
+        return task
     new = [o for o in task if o not in own] + [f"{BUDGET}={value}"]
     moved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     moved.hydra.overrides.task = new

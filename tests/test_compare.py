@@ -697,12 +697,13 @@ def test_a_pair_with_too_few_seeds_for_a_rank_test_is_not_called_separated():
 def test_runs_too_short_to_have_learnt_are_named():
     """Runs of no more batches than the final return averages (5): their final return holds
     the untrained policy's first batch (with one batch, it is that), and a note says so, once
-    for the groups that share the count; a group of longer runs gets none."""
+    for the groups that share the count; a group of longer runs gets none, and one of both
+    names only its short ones."""
     from pgrun.compare import aggregate, short_runs
 
     runs = []
-    for variant, batches in (("a", 1), ("b", 1), ("c", 3), ("d", 6)):
-        for seed in range(2):
+    for variant, batches in (("a", 1), ("b", 1), ("c", 3), ("d", 6), ("e", 4), ("e", 13)):
+        for seed in range(2) if variant != "e" else [batches]:
             r = Run(Path(f"{variant}{seed}"), f"{variant}{seed}",
                     [f"variant={variant}", f"seed={seed}"], "A-v0", None)  # fmt: skip
             r.steps = 500 * np.arange(1, batches + 1)
@@ -717,6 +718,8 @@ def test_runs_too_short_to_have_learnt_are_named():
         "the untrained policy's; raise total_steps",
         "variant=c: runs of 3 batches (about 500 env steps each): their final return, the mean "
         "of the last 5, includes the untrained policy's first batch; raise total_steps",
+        "variant=e: 1 of 2 runs of 4 batches (about 500 env steps each): their final return, "
+        "the mean of the last 5, includes the untrained policy's first batch; raise total_steps",
     ]
 
 

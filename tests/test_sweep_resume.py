@@ -508,6 +508,12 @@ def test_a_finished_sweep_trains_on_to_a_larger_total_steps(tmp_path: Path):
     assert proc.stdout.count("finished before, not run again") == 2, describe(proc)
     newest = sorted(root.glob("multirun-resume-*.yaml"))[-1]
     assert "- total_steps=1500\n" in newest.read_text()
+    for below in ("1000", "600"):  # below the budget a resume gave, the sweep's own among them
+        refused = run_pgrun([f"resume={root}", f"total_steps={below}"], tmp_path, timeout=TIMEOUT)
+        assert refused.returncode == 2, describe(refused)
+        assert refused.stderr.startswith(
+            f"pgrun: error: total_steps={below} is below the sweep's total_steps=1500"
+        ), describe(refused)
 
     # sweeps it cannot extend: their jobs differ in total_steps; nothing varies (named by all)
     for sweep_args, message in (
