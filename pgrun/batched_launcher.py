@@ -421,9 +421,10 @@ def worker_pids() -> list[int]:
 
 def stop_warm_up() -> None:
     """Stop the worker processes setup() started, without waiting for their imports: for a
-    sweep refused before launch (a job's config does not compose). They are killed and
+    sweep refused before launch (a job's config does not compose) or interrupted before it
+    (they wait for tasks, and the interpreter's exit waits for them). They are killed and
     joined: a worker still starting would otherwise read its start-up state from this
-    process as it exits, and print a traceback."""
+    process as it exits, and print a traceback. Nothing where launch() closed them."""
     global _pool
     if _pool is not None:
         pids = _pool.pids()

@@ -158,10 +158,9 @@ def main() -> None:
     except KeyboardInterrupt as exc:  # SIGINT or SIGTERM (pgrun.signals.Interruption)
         signals.quiet_exit()  # stopping: a further signal must not cut the report short
         _release_stderr()
-        if "pgrun.batched_launcher" in sys.modules:  # stopped before its launch: the workers
-            sys.modules[
-                "pgrun.batched_launcher"
-            ].stop_warm_up()  # wait for tasks, the exit for them
+        # a batched sweep stopped before its launch: its idle workers would hold the exit
+        if "pgrun.batched_launcher" in sys.modules:
+            sys.modules["pgrun.batched_launcher"].stop_warm_up()
         signum = getattr(exc, "signum", signals.signal.SIGINT)
         if sweep.current is not None:  # a sweep waiting for its jobs (joblib, submitit)
             _discard_unstarted()

@@ -293,7 +293,7 @@ def budget_task(sweep_dir: Path, cfg: DictConfig, given: str | None) -> list[str
 def trains_further(cfg: DictConfig, run_dir: Path) -> bool:
     """Whether the finished job in `run_dir` has more to train at `cfg`'s total_steps (a sweep
     resumed with a larger one): its end has fewer env steps and it did not stop on
-    stop_return."""
+    stop_return, as pgrun.trainer._finished_before decides once the run is built."""
     from pgrun import checkpoint
     from pgrun.state import FINAL_WINDOW
 
