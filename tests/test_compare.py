@@ -778,7 +778,9 @@ def test_the_closing_lines_give_the_command_for_each_kind(tmp_path, sweep):
             (path / FAILED_FILE).write_text(f"{failure}\n")
         runs.append(Run(path, name, [], "A-v0", None, failure=failure))
     lines = closing_lines(Report(tmp_path, [], runs), "pgrun-compare")
-    resume = f"pgrun resume={tmp_path}"
+    from pgrun.rundir import shell
+
+    resume = f"pgrun resume={shell(tmp_path)}"  # as typed from here: relative where shorter
     if sweep:
         assert lines == [
             "pgrun-compare: error: 1 of 4 jobs were ended from outside (b: scheduler: "

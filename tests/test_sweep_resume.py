@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import comparable_scalars, describe, finish, pgrun_cmd, pgrun_env, run_pgrun
 
-from pgrun import config, launcher, sweep
+from pgrun import config, launcher, rundir, sweep
 
 STEPS = "total_steps=30000"
 TIMEOUT = 600  # a loaded machine can take minutes for one pgrun command
@@ -81,7 +81,9 @@ def test_killed_joblib_sweep_is_reported_then_resumed(tmp_path: Path):
     assert "  failed: " not in proc.stdout, describe(proc)
     assert "(n=1, 2 not finished)" in proc.stdout, describe(proc)  # not all of them failed
     assert "2 of 3 jobs" in proc.stderr, describe(proc)
-    assert proc.stderr.rstrip().endswith(f"pgrun resume={root} continues them"), describe(proc)
+    assert proc.stderr.rstrip().endswith(f"pgrun resume={rundir.shell(root)} continues them"), (
+        describe(proc)
+    )
     (row,) = summary(root).values()
     assert (row["seeds"], row["failed"], row["not_finished"]) == ("1", "0", "2"), row
     assert row["not_finished_jobs"] == f"{job(root, 1).name} {job(root, 2).name}", row
@@ -551,5 +553,5 @@ def test_a_finished_sweep_trains_on_to_a_larger_total_steps(tmp_path: Path):
     assert compared.returncode == 1, describe(compared)
     assert (
         f"not finished: {run.name}: no final return: stopped while trained on to "
-        f"total_steps=500000; pgrun resume={run} total_steps=500000 continues it"
+        f"total_steps=500000; pgrun resume={rundir.shell(run)} total_steps=500000 continues it"
     ) in compared.stdout, describe(compared)
