@@ -428,7 +428,7 @@ def missing_runs(
         env = next((o for o in job.overrides if _key(o) == "env"), None)
         job_env = by_env[env].env_id if env in by_env else env_id
         name = job.path.relative_to(root).as_posix()
-        problem = (damaged or {}).pop(name, None) or record_problem(job.path)
+        problem = (damaged or {}).pop(name, None)
         if (job.path / FAILED_FILE).is_file():
             reason = failure_line(job.path)
         elif not job.path.is_dir():
@@ -436,7 +436,7 @@ def missing_runs(
         elif not (job.path / ".hydra").is_dir():
             reason = "never started: no .hydra record"
         else:  # e.g. killed while Hydra wrote it: a resume writes it again (hydra_subdir)
-            reason = f"its record {problem}"
+            reason = f"its record {problem or record_problem(job.path)}"
         run = Run(job.path, name, job.overrides, job_env, None, failure=reason)
         run.seed = _seed_of(job.overrides)
         missing.append(run)
