@@ -905,6 +905,7 @@ def run(cfg: DictConfig) -> float | None:
     finally:
         if multirun:  # the sweep's next job may run in this process
             rundir.release(lock)
+            signals.exit_if_sweep_gone()
     report_done(cfg, run_dir, result)
     return result["final_return"]
 

@@ -99,6 +99,7 @@ def spawning() -> Iterator[None]:
     """While worker processes are started: SIGINT and SIGTERM ignored, a disposition the
     workers inherit until their first code sets its own (worker_listens), so that a Ctrl-C
     while they import does not print a traceback from each of them."""
+    starts_workers()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -131,6 +132,53 @@ as one that stops it at once: it never escalates."""
 sweep_stopping = False
 """In a worker process: its sweep's process asked it to stop (no further job is started)."""
 
+SWEEP_PID = "PGRUN_SWEEP_PID"
+"""The environment variable that names a sweep's process to the worker processes it starts."""
+
+PARENT_POLL_S = 0.5
+"""How often a sweep's worker looks whether its sweep's process still lives."""
+
+sweep_gone = False
+"""In a worker process: its sweep's process ended without stopping it (kill -9, a crash)."""
+
+_watching = False
+
+
+def starts_workers() -> None:
+    """In a sweep's process, before it starts worker processes: they watch it (watch_sweep)."""
+    os.environ[SWEEP_PID] = str(os.getpid())
+
+
+def watch_sweep() -> None:
+    """In a sweep's worker process: when the sweep's process that started it ends without
+    stopping it (kill -9 of that process alone, a crash), stop as on its SWEEP_STOP: the job
+    saves a checkpoint after its iteration and the worker, with nobody to report to, exits,
+    where it would train on unseen, holding its job's lock against the next `pgrun resume=`.
+    Nothing is watched in the sweep's own process (a launcher running its jobs in it)."""
+    global _watching
+    parent = os.getppid()
+    if _watching or os.environ.get(SWEEP_PID) != str(parent):
+        return
+    _watching = True
+
+    def watch() -> None:
+        global sweep_gone
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        sweep_gone = True
+        os.kill(os.getpid(), SWEEP_STOP)
+
+    threading.Thread(target=watch, name="pgrun-watch-sweep", daemon=True).start()
+
+
+def exit_if_sweep_gone() -> None:
+    """In a sweep's worker whose sweep's process is gone (watch_sweep), once its job has
+    stopped and released its directory: exit, where the launcher's worker would wait for ever
+    to report to nobody (joblib's does)."""
+    if sweep_gone:
+        logging.shutdown()
+        os._exit(128 + SWEEP_STOP)
+
 
 def note_sweep_stop(signum: int, frame) -> None:
     global sweep_stopping
@@ -162,6 +210,7 @@ def worker_listens() -> None:
         signal.signal(SWEEP_STOP, note_sweep_stop)
         for sig in SIGNALS:
             signal.signal(sig, _worker_signal)
+        watch_sweep()
 
 
 @contextlib.contextmanager
@@ -224,6 +273,7 @@ def wait_forwarding(call: Callable[[], Any], workers: Callable[[], Iterable[int]
     after a first signal, Interruption for that signal (the sweep stops as a run does). An
     error of the pool after the signal (a worker it reached before its set-up ended with it,
     having no job yet) is part of the stop."""
+    starts_workers()
     with forwarding(workers) as stopped:
         try:
             result = call()

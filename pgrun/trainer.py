@@ -107,7 +107,8 @@ class StopRequest:
         signals.note_sweep_stop(signum, frame)
         if self.signum is None:
             self.signum = signal.SIGINT
-            log.warning("the sweep was interrupted: stopping after this iteration")
+            why = "the sweep's process ended" if signals.sweep_gone else "the sweep was interrupted"
+            log.warning(f"{why}: stopping after this iteration")
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():

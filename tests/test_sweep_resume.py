@@ -202,6 +202,66 @@ def test_ctrl_c_checkpoints_the_jobs_of_a_parallel_sweep(tmp_path: Path, launche
     assert (row["seeds"], row["failed"]) == ("2", "0"), row
 
 
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("launcher", ["batched", "joblib"])
+def test_workers_of_a_sweep_killed_alone_checkpoint_and_exit(tmp_path: Path, launcher: str):
+    """kill -9 of the sweep's process alone (not its group) while its workers train: each
+    worker sees its sweep gone (pgrun.signals.watch_sweep), its job saves a checkpoint after
+    its iteration, and the worker exits, where joblib's waited for ever to report and the
+    batched launcher's trained on to the end, unseen; then pgrun resume finishes them."""
+    root = tmp_path / "sweep"
+    process = subprocess.Popen(
+        pgrun_cmd(
+            "-m",
+            "variant=ppo",
+            "seed=0,1",
+            "total_steps=60000",
+            "checkpoint.every=1000",
+            f"hydra/launcher={launcher}",
+            f"hydra.sweep.dir={root}",
+        ),  # fmt: skip
+        cwd=tmp_path,
+        env=pgrun_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(
+            "both jobs' first iterations",
+            lambda: all(
+                (job(root, s) / "metrics.csv").is_file()
+                and len((job(root, s) / "metrics.csv").read_text().splitlines()) > 2
+                for s in (0, 1)
+            ),
+        )
+        process.kill()
+        process.wait()
+        # the workers and the trackers of their resources are all gone (PARENT_POLL_S, then
+        # one iteration: seconds; 120 s on a loaded machine)
+        wait_for("the workers' exit", lambda: not group_alive(process.pid), timeout=120)
+    finally:
+        if group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    for seed in (0, 1):
+        assert sweep.job_state(job(root, seed)) == "interrupted", seed  # not trained on
+        assert list(job(root, seed).glob("checkpoint-*.pt")), seed  # saved as it stopped
+        log = (job(root, seed) / "pgrun.log").read_text()
+        assert "the sweep's process ended: stopping after this iteration" in log, log
+        assert rundir.holder(job(root, seed)) is None
+    proc = run_pgrun([f"resume={root}"], cwd=tmp_path, timeout=TIMEOUT)
+    assert proc.returncode == 0, describe(proc)
+    (row,) = summary(root).values()
+    assert (row["seeds"], row["failed"]) == ("2", "0"), row
+
+
 def test_failed_jobs_run_again_only_when_asked(tmp_path: Path):
     """A job that pgrun failed stays failed on resume; --rerun-failed sets its record aside
     (kept under .hydra/) and runs it again; a job the scheduler ended always runs again."""
