@@ -101,6 +101,24 @@ def one_line(report: str) -> str:
     text = "; ".join(parts).replace("{options}", ", ".join(options))
     if _EXTRA_CONFIGS.search(text):  # a launcher or sweeper of the sweep extra, not installed
         text += "; it comes with the sweep extra: pip install -e '.[sweep]' (or make install)"
+    if "Key 'n_jobs' not in 'BasicLauncherConf'" in text:  # hydra.launcher.n_jobs=4
+        text += (
+            "; the default launcher runs one job at a time and has no n_jobs: add "
+            "hydra/launcher=batched (or joblib) to run jobs in parallel"
+        )
+    number = re.search(
+        r"override (\S+?)=\S*?; Value '([^']*)' of type '(str|float)' could not be converted "
+        r"to Integer",
+        text,
+    )
+    if number:  # total_steps=2k or 1e6: an integer is written out in digits
+        key, value = number.group(1), number.group(2)
+        whole = number.group(3) == "float" and float(value).is_integer()
+        text += (
+            f"; write it as a whole number: {key}={int(float(value))}"
+            if whole
+            else "; write it as a whole number in digits (e.g. 20000 or 1_000_000)"
+        )
     unknown = re.search(r"Key '(\w+)' not in '(\w+)'", text)
     if unknown:  # a typo'd key: name the closest one of the schema
         import dataclasses

@@ -217,6 +217,11 @@ CASES: dict[str, Case] = {
     "added unknown key": Case(["+unknown.key=1"], ["unknown", "not a pgrun setting"]),
     "added typo'd key": Case(["+optim.lrr=0.1"], ["optim.lrr", "did you mean optim.lr"]),
     "typo'd key": Case(["batch_episode=8"], ["batch_episode", "did you mean batch_episodes"]),
+    "steps with a unit": Case(["total_steps=2k"], ["total_steps=2k", "whole number in digits"]),
+    "steps as a float": Case(["total_steps=1e6"], ["whole number: total_steps=1000000"]),
+    "n_jobs on the default launcher": Case(
+        ["-m", "seed=0,1", "hydra.launcher.n_jobs=2"], ["no n_jobs", "hydra/launcher=batched"]
+    ),
     "lr infinite": Case(["optim.lr=inf"], ["optim.lr=inf", "finite"]),
     "group removed": Case(["~env"], ["env.id", "env=CartPole-v1"]),
     "seed too large": Case(["seed=99999999999999999999"], ["seed=99999999999999999999", "2**32"]),
