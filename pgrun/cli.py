@@ -789,6 +789,15 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
         )
 
 
+def _drop_attempt_record(run_dir: Path) -> None:
+    """A sweep job that does not run again (finished, or kept as failed): the record Hydra
+    wrote for this attempt (`.hydra/resume-<time>/`) is removed, so that resuming a sweep again
+    and again adds nothing to the jobs it leaves as they are. The job's own `.hydra` stays."""
+    subdir = HydraConfig.get().output_subdir
+    if subdir and subdir != ".hydra":
+        shutil.rmtree(run_dir / subdir, ignore_errors=True)
+
+
 @hydra.main(config_path="pkg://pgrun.configs", config_name="config", version_base="1.3")
 def run(cfg: DictConfig) -> float | None:
     _release_stderr()
@@ -825,6 +834,7 @@ def run(cfg: DictConfig) -> float | None:
             state = "interrupted"  # its sweep resumed with a larger total_steps: it trains on
         if state in ("failed", "lost"):  # a job started again (requeued, or its sweep resumed)
             log.info(f"{_display(run_dir)}: kept as failed: {sweep.failure_line(run_dir)}")
+            _drop_attempt_record(run_dir)
             from pgrun import batched_launcher
 
             if batched_launcher.pending is not None and sweep.diverged(run_dir):
@@ -833,6 +843,7 @@ def run(cfg: DictConfig) -> float | None:
             return None
         if state == "finished":
             log.info(f"{_display(run_dir)}: finished before, not run again")
+            _drop_attempt_record(run_dir)
             from pgrun import batched_launcher
 
             if batched_launcher.pending is not None:  # its group's other seeds continue

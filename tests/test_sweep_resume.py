@@ -104,6 +104,9 @@ def test_killed_joblib_sweep_is_reported_then_resumed(tmp_path: Path):
     (row,) = summary(root).values()
     assert (row["seeds"], row["failed"]) == ("3", "0"), row
     assert comparable_scalars(job(root, 0)) == before
+    # the attempt's record is kept where the job ran again only
+    assert not list(job(root, 0).glob(".hydra/resume-*")), "a record for a job that did not run"
+    assert len(list(job(root, 1).glob(".hydra/resume-*/config.yaml"))) == 1
     steps = [s for s, _ in comparable_scalars(job(root, 1))["charts/episodic_return"]]
     assert steps == sorted(set(steps)), "points logged twice"
     assert "resuming" in (job(root, 1) / "pgrun.log").read_text()
