@@ -1275,7 +1275,10 @@ def compare(
 def describe(report: Report) -> str:
     """The closing block for the terminal: each group's final return, the ranked verdicts, and
     where to look."""
-    lines = [f"comparison of {count(len(report.runs), 'run')} in {_display(report.root)}:"]
+    runs = count(len(report.runs), "run")
+    if report.failures:  # jobs without a result are listed too: say how many have one
+        runs += f" ({len(report.runs) - len(report.failures)} of them finished)"
+    lines = [f"comparison of {runs} in {_display(report.root)}:"]
     width = max(len(g.label) for g in report.groups)
     env_width = max(len(g.env_id) for g in report.groups)
     for g in report.groups:

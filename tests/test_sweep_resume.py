@@ -80,6 +80,7 @@ def test_killed_joblib_sweep_is_reported_then_resumed(tmp_path: Path):
     assert f"not finished: {job(root, 2).name}: never started: no directory" in proc.stdout
     assert "  failed: " not in proc.stdout, describe(proc)
     assert "(n=1, 2 not finished)" in proc.stdout, describe(proc)  # not all of them failed
+    assert "comparison of 3 runs (1 of them finished) in " in proc.stdout, describe(proc)
     assert "2 of 3 jobs" in proc.stderr, describe(proc)
     assert proc.stderr.rstrip().endswith(f"pgrun resume={rundir.shell(root)} continues them"), (
         describe(proc)
