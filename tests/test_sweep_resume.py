@@ -144,6 +144,40 @@ def test_ctrl_c_stops_a_basic_sweep_and_resume_continues_it(tmp_path: Path):
     assert (row["seeds"], row["failed"]) == ("2", "0"), row
 
 
+def start_two_ppo_jobs(tmp_path: Path, root: Path, launcher: str, output: int):
+    """A sweep of two PPO seeds in worker processes, in a session of its own, that trains long
+    enough to be stopped in its loops (no regular checkpoint before iteration 1000)."""
+    return subprocess.Popen(
+        pgrun_cmd(
+            "-m",
+            "variant=ppo",
+            "seed=0,1",
+            "total_steps=60000",
+            "checkpoint.every=1000",
+            f"hydra/launcher={launcher}",
+            f"hydra.sweep.dir={root}",
+        ),  # fmt: skip
+        cwd=tmp_path,
+        env=pgrun_env(),
+        stdout=output,
+        stderr=output,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_until_both_train(root: Path) -> None:
+    """Both jobs logging: both are in their training loops."""
+    wait_for(
+        "both jobs' first iterations",
+        lambda: all(
+            (job(root, s) / "metrics.csv").is_file()
+            and len((job(root, s) / "metrics.csv").read_text().splitlines()) > 2
+            for s in (0, 1)
+        ),
+    )
+
+
 @pytest.mark.parametrize(
     ("launcher", "how"), [("batched", "terminal"), ("joblib", "terminal"), ("batched", "timeout")]
 )
@@ -157,34 +191,9 @@ def test_ctrl_c_checkpoints_the_jobs_of_a_parallel_sweep(tmp_path: Path, launche
     workers get it after the sweep's stop: still one request (pgrun.signals.ECHO_S), where it
     used to be taken as a second Ctrl-C that ends the workers at once."""
     root = tmp_path / "sweep"
-    process = subprocess.Popen(
-        pgrun_cmd(
-            "-m",
-            "variant=ppo",
-            "seed=0,1",
-            "total_steps=60000",
-            "checkpoint.every=1000",
-            f"hydra/launcher={launcher}",
-            f"hydra.sweep.dir={root}",
-        ),  # fmt: skip
-        cwd=tmp_path,
-        env=pgrun_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    process = start_two_ppo_jobs(tmp_path, root, launcher, subprocess.PIPE)
     try:
-        # both jobs logging: both are in their training loops (no regular checkpoint before
-        # iteration 1000)
-        wait_for(
-            "both jobs' first iterations",
-            lambda: all(
-                (job(root, s) / "metrics.csv").is_file()
-                and len((job(root, s) / "metrics.csv").read_text().splitlines()) > 2
-                for s in (0, 1)
-            ),
-        )
+        wait_until_both_train(root)
         if how == "timeout":
             os.kill(process.pid, signal.SIGINT)
             time.sleep(0.05)  # the sweep's process forwards its stop before the group's arrives
@@ -221,31 +230,9 @@ def test_workers_of_a_sweep_killed_alone_checkpoint_and_exit(tmp_path: Path, lau
     its iteration, and the worker exits, where joblib's waited for ever to report and the
     batched launcher's trained on to the end, unseen; then pgrun resume finishes them."""
     root = tmp_path / "sweep"
-    process = subprocess.Popen(
-        pgrun_cmd(
-            "-m",
-            "variant=ppo",
-            "seed=0,1",
-            "total_steps=60000",
-            "checkpoint.every=1000",
-            f"hydra/launcher={launcher}",
-            f"hydra.sweep.dir={root}",
-        ),  # fmt: skip
-        cwd=tmp_path,
-        env=pgrun_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process = start_two_ppo_jobs(tmp_path, root, launcher, subprocess.DEVNULL)
     try:
-        wait_for(
-            "both jobs' first iterations",
-            lambda: all(
-                (job(root, s) / "metrics.csv").is_file()
-                and len((job(root, s) / "metrics.csv").read_text().splitlines()) > 2
-                for s in (0, 1)
-            ),
-        )
+        wait_until_both_train(root)
         process.kill()
         process.wait()
         # the workers and the trackers of their resources are all gone (PARENT_POLL_S, then
