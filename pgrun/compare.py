@@ -928,7 +928,15 @@ def _plot_profile(ax, ranking: Ranking, colors: dict[str, str], unit: str, name:
         if n >= MIN_SEEDS:  # fewer seeds: no band, as the IQM gets no interval
             ax.fill_between(taus, low, high, color=colors[label], alpha=0.15, lw=0)
     ax.set_ylim(-0.03, 1.03)
-    _title(ax, f"{name}: performance profile, band: {CONFIDENCE:.0%} CI from {MIN_SEEDS} seeds")
+    banded = [min(len(s) for s in ranking.scores[k]) >= MIN_SEEDS for k in ranking.labels]
+    band = (
+        f"band: {CONFIDENCE:.0%} CI"
+        if all(banded)
+        else f"band: {CONFIDENCE:.0%} CI where {MIN_SEEDS}+ seeds"
+        if any(banded)
+        else f"no band below {MIN_SEEDS} seeds"
+    )
+    _title(ax, f"{name}: performance profile, {band}")
     ax.set_xlabel(unit + " τ")
     from matplotlib.ticker import MaxNLocator
 

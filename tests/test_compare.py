@@ -304,6 +304,9 @@ def test_the_figure_titles_fit_their_panels_and_the_legend_counts_by_kind(tmp_pa
     assert all(t.x0 >= 0 and t.x1 <= width for t in titles), titles  # within the figure
     for left, right in itertools.pairwise(titles):
         assert left.x1 < right.x0, titles  # none runs into the next
+    # the profile's band is drawn for the group of 5 seeds only, and its title says so
+    (profile,) = [ax.get_title() for ax in shown if "performance profile" in ax.get_title()]
+    assert profile.replace("\n", " ").endswith("band: 95% CI where 4+ seeds"), profile
     legend = sorted(t.get_text() for t in shown[0].get_legend().get_texts())
     assert legend == [
         "rtg (n=5, 1 failed, 95% CI)",
