@@ -154,6 +154,13 @@ def main() -> None:
     except UserError as exc:
         print(f"pgrun: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except sweep.NothingToRun as ended:  # a resumed sweep whose jobs have all ended
+        print(ended.line(), flush=True)
+        if ended.compares:
+            from pgrun.compare import compare_sweep
+
+            sys.exit(compare_sweep(ended.sweep_dir))
+        sys.exit(1 if ended.failed else 0)
     except signals.Interruption as exc:
         _interrupted(exc.signum)
     from hydra_plugins.pgrun_launcher import register
@@ -266,8 +273,10 @@ def prepare(args: list[str]) -> list[str]:
             "failed jobs again); a single run is continued with pgrun resume=<run dir>"
         )
     if target is not None:
+        if (target / MULTIRUN_FILE).is_file():  # a sweep's: before resume_argv changes it
+            rundir.acquire(target)  # its jobs lock their own as well
         args = resume_argv(args)
-        rundir.acquire(target)  # a sweep's too: its jobs lock their own as well
+        rundir.acquire(target)
         return args
     if multirun:
         _check_n_jobs(_given(args, "hydra.launcher.n_jobs"))

@@ -1399,31 +1399,37 @@ class CompareCallback(Callback):
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        root = Path(config.hydra.sweep.dir)
-        if not find_runs(root):
-            return
-        from pgrun.rundir import shell
+        status = compare_sweep(Path(config.hydra.sweep.dir))
+        if status:
+            sys.exit(status)
 
-        try:
-            report = compare(root)
-        except signals.Interruption as exc:  # Ctrl-C while it draws: the runs are all there
-            signals.quiet_exit()
-            print(
-                f"pgrun: interrupted ({signals.signal.Signals(exc.signum).name}) while "
-                f"comparing the sweep's runs, its jobs having ended: pgrun-compare {shell(root)} "
-                "writes the comparison",
-                file=sys.stderr,
-            )
-            sys.exit(128 + exc.signum)
-        except Exception:
-            log.exception(f"pgrun: the comparison of {root} failed")
-            sys.exit(1)
-        print(describe(report), flush=True)
 
-        for line in closing_lines(report, "pgrun"):
-            print(line, file=sys.stderr)
-        if report.failures:
-            sys.exit(1)
+def compare_sweep(root: Path) -> int:
+    """What `pgrun -m` prints as its sweep ends (and `pgrun resume=<sweep dir>` where no job
+    runs again): the comparison's files written into `root`, its table, then the lines naming
+    the jobs that did not finish. 1 where some did not (or the comparison failed), else 0."""
+    if not find_runs(root):
+        return 0
+    from pgrun.rundir import shell
+
+    try:
+        report = compare(root)
+    except signals.Interruption as exc:  # Ctrl-C while it draws: the runs are all there
+        signals.quiet_exit()
+        print(
+            f"pgrun: interrupted ({signals.signal.Signals(exc.signum).name}) while "
+            f"comparing the sweep's runs, its jobs having ended: pgrun-compare {shell(root)} "
+            "writes the comparison",
+            file=sys.stderr,
+        )
+        sys.exit(128 + exc.signum)
+    except Exception:
+        log.exception(f"pgrun: the comparison of {root} failed")
+        return 1
+    print(describe(report), flush=True)
+    for line in closing_lines(report, "pgrun"):
+        print(line, file=sys.stderr)
+    return 1 if report.failures else 0
 
 
 def _grid_points(text: str) -> int:

@@ -210,6 +210,10 @@ def resume_sweep_argv(sweep_dir: Path, others: list[str]) -> list[str]:
         )
     task = budget_task(sweep_dir, cfg, given[-1] if given else None)
     jobs = expected_jobs(sweep_dir) or []
+    ended = all_ended(jobs, task, rerun_failed)
+    if ended is not None:
+        compares = OmegaConf.select(cfg, "hydra.callbacks.compare", default=None) is not None
+        raise NothingToRun(sweep_dir, *ended, compares=compares)
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     for job in jobs:
         state = job_state(job.path)
@@ -223,6 +227,65 @@ def resume_sweep_argv(sweep_dir: Path, others: list[str]) -> list[str]:
     hydra_args = [str(o) for o in cfg.hydra.overrides.hydra if not str(o).startswith(skip)]
     extra = [a for a in others if a != RERUN_FAILED and a not in given]
     return ["-m", *task, *hydra_args, *extra, f"hydra.sweep.dir={_quote(str(sweep_dir))}"]
+
+
+class NothingToRun(Exception):
+    """`pgrun resume=<sweep dir>` where no job would run: each one finished (and the resume
+    trains none of them further) or failed and is kept. No launcher starts; the sweep's
+    comparison is drawn again (pgrun.cli.main)."""
+
+    def __init__(self, sweep_dir: Path, finished: int, failed: int, compares: bool):
+        super().__init__(str(sweep_dir))
+        self.sweep_dir, self.finished, self.failed, self.compares = (
+            sweep_dir,
+            finished,
+            failed,
+            compares,
+        )
+
+    def line(self) -> str:
+        """'sw: nothing to run: all 4 jobs finished before (...)', the path as typed."""
+        where, again = (
+            rundir.display(self.sweep_dir),
+            f"pgrun resume={rundir.shell(self.sweep_dir)}",
+        )
+        n = self.finished + self.failed
+        every = "its 1 job" if n == 1 else f"all {n} jobs"
+        if not self.failed:
+            them = "it" if n == 1 else "them"
+            ended, hint = f"{every} finished before", f"{again} total_steps=N trains {them} on to N"
+        else:
+            ended = f"{self.finished} of its {n} jobs finished before and {self.failed} failed"
+            if not self.finished:
+                ended = f"{every} failed"
+            them = "it" if self.failed == 1 else "them"
+            hint = f"once the cause is fixed, {again} {RERUN_FAILED} runs {them} again"
+        return f"{where}: nothing to run: {ended} ({hint})"
+
+
+def all_ended(jobs: list[Job], task: list[str], rerun_failed: bool) -> tuple[int, int] | None:
+    """(finished, failed) where a resume with the task overrides `task` runs none of `jobs`:
+    each one is finished and has nothing more to train at the task's total_steps, or failed
+    and kept (not `rerun_failed`), and no other pgrun writes it. Else None."""
+    if not jobs:
+        return None
+    budget = next((o.split("=", 1)[1] for o in reversed(task) if o.startswith(f"{BUDGET}=")), None)
+    steps = _plain_int(budget) if budget is not None else None
+    finished = failed = 0
+    for job in jobs:
+        state = job_state(job.path)
+        if state == "failed" and not rerun_failed:
+            failed += 1
+            continue
+        if state != "finished" or rundir.holder(job.path) is not None:
+            return None
+        cfg = OmegaConf.load(job.path / ".hydra" / "config.yaml")
+        if steps is not None:
+            cfg.total_steps = steps
+        if trains_further(cfg, job.path):
+            return None
+        finished += 1
+    return finished, failed
 
 
 BUDGET = "total_steps"

@@ -278,6 +278,15 @@ def test_failed_jobs_run_again_only_when_asked(tmp_path: Path):
     (good / "policy.pt").unlink()  # as if the scheduler had ended it before its end
     assert sweep.job_state(good) == "lost"
 
+    lock = rundir.acquire(root)  # another pgrun writes the sweep: its resume changes nothing
+    try:
+        proc = run_pgrun([f"resume={root}"], cwd=tmp_path, timeout=TIMEOUT)
+    finally:
+        rundir.release(lock)
+    assert proc.returncode == 2, describe(proc)
+    assert "is being written by another pgrun" in proc.stderr, describe(proc)
+    assert sweep.job_state(good) == "lost" and not list(good.glob(".hydra/failed-*.txt"))
+
     proc = run_pgrun([f"resume={root}"], cwd=tmp_path, timeout=TIMEOUT)
     assert proc.returncode == 1, describe(proc)
     assert sweep.job_state(good) == "finished"
@@ -285,6 +294,21 @@ def test_failed_jobs_run_again_only_when_asked(tmp_path: Path):
     assert "kept as failed: variant.weights=no_such_module:weights: cannot import" in proc.stdout, (
         describe(proc)
     )
+
+    # every job has ended: nothing is launched, the comparison is drawn again
+    records = sorted(root.glob("multirun-resume-*.yaml"))
+    proc = run_pgrun([f"resume={root}"], cwd=tmp_path, timeout=TIMEOUT)
+    assert proc.returncode == 1, describe(proc)
+    assert proc.stdout.startswith(
+        "sweep: nothing to run: 1 of its 2 jobs finished before and 1 failed (once the cause is "
+        "fixed, pgrun resume=sweep --rerun-failed runs it again)\ncomparison of 2 runs (1 of "
+        "them finished) in sweep:"
+    ), describe(proc)
+    assert "1 of 2 jobs failed (variant.weights=no_such_module-weights)" in proc.stderr
+    assert sorted(root.glob("multirun-resume-*.yaml")) == records, (
+        "a record of a resume that ran nothing"
+    )
+    assert not list(bad.glob(".hydra/resume-*")), "a record for a job that did not run"
 
     proc = run_pgrun([f"resume={root}", sweep.RERUN_FAILED], cwd=tmp_path, timeout=TIMEOUT)
     assert proc.returncode == 1, describe(proc)  # it fails again, for the same reason
@@ -556,11 +580,16 @@ def test_a_finished_sweep_trains_on_to_a_larger_total_steps(tmp_path: Path):
     for seed in (0, 1):
         assert comparable_scalars(job(root, seed)) == comparable_scalars(job(fresh, seed))
 
-    proc = run_pgrun([f"resume={root}"], tmp_path, timeout=TIMEOUT)  # keeps 1500
-    assert proc.returncode == 0, describe(proc)
-    assert proc.stdout.count("finished before, not run again") == 2, describe(proc)
-    newest = sorted(root.glob("multirun-resume-*.yaml"))[-1]
-    assert "- total_steps=1500\n" in newest.read_text()
+    records = sorted(root.glob("multirun-resume-*.yaml"))
+    assert "- total_steps=1500\n" in records[-1].read_text()
+    for again in ([], ["total_steps=1500"]):  # both jobs are at the budget the last resume gave
+        proc = run_pgrun([f"resume={root}", *again], tmp_path, timeout=TIMEOUT)
+        assert proc.returncode == 0, describe(proc)
+        assert proc.stdout.startswith(
+            "sweep: nothing to run: all 2 jobs finished before (pgrun resume=sweep total_steps=N "
+            "trains them on to N)\n"
+        ), describe(proc)
+        assert sorted(root.glob("multirun-resume-*.yaml")) == records
     for below in ("1000", "600"):  # below the budget a resume gave, the sweep's own among them
         refused = run_pgrun([f"resume={root}", f"total_steps={below}"], tmp_path, timeout=TIMEOUT)
         assert refused.returncode == 2, describe(refused)
