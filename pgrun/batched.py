@@ -1035,9 +1035,15 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException | 
     if replayed:
         n, again = len(replayed), sum(trains[k] for k in replayed)
         ended = "finished" if not any(jobs[k].diverged for k in replayed) else "ended"
+        if not again:  # each ended at the others' checkpoint
+            how = "nothing written to " + ("it" if n == 1 else "them")
+        else:
+            who = ("it is" if n == 1 else "they are") if again == n else f"{again} of them"
+            who += " is" if again < n and again == 1 else " are" if again < n else ""
+            how = f"{who} trained again to the end, writing nothing"
         log.info(
-            f"the group keeps its {n} {ended} seed{'s' * (n > 1)} in place ({again} trained "
-            "again to the end, writing nothing): the others continue exactly as before"
+            f"the group keeps its {n} {ended} seed{'s' * (n > 1)} in place ({how}): the "
+            "others continue exactly as before"
         )
     out: list[Any] = [None] * len(jobs)
     results = _train_group(

@@ -315,8 +315,8 @@ def mark_lost(sweep_dir: Path, items: Sequence[tuple[int, Sequence[str]]], how: 
         path = paths.get(idx)
         if path is None:
             continue
-        names.append(path.name)
-        if sweep.job_state(path) in ("new", "interrupted"):
+        if sweep.job_state(path) in ("new", "interrupted"):  # not its finished seeds
+            names.append(path.name)
             (path / sweep.FAILED_FILE).write_text(reason + "\n")
     log.error(
         f"a worker process of the sweep was killed ({how}), e.g. by the out-of-memory killer, "

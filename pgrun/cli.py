@@ -150,6 +150,7 @@ def main() -> None:
         return
     signals.raise_on_signals()
     try:
+        refuse_repeated_keys(sys.argv[1:])
         sys.argv[1:] = prepare(env_id_argv(flags_first(sys.argv[1:])))
     except UserError as exc:
         print(f"pgrun: error: {exc}", file=sys.stderr)
@@ -230,6 +231,28 @@ def main() -> None:
         signals.quiet_exit()
     if single:
         end_process()
+
+
+def refuse_repeated_keys(args: list[str]) -> None:
+    """A key given twice (`seed=0,1 seed=2,3`, `variant=rtg variant=ppo`): Hydra takes the last
+    one and drops the other without a word, so a sweep would run half the jobs typed."""
+    seen: dict[str, str] = {}
+    for arg in args:
+        if arg.startswith(("-", "~")) or "=" not in arg:
+            continue
+        key, _, value = arg.partition("=")
+        key = key.lstrip("+")
+        if key not in seen:
+            seen[key] = arg
+            continue
+        first = seen[key].partition("=")[2]
+        both = [*first.split(","), *value.split(",")]
+        plain = all(v and not any(c in v for c in "()[]{}'\"") for v in both)
+        merged = f" (a sweep's values in one list: {key}={','.join(dict.fromkeys(both))})"
+        raise UserError(
+            f"{key} is given twice ({seen[key]} and {arg}): give each key once"
+            + (merged if plain and ("," in first or "," in value) else "")
+        )
 
 
 # Hydra's flags that take no value

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import logging
 import math
 import os
@@ -221,6 +222,7 @@ def load_run(path: Path, root: Path) -> Run:
     if problem is not None:
         raise DamagedRecord(problem)
     overrides = [str(o) for o in read_yaml(path / ".hydra" / "overrides.yaml") or []]
+    overrides = _as_its_sweep_began(overrides, path.parent)
     env_id, threshold, random = env_settings(path / ".hydra" / "config.yaml")
     name = path.relative_to(root).as_posix() if path != root else path.name
     run = Run(path, name, overrides, env_id, threshold, random_return=random)
@@ -280,6 +282,39 @@ def _seed_of(overrides: Sequence[str], config: Path | None = None) -> int | None
     saved = read_yaml(config) if config is not None and config.is_file() else None
     seed = saved.get("seed") if isinstance(saved, dict) else None
     return seed if isinstance(seed, int) else None
+
+
+def _as_its_sweep_began(overrides: list[str], sweep_dir: Path) -> list[str]:
+    """A job's overrides as its sweep in `sweep_dir` began it. A job that first starts in a
+    resume that raised the sweep's budget (`pgrun resume=<sweep dir> total_steps=N`) records
+    total_steps=N where the sweep's other jobs record the budget they began with, and they were
+    trained on to N along the curve a sweep begun with N gives: one setting, that of the sweep."""
+    typed = next((o for o in reversed(overrides) if _key(o) == BUDGET), None)
+    if typed is None or not (sweep_dir / "multirun.yaml").is_file():
+        return overrides
+    own, resumed = _sweep_budgets(sweep_dir, sweep_dir.stat().st_mtime_ns)  # a new record: anew
+    if typed == own or typed not in resumed:
+        return overrides
+    return [o if _key(o) != BUDGET else own for o in overrides if _key(o) != BUDGET or own]
+
+
+BUDGET = "total_steps"
+
+
+@functools.lru_cache(maxsize=64)
+def _sweep_budgets(sweep_dir: Path, mtime_ns: int) -> tuple[str | None, frozenset[str]]:
+    """(the total_steps override the sweep in `sweep_dir` began with, or None; those its
+    resumes gave, from their multirun-resume-<stamp>.yaml records), read once for the jobs of
+    one sweep while its directory's `mtime_ns` stays."""
+
+    def budget(record: Path) -> str | None:
+        with contextlib.suppress(OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+            task = (read_yaml(record) or {}).get("hydra", {}).get("overrides", {}).get("task")
+            return next((str(o) for o in reversed(task or []) if _key(str(o)) == BUDGET), None)
+        return None
+
+    resumed = frozenset(b for r in sweep_dir.glob("multirun-resume-*.yaml") if (b := budget(r)))
+    return budget(sweep_dir / "multirun.yaml"), resumed
 
 
 def _budget_of(path: Path) -> int | None:
@@ -1353,7 +1388,8 @@ def closing_lines(report: Report, prog: str) -> list[str]:
     lines = []
     if lost:  # ended from outside (the scheduler, a killed worker): resume runs them again
         lines.append(
-            f"{prog}: error: {len(lost)} of {n} jobs were ended from outside "
+            f"{prog}: error: {len(lost)} of {n} jobs {'was' if len(lost) == 1 else 'were'} ended "
+            "from outside "
             f"({_names(lost)}: {'; '.join(dict.fromkeys(str(r.failure) for r in lost))}); "
             f"{resumes('runs')} again"
         )
@@ -1365,7 +1401,9 @@ def closing_lines(report: Report, prog: str) -> list[str]:
         )
     if busy:  # their directories were another process's: this sweep did not run them
         held = "; ".join(f"{r.name}: {r.failure}" for r in busy)
-        verb = "were not run by this sweep" if prog == "pgrun" else "are being written"
+        one = len(busy) == 1
+        verb = f"{'was' if one else 'were'} not run by this sweep"
+        verb = verb if prog == "pgrun" else f"{'is' if one else 'are'} being written"
         lines.append(
             f"{prog}: error: {len(busy)} of {n} jobs {verb} ({held}); once that ends, "
             f"pgrun-compare {shell(root)} compares the whole sweep"

@@ -786,7 +786,7 @@ def test_the_closing_lines_give_the_command_for_each_kind(tmp_path, sweep):
     resume = f"pgrun resume={shell(tmp_path)}"  # as typed from here: relative where shorter
     if sweep:
         assert lines == [
-            "pgrun-compare: error: 1 of 4 jobs were ended from outside (b: scheduler: "
+            "pgrun-compare: error: 1 of 4 jobs was ended from outside (b: scheduler: "
             f"CANCELLED); {resume} runs them again",
             f"pgrun-compare: error: 1 of 4 jobs failed (a): see {tmp_path / 'summary.md'}; once "
             f"the cause is fixed, {resume} --rerun-failed runs them again",
@@ -794,7 +794,7 @@ def test_the_closing_lines_give_the_command_for_each_kind(tmp_path, sweep):
         ]
     else:
         assert lines == [
-            "pgrun-compare: error: 1 of 4 jobs were ended from outside (b: scheduler: "
+            "pgrun-compare: error: 1 of 4 jobs was ended from outside (b: scheduler: "
             "CANCELLED); pgrun resume=<job dir> runs each again",
             f"pgrun-compare: error: 1 of 4 jobs failed (a): see {tmp_path / 'summary.md'}",
             "pgrun-compare: error: 1 of 4 jobs did not finish (c); pgrun resume=<job dir> "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -495,7 +496,7 @@ def test_a_job_another_pgrun_writes_is_named_as_such_when_the_sweep_ends(tmp_pat
         assert sweep.job_state(job(root, 0)) == "finished"
         line = proc.stderr.strip().splitlines()[-1]
         assert line.startswith(
-            "pgrun: error: 1 of 2 jobs were not run by this sweep (seed=1: "
+            "pgrun: error: 1 of 2 jobs was not run by this sweep (seed=1: "
             "being written by another pgrun (pid "
         ), describe(proc)
         assert "on elsewhere" in line and "once that ends, pgrun-compare" in line, line
@@ -569,9 +570,13 @@ def test_a_finished_sweep_trains_on_to_a_larger_total_steps(tmp_path: Path):
         assert refused.returncode == 2, describe(refused)
         assert refused.stderr.startswith(f"pgrun: error: {message}"), describe(refused)
 
+    shutil.rmtree(job(root, 1))  # as if it had never started: it begins at the new budget
     proc = run_pgrun([f"resume={root}", "total_steps=1500"], tmp_path, timeout=TIMEOUT)
     assert proc.returncode == 0, describe(proc)
     assert "finished before" not in proc.stdout, describe(proc)
+    assert "- total_steps=1500\n" in (job(root, 1) / ".hydra" / "overrides.yaml").read_text()
+    # one group all the same: both trained to 1500, one of them begun at it
+    assert "final return" in proc.stdout and proc.stdout.count("(n=2)") == 1, describe(proc)
     assert "trained on to total_steps 1,500 by a resume" in proc.stdout, describe(proc)
     new = sorted(p.name for p in root.iterdir())
     assert [n for n in new if not n.startswith("multirun-resume-")] == dirs  # the same jobs
