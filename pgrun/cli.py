@@ -150,7 +150,7 @@ def main() -> None:
         return
     signals.raise_on_signals()
     try:
-        refuse_repeated_keys(sys.argv[1:])
+        warn_replaced_sweeps(sys.argv[1:])
         sys.argv[1:] = prepare(env_id_argv(flags_first(sys.argv[1:])))
     except UserError as exc:
         print(f"pgrun: error: {exc}", file=sys.stderr)
@@ -233,26 +233,30 @@ def main() -> None:
         end_process()
 
 
-def refuse_repeated_keys(args: list[str]) -> None:
-    """A key given twice (`seed=0,1 seed=2,3`, `variant=rtg variant=ppo`): Hydra takes the last
-    one and drops the other without a word, so a sweep would run half the jobs typed."""
+_SWEPT = re.compile(r",|^(range|choice|glob|interval)\(")
+
+
+def warn_replaced_sweeps(args: list[str]) -> None:
+    """A sweep's key given twice where one of the two is swept (`seed=0,1 seed=2,3`): Hydra
+    takes the last one and drops the other without a word, so the sweep would run fewer jobs
+    than typed. The last one still holds (`make sweep ARGS="seed=0,1,2,3,4"` relies on it);
+    this says so in one line."""
+    if not any(a in ("-m", "--multirun") for a in args):
+        return
     seen: dict[str, str] = {}
     for arg in args:
         if arg.startswith(("-", "~")) or "=" not in arg:
             continue
         key, _, value = arg.partition("=")
         key = key.lstrip("+")
-        if key not in seen:
-            seen[key] = arg
-            continue
-        first = seen[key].partition("=")[2]
-        both = [*first.split(","), *value.split(",")]
-        plain = all(v and not any(c in v for c in "()[]{}'\"") for v in both)
-        merged = f" (a sweep's values in one list: {key}={','.join(dict.fromkeys(both))})"
-        raise UserError(
-            f"{key} is given twice ({seen[key]} and {arg}): give each key once"
-            + (merged if plain and ("," in first or "," in value) else "")
-        )
+        first = seen.get(key)
+        seen[key] = arg
+        if first is not None and (_SWEPT.search(first.partition("=")[2]) or _SWEPT.search(value)):
+            print(
+                f"pgrun: warning: {key} is given twice: {arg} replaces {first} (a sweep takes all "
+                "its values in one list)",
+                file=sys.stderr,
+            )
 
 
 # Hydra's flags that take no value

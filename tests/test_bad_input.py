@@ -182,11 +182,6 @@ CASES: dict[str, Case] = {
     ),
     "sweep repeats a variant": Case(["-m", "variant=rtg,rtg", "seed=0,1"], ["twice"]),
     "sweep negative seed": Case(["-m", "seed=2,-1"], ["seed=-1", ">= 0"]),
-    "sweep key given twice": Case(
-        ["-m", "variant=rtg", "seed=0,1", "seed=2,3"],
-        ["seed is given twice (seed=0,1 and seed=2,3)", "in one list: seed=0,1,2,3"],
-    ),
-    "key given twice": Case(["variant=rtg", "+variant=ppo"], ["variant is given twice"]),
     "batched n_jobs not a number": Case(
         ["-m", "seed=0,1", "hydra/launcher=batched", "hydra.launcher.n_jobs=abc"],
         ["hydra.launcher.n_jobs=abc", "integer other than 0"],

@@ -109,6 +109,23 @@ def test_a_sweep_of_an_id_without_an_env_file_shows_what_was_typed(tmp_path: Pat
     assert "env.solved_return=null" in row["overrides"], row  # what the jobs ran with
 
 
+def test_a_swept_key_given_twice_takes_the_last_and_says_so(tmp_path: Path):
+    """`pgrun -m seed=0,1 seed=2`: Hydra takes the last value of a key; where one of the two
+    is swept, the sweep would run fewer jobs than typed without a word: one warning line names
+    both, and the last holds (as `make sweep ARGS="seed=0,1,2,3,4"` relies on)."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "seed=0,1", "seed=2", TINY, f"hydra.sweep.dir={sweep}"]
+    proc = run_pgrun(args, cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stderr.startswith(
+        "pgrun: warning: seed is given twice: seed=2 replaces seed=0,1 (a sweep takes all its "
+        "values in one list)\n"
+    ), describe(proc)
+    assert sorted(p.name for p in sweep.iterdir() if (p / ".hydra").is_dir()) == ["seed=2"]
+    proc = run_pgrun(["-m", "variant=rtg", "variant=vanilla", "seed=0", TINY], cwd=tmp_path)
+    assert proc.returncode == 0 and "given twice" not in proc.stderr, describe(proc)
+
+
 def test_a_single_run_with_a_bad_value_still_fails_at_once(tmp_path: Path):
     proc = run_pgrun(["optim.lr=-1"], cwd=tmp_path)
     assert proc.returncode == 2, describe(proc)
