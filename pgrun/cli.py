@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 import threading
 import traceback
@@ -175,6 +176,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=r".*tasks which were still being processed")
     if "hydra/launcher=joblib" in sys.argv[1:]:
         forward_stops_to_joblib()
+    if "hydra/launcher=submitit_local" in sys.argv[1:]:
+        forward_stops_to_submitit_local()
     single = single_run(sys.argv[1:])
     if single:
         gc.disable()  # until the run is built: see settle_collector
@@ -187,6 +190,7 @@ def main() -> None:
         # a batched sweep stopped before its launch: its idle workers would hold the exit
         if "pgrun.batched_launcher" in sys.modules:
             sys.modules["pgrun.batched_launcher"].stop_warm_up()
+        _kill_local_jobs()  # submitit_local's, on a second signal: they stop at once
         signum = getattr(exc, "signum", signals.signal.SIGINT)
         if sweep.current is not None:  # a sweep waiting for its jobs (joblib, submitit)
             _discard_unstarted()
@@ -543,7 +547,8 @@ def _check_env_ids(jobs: Sequence[DictConfig]) -> None:
 
 _warned: set[str] = set()  # the config warnings this process has given (run)
 
-_WORKER_LAUNCHERS = ("JoblibLauncher", "BatchedLauncher")  # jobs in worker processes
+# jobs in worker processes (submitit_local's: LocalLauncher)
+_WORKER_LAUNCHERS = ("JoblibLauncher", "BatchedLauncher", "LocalLauncher")
 
 
 def forward_stops_to_joblib() -> None:
@@ -565,6 +570,69 @@ def forward_stops_to_joblib() -> None:
 
     forwarding_launch.forwarding = True  # type: ignore[attr-defined]
     JoblibLauncher.launch = forwarding_launch  # type: ignore[method-assign]
+
+
+class _OwnSession:
+    """`subprocess` as submitit's local executor sees it in the sweep's process: the
+    controller it starts for each job (which starts the job) gets a session of its own, so that
+    the terminal's Ctrl-C reaches the sweep's process only. Left in the terminal's group, each
+    controller printed a KeyboardInterrupt traceback and killed its job a second after
+    passing the signal on (SIGKILL), where a job's iteration can take longer."""
+
+    started: list[subprocess.Popen] = []
+    """The controllers started, in the order they were."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen:  # noqa: N802 (subprocess's name)
+        controller = subprocess.Popen(*args, start_new_session=True, **kwargs)
+        _OwnSession.started.append(controller)
+        return controller
+
+
+def forward_stops_to_submitit_local() -> None:
+    """hydra/launcher=submitit_local: its jobs' controllers start in sessions of their own
+    (_OwnSession), and a first SIGINT or SIGTERM while the jobs run is passed on to the jobs
+    (pgrun.signals.forwarding), as with joblib: each saves a checkpoint after its iteration,
+    then the sweep stops; a second one kills them at once (_kill_local_jobs)."""
+    try:
+        from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
+    except ImportError:  # without the sweep extra: Hydra reports the missing launcher
+        return
+    launch = LocalLauncher.launch
+    if getattr(launch, "forwarding", False):
+        return
+
+    def forwarding_launch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        from submitit.local import local
+
+        local.subprocess = _OwnSession()  # type: ignore[assignment]
+        return signals.wait_forwarding(lambda: launch(self, *args, **kwargs), _local_job_pids)
+
+    forwarding_launch.forwarding = True  # type: ignore[attr-defined]
+    LocalLauncher.launch = forwarding_launch  # type: ignore[method-assign]
+
+
+def _local_job_pids() -> list[int]:
+    """The processes of submitit_local's running jobs: the children of its live controllers."""
+    pids: list[int] = []
+    for controller in _OwnSession.started:
+        if controller.poll() is not None:
+            continue
+        children = Path(f"/proc/{controller.pid}/task/{controller.pid}/children")
+        with contextlib.suppress(OSError, ValueError):
+            pids += [int(pid) for pid in children.read_text().split()]
+    return pids
+
+
+def _kill_local_jobs() -> None:
+    """submitit_local's jobs, killed (they keep their last checkpoints): their controllers,
+    in sessions of their own, would train them on after the sweep's process has stopped."""
+    for pid in _local_job_pids():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signals.signal.SIGKILL)
 
 
 def _discard_unstarted() -> None:

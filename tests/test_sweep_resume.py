@@ -180,13 +180,16 @@ def wait_until_both_train(root: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("launcher", "how"), [("batched", "terminal"), ("joblib", "terminal"), ("batched", "timeout")]
-)
+    ("launcher", "how"),
+    [("batched", "terminal"), ("joblib", "terminal"), ("submitit_local", "terminal"),
+     ("batched", "timeout")],
+)  # fmt: skip
 def test_ctrl_c_checkpoints_the_jobs_of_a_parallel_sweep(tmp_path: Path, launcher: str, how: str):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while the jobs train
     in worker processes: the sweep's process waits for each running job to end its iteration
-    and save a checkpoint (which joblib's ending its workers at once lost), then stops with
-    status 130 and the continue hint, without a traceback; every job then resumes from its
+    and save a checkpoint (which joblib's ending its workers at once lost, and submitit_local's
+    controllers a second after the signal, each with a KeyboardInterrupt traceback), then stops
+    with status 130 and the continue hint, without a traceback; every job then resumes from its
     checkpoint and finishes. `timeout`: the signal as GNU timeout sends it, to the sweep's
     process and then to its process group, so that the sweep's process gets it twice and the
     workers get it after the sweep's stop: still one request (pgrun.signals.ECHO_S), where it
@@ -210,6 +213,7 @@ def test_ctrl_c_checkpoints_the_jobs_of_a_parallel_sweep(tmp_path: Path, launche
     for seed in (0, 1):
         assert list(job(root, seed).glob("checkpoint-*.pt")), (seed, describe(proc))
         assert sweep.job_state(job(root, seed)) == "interrupted"
+        assert "stopping after this iteration" in (job(root, seed) / "pgrun.log").read_text()
     proc = run_pgrun([f"resume={root}"], cwd=tmp_path, timeout=TIMEOUT)
     assert proc.returncode == 0, describe(proc)
     (row,) = summary(root).values()
