@@ -1293,9 +1293,17 @@ def compare(
     Raises FileNotFoundError when `root` holds no run.
     """
     root = Path(root)
+    from pgrun.sweep import DamagedRecord
+
     runs, damaged = load_runs(root)
-    runs += missing_runs(root, runs, damaged)
-    notes = [f"{name}: left out: its record {why}" for name, why in damaged.items()]
+    listed = []  # the sweep's record cannot be read: the jobs that left nothing go unnamed
+    try:
+        runs += missing_runs(root, runs, damaged)
+    except DamagedRecord as exc:
+        listed.append(
+            f"multirun.yaml {exc}: the jobs it lists that left no directory are not named"
+        )
+    notes = [f"{name}: left out: its record {why}" for name, why in damaged.items()] + listed
     if not runs:
         raise FileNotFoundError(f"no runs (directories with .hydra/overrides.yaml) under {root}")
     runs, repeated = drop_repeated_seeds(runs)

@@ -130,7 +130,7 @@ def expected_jobs(sweep_dir: Path) -> list[Job] | None:
     file = Path(sweep_dir) / MULTIRUN_FILE
     if not file.is_file():
         return None
-    cfg = OmegaConf.load(file)
+    cfg = load_record(sweep_dir)  # DamagedRecord where it cannot be read
     if not basic_sweep(cfg):
         return None
     return jobs_of(cfg, Path(sweep_dir))
@@ -181,6 +181,38 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
 
+class DamagedRecord(Exception):
+    """A sweep's multirun.yaml that cannot be read as one (the phrase: 'is empty')."""
+
+
+def load_record(sweep_dir: Path) -> DictConfig:
+    """The sweep's multirun.yaml, or DamagedRecord saying what is wrong with it."""
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = OmegaConf.load(Path(sweep_dir) / MULTIRUN_FILE)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as exc:
+        raise DamagedRecord(f"cannot be read ({' '.join(str(exc).split())})") from None
+    if not isinstance(cfg, DictConfig) or not cfg:
+        raise DamagedRecord("is empty")
+    if not isinstance(cfg.get("hydra"), DictConfig):
+        raise DamagedRecord("has no hydra section")
+    return cfg
+
+
+def read_record(sweep_dir: Path) -> DictConfig:
+    """load_record for `pgrun resume=<sweep dir>`: UserError where it cannot be read."""
+    try:
+        return load_record(sweep_dir)
+    except DamagedRecord as exc:
+        raise UserError(
+            f"resume={sweep_dir}: its {MULTIRUN_FILE} {exc}; it is the sweep's record, written "
+            "as the sweep began: put it back from a copy, or resume the jobs one by one with "
+            "pgrun resume=<job dir>"
+        ) from None
+
+
 def resume_sweep_argv(sweep_dir: Path, others: list[str]) -> list[str]:
     """`pgrun resume=<sweep dir>` -> the sweep's own command line (its overrides, its launcher
     and its settings, into the same directory): each job continues where it stands (see
@@ -189,7 +221,7 @@ def resume_sweep_argv(sweep_dir: Path, others: list[str]) -> list[str]:
     overrides (another partition or time limit): nothing that changes an experiment."""
     global resuming, _record
     original = (sweep_dir / MULTIRUN_FILE).read_bytes()
-    cfg = OmegaConf.load(sweep_dir / MULTIRUN_FILE)
+    cfg = read_record(sweep_dir)
     if not basic_sweep(cfg):
         raise UserError(
             f"resume={sweep_dir}: the sweep was not a grid sweep (hydra/sweeper=basic); "

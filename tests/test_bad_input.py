@@ -85,7 +85,8 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     needs_run: str | None = None  # a fabricated run directory to resume: "run" or "old", or
     # "run" damaged: "garbage_overrides", "no_config", "other_policy"; a fabricated sweep
-    # ("sweep") or a directory with runs below it ("nested")
+    # ("sweep", or "damaged_sweep": its multirun.yaml cut short) or a directory with runs
+    # below it ("nested")
     code: int = 2
 
 
@@ -195,6 +196,11 @@ CASES: dict[str, Case] = {
         ["holds a run", "pgrun resume=run"],
         needs_run="run",
     ),
+    "resume of a sweep whose record is damaged": Case(
+        ["resume=sweep"],
+        ["its multirun.yaml cannot be read", "put it back from a copy", "pgrun resume=<job dir>"],
+        needs_run="damaged_sweep",
+    ),
     "run into a sweep": Case(
         ["hydra.run.dir=sweep"], ["sweep holds a sweep", "pgrun resume=sweep"], needs_run="sweep"
     ),
@@ -282,9 +288,10 @@ def fabricate_run(path: Path, cwd: Path, kind: str, server: ForkServer) -> None:
 def launch(name: str, case: Case, base: Path, plugins: Path, server: ForkServer):
     cwd = base / name.replace(" ", "_")
     cwd.mkdir()
-    if case.needs_run == "sweep":  # a sweep's directory: its record and a job
+    if case.needs_run in ("sweep", "damaged_sweep"):  # a sweep's directory: its record, a job
         fabricate_run(cwd / "sweep" / "seed=0", cwd, "run", server)
-        (cwd / "sweep" / "multirun.yaml").write_text("hydra: {}\n")
+        record = "hydra: {}\n" if case.needs_run == "sweep" else "hydra: [\n"
+        (cwd / "sweep" / "multirun.yaml").write_text(record)
     elif case.needs_run == "nested":  # a directory with runs two levels down
         fabricate_run(cwd / "outs" / "multirun" / "a_sweep" / "seed=0", cwd, "run", server)
     elif case.needs_run:

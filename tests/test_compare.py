@@ -488,6 +488,21 @@ def test_a_group_of_mixed_budgets_is_named(sweep: Path, tmp_path: Path):
     assert note in (copy / "summary.md").read_text()
 
 
+def test_a_sweep_whose_record_is_damaged_is_compared_with_a_note(sweep: Path, tmp_path: Path):
+    """multirun.yaml cut short (it lists the sweep's jobs): the runs found are compared, and a
+    note says that jobs which left no directory cannot be named, where it was a traceback."""
+    from pgrun.compare import compare
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    (copy / "multirun.yaml").write_text("hydra: [\n")
+    report = compare(copy, tensorboard=False)
+    assert len(report.runs) == 4 and not report.failures
+    (note,) = [n for n in report.notes if n.startswith("multirun.yaml cannot be read (")]
+    assert note.endswith("the jobs it lists that left no directory are not named"), note
+    assert note in (copy / "summary.md").read_text()
+
+
 def test_pgrun_compare_leaves_a_sweep_that_is_still_running(sweep: Path, tmp_path: Path, capsys):
     """A sweep's directory locked by the pgrun writing it: pgrun-compare writes nothing into it
     (its unfinished jobs would read as failed, and the sweep compares them when it ends),
