@@ -394,8 +394,9 @@ def short_runs(groups: Sequence[Group]) -> list[str]:
 
 
 def drop_repeated_seeds(runs: Sequence[Run]) -> tuple[list[Run], list[str]]:
-    """The runs with one per setting and seed, and a line for each setting and seed that had
-    more: the same seed trains the same run, so its repeats are not more evidence, and
+    """The runs with one per setting and seed, and a line for each setting that had seeds run
+    more than once: a seed's repeats are not independent evidence (on the CPU the same seed
+    trains the same run; a batched group's seed follows its run alone for a while), and
     counting them would narrow the intervals and sharpen the verdicts. The one kept is the
     newest finished run (else the newest)."""
     by: dict[tuple, list[Run]] = {}
@@ -403,17 +404,25 @@ def drop_repeated_seeds(runs: Sequence[Run]) -> tuple[list[Run], list[str]]:
         if run.seed is not None:
             by.setdefault((_setting(run), run.seed), []).append(run)
     dropped: set[int] = set()
-    notes = []
+    repeats: dict[tuple[str, ...], list[tuple[int, int, str]]] = {}
     for (key, seed), same in by.items():
         if len(same) < 2:
             continue
         kept = max(same, key=lambda r: (r.ok, r.start_time, r.name))
         dropped |= {id(r) for r in same if r is not kept}
+        repeats.setdefault(key, []).append((seed, len(same), kept.name))
+    notes = []
+    for key, seeds in repeats.items():
         setting = ",".join(key) or "all runs"
-        notes.append(
-            f"{setting}: {len(same)} runs of seed {seed}, counted once ({kept.name}): the same "
-            "seed trains the same run; use other seeds"
-        )
+        if len(seeds) == 1:
+            ((seed, n, name),) = seeds
+            which = f"{n} runs of seed {seed}, counted once ({name})"
+        else:
+            counts = {n for _, n, _ in seeds}
+            listed = ", ".join(str(seed) for seed, _, _ in sorted(seeds))
+            times = f"{counts.pop()} runs each" if len(counts) == 1 else "more than one run each"
+            which = f"seeds {listed}: {times}, each counted once (its newest finished run)"
+        notes.append(f"{setting}: {which}: a seed's repeats are not more evidence; use other seeds")
     return [r for r in runs if id(r) not in dropped], notes
 
 

@@ -181,12 +181,16 @@ def test_a_seed_run_more_than_once_counts_once():
         run("d", 1, 1.0, "variant=rtg"),
         run("e", 0, 1.0, "variant=vanilla", "seed=0"),  # another setting
         run("f", None, 1.0, "variant=vanilla"),  # seed unknown: kept
+        *(run(f"g{s}{k}", s, k, "variant=ppo") for s in (3, 2) for k in (1, 2)),
     ]
     kept, notes = drop_repeated_seeds(runs)
-    assert [r.name for r in kept] == ["c", "d", "e", "f"]
+    assert [r.name for r in kept] == ["c", "d", "e", "f", "g32", "g22"]
     assert notes == [
-        "variant=rtg: 3 runs of seed 0, counted once (c): the same seed trains the same run; "
-        "use other seeds"
+        "variant=rtg: 3 runs of seed 0, counted once (c): a seed's repeats are not more "
+        "evidence; use other seeds",
+        # one line for a setting's repeated seeds (pooled sweeps repeat many)
+        "variant=ppo: seeds 2, 3: 2 runs each, each counted once (its newest finished run): a "
+        "seed's repeats are not more evidence; use other seeds",
     ]
 
 
