@@ -341,7 +341,7 @@ def _train(jobs: list, waiting: list[JobReturn]) -> None:
     stacked) and complete their JobReturns as pgrun's task would have."""
     from pgrun import rundir
     from pgrun.batched import NotBatchable, train_group
-    from pgrun.cli import _record_failure, report_done
+    from pgrun.cli import _record_failure, interrupted_line, report_done
     from pgrun.config import Interrupted
     from pgrun.trainer import train
 
@@ -375,6 +375,7 @@ def _train(jobs: list, waiting: list[JobReturn]) -> None:
                 report_done(job.cfg, job.run_dir, result)
                 ret._return_value = result["final_return"]
             elif isinstance(result, Interrupted):
+                log.info(interrupted_line(job.run_dir, result))
                 ret.status, ret._return_value = JobStatus.FAILED, result
             else:
                 ret._return_value = _record_failure(result, job.run_dir)

@@ -893,6 +893,14 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
         )
 
 
+def interrupted_line(run_dir: Path, exc: Interrupted) -> str:
+    """A sweep's job stopped by the sweep's stop, as its worker reports it."""
+    return (
+        f"{_display(run_dir)}: interrupted at iteration {exc.iteration} ({exc.env_steps:,} env "
+        "steps), checkpoint saved"
+    )
+
+
 def _drop_attempt_record(run_dir: Path) -> None:
     """A sweep job that does not run again (finished, or kept as failed): the record Hydra
     wrote for this attempt (`.hydra/resume-<time>/`) is removed, so that resuming a sweep again
@@ -1001,6 +1009,7 @@ def run(cfg: DictConfig) -> float | None:
     except Exception as exc:
         if multirun and isinstance(exc, Interrupted):  # the whole sweep stops
             if not hydra_cfg.launcher._target_.endswith("BasicLauncher"):
+                log.info(interrupted_line(run_dir, exc))
                 raise  # in a launcher's process: it requeues or reports the job
             print(
                 f"pgrun: interrupted at iteration {exc.iteration} of {_display(run_dir)}, "

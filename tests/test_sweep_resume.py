@@ -213,7 +213,9 @@ def test_ctrl_c_checkpoints_the_jobs_of_a_parallel_sweep(tmp_path: Path, launche
     for seed in (0, 1):
         assert list(job(root, seed).glob("checkpoint-*.pt")), (seed, describe(proc))
         assert sweep.job_state(job(root, seed)) == "interrupted"
-        assert "stopping after this iteration" in (job(root, seed) / "pgrun.log").read_text()
+        log = (job(root, seed) / "pgrun.log").read_text()
+        assert "stopping after this iteration" in log, log
+        assert f"{job(root, seed).name}: interrupted at iteration " in log, log
     proc = run_pgrun([f"resume={root}"], cwd=tmp_path, timeout=TIMEOUT)
     assert proc.returncode == 0, describe(proc)
     (row,) = summary(root).values()
