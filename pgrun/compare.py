@@ -463,14 +463,21 @@ def missing_runs(
     if not jobs:
         return []
     have = {r.path.resolve() for r in found}
-    by_env = {o: r for r in found for o in r.overrides if _key(o) == "env"}
-    env_id = env_settings(root / "multirun.yaml")[0]
+    by_env = {
+        o: (r.env_id, r.threshold, r.random_return)
+        for r in found
+        for o in r.overrides
+        if _key(o) == "env"
+    }
+    sweep_env = env_settings(root / "multirun.yaml")
     missing = []
     for job in jobs:
         if job.path.resolve() in have:
             continue
         env = next((o for o in job.overrides if _key(o) == "env"), None)
-        job_env = by_env[env].env_id if env in by_env else env_id
+        if env is not None and env not in by_env:  # a swept env none of whose jobs ran
+            by_env[env] = _env_file_settings(env.split("=", 1)[1])
+        job_env, threshold, random = by_env[env] if env is not None else sweep_env
         name = job.path.relative_to(root).as_posix()
         problem = (damaged or {}).pop(name, None)
         if (job.path / FAILED_FILE).is_file():
@@ -481,10 +488,21 @@ def missing_runs(
             reason = "never started: no .hydra record"
         else:  # e.g. killed while Hydra wrote it: a resume writes it again (hydra_subdir)
             reason = f"its record {problem or record_problem(job.path)}"
-        run = Run(job.path, name, job.overrides, job_env, None, failure=reason)
+        run = Run(job.path, name, job.overrides, job_env, threshold, random, failure=reason)
         run.seed = _seed_of(job.overrides)
         missing.append(run)
     return missing
+
+
+def _env_file_settings(name: str) -> tuple[str, float | None, float | None]:
+    """env_settings of configs/env/<name>.yaml (env=<name>); (name, None, None) without one."""
+    from importlib import resources
+
+    path = resources.files("pgrun.configs") / "env"
+    for part in name.split("/"):
+        path = path / part
+    file = Path(str(path.parent / f"{path.name}.yaml"))
+    return env_settings(file) if file.is_file() else (name, None, None)
 
 
 # What the runs of one group may differ in: their seed, and progress= (a terminal's bar,

@@ -492,6 +492,29 @@ def test_a_group_of_mixed_budgets_is_named(sweep: Path, tmp_path: Path):
     assert note in (copy / "summary.md").read_text()
 
 
+def test_a_group_none_of_whose_jobs_started_keeps_its_env_threshold(sweep: Path, tmp_path: Path):
+    """A group whose jobs all left no directory (the sweep stopped before them) is listed from
+    multirun.yaml with its env's threshold and random return, as the others are, where its
+    summary row had none."""
+    from pgrun.compare import compare
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    for seed in SEEDS:
+        shutil.rmtree(job_dir(copy, VARIANTS[0], seed))
+    report = compare(copy, tensorboard=False)
+    rows = summary_rows(copy)
+    assert {row["threshold"] for row in rows.values()} == {"475"}, rows
+    (never,) = [g for g in report.groups if not g.finished]
+    assert (never.env_id, never.random_return) == ("CartPole-v1", 25.0), never
+    # a swept env none of whose jobs ran (env=<file>): read from its env file
+    from pgrun.compare import _env_file_settings
+
+    assert _env_file_settings("Acrobot-v1") == ("Acrobot-v1", -100.0, -500.0)
+    assert _env_file_settings("ALE/Pong-v5")[0] == "ALE/Pong-v5"
+    assert _env_file_settings("NoSuch-v0") == ("NoSuch-v0", None, None)
+
+
 def test_a_sweep_whose_record_is_damaged_is_compared_with_a_note(sweep: Path, tmp_path: Path):
     """multirun.yaml cut short (it lists the sweep's jobs): the runs found are compared, and a
     note says that jobs which left no directory cannot be named, where it was a traceback."""
