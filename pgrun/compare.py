@@ -496,13 +496,10 @@ def missing_runs(
 
 def _env_file_settings(name: str) -> tuple[str, float | None, float | None]:
     """env_settings of configs/env/<name>.yaml (env=<name>); (name, None, None) without one."""
-    from importlib import resources
+    from pgrun.hints import env_file
 
-    path = resources.files("pgrun.configs") / "env"
-    for part in name.split("/"):
-        path = path / part
-    file = Path(str(path.parent / f"{path.name}.yaml"))
-    return env_settings(file) if file.is_file() else (name, None, None)
+    file = env_file(name)
+    return env_settings(file) if name and file.is_file() else (name, None, None)
 
 
 # What the runs of one group may differ in: their seed, and progress= (a terminal's bar,

@@ -11,17 +11,23 @@ import logging
 import re
 import sys
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from pgrun.config import NO_FILE_KEYS, NO_FILE_OVERRIDES, UserError
 
 
-def env_file_exists(env_id: str) -> bool:
-    """Whether configs/env/<env_id>.yaml exists (ALE/Pong-v5 -> configs/env/ALE/Pong-v5.yaml)."""
+def env_file(env_id: str) -> Path:
+    """configs/env/<env_id>.yaml (ALE/Pong-v5 -> configs/env/ALE/Pong-v5.yaml), there or not."""
     path = resources.files("pgrun.configs") / "env"
     for part in env_id.split("/"):
         path = path / part
-    return (path.parent / f"{path.name}.yaml").is_file() if env_id else False
+    return Path(str(path.parent / f"{path.name}.yaml"))
+
+
+def env_file_exists(env_id: str) -> bool:
+    """Whether configs/env/<env_id>.yaml exists."""
+    return env_file(env_id).is_file() if env_id else False
 
 
 def env_id_argv(args: list[str]) -> list[str]:
