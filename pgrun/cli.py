@@ -19,7 +19,7 @@ import sys
 import threading
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -559,17 +559,31 @@ def forward_stops_to_joblib() -> None:
         from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
     except ImportError:  # without the sweep extra: Hydra reports the missing launcher
         return
-    launch = JoblibLauncher.launch
+
+    def joblib_pids() -> list[int]:
+        from pgrun.batched_launcher import worker_pids
+
+        return worker_pids()
+
+    _forward_stops(JoblibLauncher, joblib_pids)
+
+
+def _forward_stops(
+    launcher: type, workers: Callable[[], list[int]], before: Callable[[], None] | None = None
+) -> None:
+    """`launcher`'s launch (after `before()`) inside pgrun.signals.wait_forwarding: a first
+    signal while its jobs run goes on to `workers()`, and the sweep waits for their checkpoints."""
+    launch = launcher.launch
     if getattr(launch, "forwarding", False):
         return
 
     def forwarding_launch(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from pgrun.batched_launcher import worker_pids
-
-        return signals.wait_forwarding(lambda: launch(self, *args, **kwargs), worker_pids)
+        if before is not None:
+            before()
+        return signals.wait_forwarding(lambda: launch(self, *args, **kwargs), workers)
 
     forwarding_launch.forwarding = True  # type: ignore[attr-defined]
-    JoblibLauncher.launch = forwarding_launch  # type: ignore[method-assign]
+    launcher.launch = forwarding_launch  # type: ignore[attr-defined]
 
 
 class _OwnSession:
@@ -601,18 +615,13 @@ def forward_stops_to_submitit_local() -> None:
         from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
     except ImportError:  # without the sweep extra: Hydra reports the missing launcher
         return
-    launch = LocalLauncher.launch
-    if getattr(launch, "forwarding", False):
-        return
 
-    def forwarding_launch(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def own_sessions() -> None:
         from submitit.local import local
 
         local.subprocess = _OwnSession()  # type: ignore[assignment]
-        return signals.wait_forwarding(lambda: launch(self, *args, **kwargs), _local_job_pids)
 
-    forwarding_launch.forwarding = True  # type: ignore[attr-defined]
-    LocalLauncher.launch = forwarding_launch  # type: ignore[method-assign]
+    _forward_stops(LocalLauncher, _local_job_pids, before=own_sessions)
 
 
 def _local_job_pids() -> list[int]:
