@@ -358,8 +358,8 @@ def mixed_budgets(groups: Sequence[Group]) -> list[str]:
                 extended.setdefault((budget, typed), []).append(g.label)
     for (budget, typed), labels in extended.items():
         notes.append(
-            f"{', '.join(labels)}: trained on to total_steps {budget:,} by a resume (they began "
-            f"with total_steps={typed})"
+            f"{', '.join(labels)}: trained on to total_steps {budget:,} by a resume (their sweep "
+            f"began with total_steps={typed})"
         )
     return notes
 
@@ -1429,7 +1429,7 @@ def closing_lines(report: Report, prog: str) -> list[str]:
         again = f"; once the cause is fixed, {resume} --rerun-failed runs them again"
         lines.append(
             f"{prog}: error: {len(failed)} of {n} jobs failed ({_names(failed)}): see "
-            f"{root / 'summary.md'}{again if sweep else ''}"
+            f"{shell(root / 'summary.md')}{again if sweep else ''}"
         )
     if busy:  # their directories were another process's: this sweep did not run them
         held = "; ".join(f"{r.name}: {r.failure}" for r in busy)

@@ -830,7 +830,7 @@ def test_the_closing_lines_give_the_command_for_each_kind(tmp_path, sweep):
         assert lines == [
             "pgrun-compare: error: 1 of 4 jobs was ended from outside (b: scheduler: "
             f"CANCELLED); {resume} runs them again",
-            f"pgrun-compare: error: 1 of 4 jobs failed (a): see {tmp_path / 'summary.md'}; once "
+            f"pgrun-compare: error: 1 of 4 jobs failed (a): see {shell(tmp_path / 'summary.md')}; once "
             f"the cause is fixed, {resume} --rerun-failed runs them again",
             f"pgrun-compare: error: 1 of 4 jobs did not finish (c); {resume} continues them",
         ]
@@ -838,7 +838,7 @@ def test_the_closing_lines_give_the_command_for_each_kind(tmp_path, sweep):
         assert lines == [
             "pgrun-compare: error: 1 of 4 jobs was ended from outside (b: scheduler: "
             "CANCELLED); pgrun resume=<job dir> runs each again",
-            f"pgrun-compare: error: 1 of 4 jobs failed (a): see {tmp_path / 'summary.md'}",
+            f"pgrun-compare: error: 1 of 4 jobs failed (a): see {shell(tmp_path / 'summary.md')}",
             "pgrun-compare: error: 1 of 4 jobs did not finish (c); pgrun resume=<job dir> "
             "continues each",
         ]

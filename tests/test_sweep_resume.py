@@ -311,7 +311,10 @@ def test_failed_jobs_run_again_only_when_asked(tmp_path: Path):
         "fixed, pgrun resume=sweep --rerun-failed runs it again)\ncomparison of 2 runs (1 of "
         "them finished) in sweep:"
     ), describe(proc)
-    assert "1 of 2 jobs failed (variant.weights=no_such_module-weights)" in proc.stderr
+    # the path as typed from where pgrun runs, not the resolved sweep directory
+    assert "1 of 2 jobs failed (variant.weights=no_such_module-weights): see sweep/summary.md" in (
+        proc.stderr
+    ), describe(proc)
     assert sorted(root.glob("multirun-resume-*.yaml")) == records, (
         "a record of a resume that ran nothing"
     )
