@@ -21,7 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from pgrun import rundir
 from pgrun.config import JOB_SUBDIR, UserError, job_subdir
@@ -187,9 +189,6 @@ class DamagedRecord(Exception):
 
 def load_record(sweep_dir: Path) -> DictConfig:
     """The sweep's multirun.yaml, or DamagedRecord saying what is wrong with it."""
-    import yaml
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         cfg = OmegaConf.load(Path(sweep_dir) / MULTIRUN_FILE)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as exc:
@@ -311,10 +310,13 @@ def all_ended(jobs: list[Job], task: list[str], rerun_failed: bool) -> tuple[int
             continue
         if state != "finished" or rundir.holder(job.path) is not None:
             return None
-        cfg = OmegaConf.load(job.path / ".hydra" / "config.yaml")
-        if steps is not None:
-            cfg.total_steps = steps
-        if trains_further(cfg, job.path):
+        try:  # a record that cannot be read: the launch reports it, as for any resume
+            cfg = OmegaConf.load(job.path / ".hydra" / "config.yaml")
+            if steps is not None:
+                cfg.total_steps = steps
+            if trains_further(cfg, job.path):
+                return None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException):
             return None
         finished += 1
     return finished, failed
