@@ -1414,8 +1414,9 @@ def closing_lines(report: Report, prog: str) -> list[str]:
     sweep = (root / "multirun.yaml").is_file()
     resume = f"pgrun resume={shell(root)}"
 
-    def resumes(verb: str) -> str:  # 'pgrun resume=sw runs them again'
-        return f"{resume} {verb} them" if sweep else f"pgrun resume=<job dir> {verb} each"
+    def resumes(verb: str, jobs: Sequence[Run]) -> str:  # 'pgrun resume=sw runs them again'
+        them = "it" if len(jobs) == 1 else "them"
+        return f"{resume} {verb} {them}" if sweep else f"pgrun resume=<job dir> {verb} each"
 
     lines = []
     if lost:  # ended from outside (the scheduler, a killed worker): resume runs them again
@@ -1423,10 +1424,11 @@ def closing_lines(report: Report, prog: str) -> list[str]:
             f"{prog}: error: {len(lost)} of {n} jobs {'was' if len(lost) == 1 else 'were'} ended "
             "from outside "
             f"({_names(lost)}: {'; '.join(dict.fromkeys(str(r.failure) for r in lost))}); "
-            f"{resumes('runs')} again"
+            f"{resumes('runs', lost)} again"
         )
     if failed:
-        again = f"; once the cause is fixed, {resume} --rerun-failed runs them again"
+        them = "it" if len(failed) == 1 else "them"
+        again = f"; once the cause is fixed, {resume} --rerun-failed runs {them} again"
         lines.append(
             f"{prog}: error: {len(failed)} of {n} jobs failed ({_names(failed)}): see "
             f"{shell(root / 'summary.md')}{again if sweep else ''}"
@@ -1443,7 +1445,7 @@ def closing_lines(report: Report, prog: str) -> list[str]:
     if others:
         lines.append(
             f"{prog}: error: {len(others)} of {n} jobs did not finish ({_names(others)}); "
-            f"{resumes('continues')}"
+            f"{resumes('continues', others)}"
         )
     return lines
 

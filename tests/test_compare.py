@@ -829,10 +829,10 @@ def test_the_closing_lines_give_the_command_for_each_kind(tmp_path, sweep):
     if sweep:
         assert lines == [
             "pgrun-compare: error: 1 of 4 jobs was ended from outside (b: scheduler: "
-            f"CANCELLED); {resume} runs them again",
+            f"CANCELLED); {resume} runs it again",
             f"pgrun-compare: error: 1 of 4 jobs failed (a): see {shell(tmp_path / 'summary.md')}; once "
-            f"the cause is fixed, {resume} --rerun-failed runs them again",
-            f"pgrun-compare: error: 1 of 4 jobs did not finish (c); {resume} continues them",
+            f"the cause is fixed, {resume} --rerun-failed runs it again",
+            f"pgrun-compare: error: 1 of 4 jobs did not finish (c); {resume} continues it",
         ]
     else:
         assert lines == [

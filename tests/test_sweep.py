@@ -76,7 +76,7 @@ def test_a_failing_job_is_reported_and_the_others_kept(tmp_path: Path, launcher:
     assert proc.returncode == 1, describe(proc)
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"pgrun: error: 1 of 2 jobs failed ({bad.name}): see "), describe(proc)
-    assert last.endswith("pgrun resume=sweep --rerun-failed runs them again"), describe(proc)
+    assert last.endswith("pgrun resume=sweep --rerun-failed runs it again"), describe(proc)
     assert (writer_pid(good) == process.pid) == (launcher == "basic"), describe(proc)
     assert "hparams/final_return" in read_scalars(good)
     failure = "variant.weights=no_such_module:weights: cannot import no_such_module"
