@@ -224,6 +224,7 @@ def forwarding(workers: Callable[[], Iterable[int]]) -> Iterator[list[int]]:
         yield got
         return
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    ended = threading.Event()
 
     def first(signum: int, frame) -> None:
         if echo():
@@ -239,17 +240,60 @@ def forwarding(workers: Callable[[], Iterable[int]]) -> Iterator[list[int]]:
             file=sys.stderr,
             flush=True,
         )
-        for pid in workers():
-            with contextlib.suppress(OSError):
-                os.kill(pid, SWEEP_STOP)
+        told: set[int] = set()
+        tell_workers(workers, told)
+        threading.Thread(
+            target=_tell_later, args=(workers, told, ended), name="pgrun-sweep-stop", daemon=True
+        ).start()
 
     for sig in SIGNALS:
         signal.signal(sig, first)
     try:
         yield got
     finally:
+        ended.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+TELL_POLL_S = 0.1
+"""How often a stopping sweep looks for workers that were not yet listening for its stop."""
+
+
+def listens(pid: int, signum: int) -> bool | None:
+    """Whether process `pid` has a handler for `signum` (Linux's /proc/<pid>/status, SigCgt);
+    None where that cannot be read (no /proc, the process gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def tell_workers(workers: Callable[[], Iterable[int]], told: set[int]) -> None:
+    """SWEEP_STOP to each worker in `workers()` not in `told` that listens for it (then added to
+    `told`). A worker still starting (importing, or a job's process its controller has just
+    started) would die of it, or miss it if it ignores it, and then start its job as if the
+    sweep went on: it is told once it listens (_tell_later)."""
+    for pid in workers():
+        if pid in told or listens(pid, SWEEP_STOP) is False:
+            continue
+        told.add(pid)
+        with contextlib.suppress(OSError):
+            os.kill(pid, SWEEP_STOP)
+
+
+def _tell_later(
+    workers: Callable[[], Iterable[int]], told: set[int], ended: threading.Event
+) -> None:
+    """After a sweep's first stop and until its launcher has returned: the workers that were
+    not listening yet, or started since, are told as they begin to listen (tell_workers)."""
+    while not ended.wait(TELL_POLL_S):
+        with contextlib.suppress(Exception):  # a pool changing under the look: the next one
+            tell_workers(workers, told)
 
 
 class WorkerLost(BaseException):  # noqa: N818

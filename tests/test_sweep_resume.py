@@ -222,6 +222,56 @@ def test_ctrl_c_checkpoints_the_jobs_of_a_parallel_sweep(tmp_path: Path, launche
     assert (row["seeds"], row["failed"]) == ("2", "0"), row
 
 
+def running_in(root: Path) -> list[str]:
+    """The command lines of this machine's processes that name `root` (submitit_local's
+    controllers and jobs, in sessions of their own)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(root) in line:
+            found.append(line)
+    return found
+
+
+@pytest.mark.parametrize("launcher", ["submitit_local", "joblib"])
+def test_ctrl_c_as_the_jobs_start_stops_them_all(tmp_path: Path, launcher: str):
+    """Ctrl-C while the jobs' processes are still starting (importing, before they listen for
+    the sweep's stop): each job is told once it listens (pgrun.signals.tell_workers), so it
+    does not start or stops after its first iteration with a checkpoint, and none is left
+    running after the sweep's process has stopped. submitit_local's jobs died of the stop
+    signal or missed it and trained on to the end, unseen, after the sweep said it stopped.
+    Then the resume finishes both."""
+    root = tmp_path / "sweep"
+    process = start_two_ppo_jobs(tmp_path, root, launcher, subprocess.PIPE)
+    try:
+        if launcher == "submitit_local":  # both controllers have started their jobs
+            wait_for("the jobs' start", lambda: len(list(root.glob(".submitit/*/*_log.out"))) == 2)
+        else:  # a worker has begun a job (its directory made, its code not yet listening)
+            wait_for("a job's start", lambda: any(root.glob("seed=*")))
+        os.killpg(process.pid, signal.SIGINT)
+        proc = finish(process, timeout=TIMEOUT)
+        # what a job left to train on would do meanwhile: nothing is (seconds to end a loop)
+        wait_for("the jobs' exit", lambda: not running_in(root) and not group_alive(process.pid))
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert proc.returncode == 130, describe(proc)
+    assert "Traceback" not in proc.stderr, describe(proc)
+    for seed in (0, 1):
+        state = sweep.job_state(job(root, seed))
+        # begun and not started (new), or stopped after an iteration; submitit_local's jobs had
+        # begun, and are told only once they listen, where they died of the signal (missing)
+        begun = ("new", "interrupted") if launcher == "submitit_local" else ("missing",)
+        assert state in begun + ("new", "interrupted"), (seed, state, describe(proc))
+    proc = run_pgrun([f"resume={root}"], cwd=tmp_path, timeout=TIMEOUT)
+    assert proc.returncode == 0, describe(proc)
+    (row,) = summary(root).values()
+    assert (row["seeds"], row["failed"]) == ("2", "0"), row
+
+
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
