@@ -1088,8 +1088,16 @@ def _train_group(
         if saved is not None:
             s.load_state_dict(saved, j.run_dir)
             if not j.replay:
+                removed = checkpoint.rewind(j.run_dir, saved)
+                past = (
+                    ", the last its group's seeds share (removed after it, to be trained "
+                    f"again: {', '.join(removed)})"
+                    if removed
+                    else ""
+                )
                 log.info(
-                    f"resuming {j.run_dir} at iteration {s.iteration}, {s.env_steps:,} env steps"
+                    f"resuming {j.run_dir} at iteration {s.iteration}, {s.env_steps:,} env "
+                    f"steps{past}"
                 )
     results: list[Any] = [None] * K
     loggers = []

@@ -169,6 +169,31 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name, reverse=True)
 
 
+def rewind(run_dir: str | Path, state: dict[str, Any]) -> list[str]:
+    """A run resumed from `state`, one of its checkpoints, where it has later ones (a group of
+    seeds continues from the iteration they all have): its later checkpoints, and its
+    policy.pt where it had ended, are removed, as its loggers drop what it logged after
+    `state`, so that its directory holds one history. Left there, a later resume of the run
+    alone would continue from the newest and leave a gap in its curve, and the comparison
+    would take it as ended. The names removed, in order. The caller holds the run's lock."""
+    run_dir = Path(run_dir)
+    later = []
+    for path in checkpoints(run_dir):
+        saved = stored_iteration(path)
+        if saved is not None and saved[0] == state.get("run_id") and saved[1] > state["iteration"]:
+            later.append(path)
+    if not later:
+        return []
+    removed = [p.name for p in reversed(later)]
+    end = run_dir / "policy.pt"
+    if end.is_file():
+        removed.append(end.name)
+        end.unlink()
+    for path in later:
+        path.unlink(missing_ok=True)
+    return removed
+
+
 def remove_temporary(run_dir: str | Path) -> None:
     """Remove the temporary files a killed writer left in `run_dir`. The caller holds the run's
     lock (pgrun.rundir), so no other process is writing them."""

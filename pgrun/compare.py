@@ -237,7 +237,7 @@ def load_run(path: Path, root: Path) -> Run:
         run.returns = np.array([e[1] for e in events], dtype=np.float64)
         run.seconds = np.array([e[2] for e in events]) - run.start_time
     past_end = False  # trained on after its final metric (resumed with a larger total_steps)
-    if FINAL_TAG in series:
+    if series.get(FINAL_TAG):
         step, value = series[FINAL_TAG][-1][:2]
         past_end = bool(len(run.steps) and run.steps[-1] > step)
         if not past_end:

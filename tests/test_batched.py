@@ -33,6 +33,7 @@ import pgrun
 from pgrun import checkpoint, trainer
 from pgrun.batched import Job, Stacked, StackedAdam, clip_per_seed, train_group
 from pgrun.batched_launcher import blocker, group_key, spread
+from pgrun.logger import FINAL_METRIC
 from pgrun.optim import Adam
 
 RTOL, ATOL = 2e-3, 1e-5
@@ -238,6 +239,44 @@ def test_a_group_killed_between_its_seeds_checkpoints_resumes_bit_for_bit(tmp_pa
     checkpoint.checkpoints(seed1)[0].unlink()
     assert checkpoint.load_latest(seed1)["iteration"] == n - 1
     train_group(seed_jobs(tmp_path / "cut", overrides, resume=True))
+    for s in (0, 1):
+        cut, uncut = (scalars(tmp_path / p / f"seed{s}") for p in ("cut", "whole"))
+        assert cut == uncut, s
+
+
+def test_a_group_trained_on_from_the_iteration_its_seeds_share_keeps_one_history(
+    tmp_path, monkeypatch
+):
+    """Seeds of a finished group end at different iterations; trained on to a larger
+    total_steps, the group continues all of them from the newest iteration they share, and
+    each one's checkpoints after it and its policy.pt go with what its loggers drop. Left,
+    a resume of the group stopped at once left each seed's old end as its newest checkpoint
+    (a resume of it alone continued from there: a gap in its curve) and its policy.pt beside a
+    curve without its final metric (the comparison took it as ended, or failed on it). The
+    group resumed to the end logs what a group begun with the larger budget logs."""
+    first = ["variant=rtg", "total_steps=1500", "checkpoint.every=6", "batch_episodes=4"]
+    on = [*first[:1], "total_steps=3000", *first[2:]]
+    train_group(seed_jobs(tmp_path / "cut", first))
+    ends = [checkpoint.load_latest(tmp_path / "cut" / f"seed{s}")["iteration"] for s in (0, 1)]
+    shared = max(set.intersection(*(
+        {c["iteration"] for c in checkpoint.load_readable(tmp_path / "cut" / f"seed{s}")}
+        for s in (0, 1)
+    )))  # fmt: skip
+    assert max(ends) > shared, (ends, shared)  # a seed goes back past its end
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "StopRequest", stop_after(1))
+        stopped = train_group(seed_jobs(tmp_path / "cut", on, resume=True))
+    assert all(type(r).__name__ == "Interrupted" for r in stopped), stopped
+    for s in (0, 1):
+        run = tmp_path / "cut" / f"seed{s}"
+        logged = max(step for series in scalars(run).values() for step, _ in series)
+        newest = checkpoint.load_latest(run)
+        assert newest["iteration"] == stopped[s].iteration > shared, (s, newest["iteration"])
+        assert newest["env_steps"] <= logged, (s, newest["env_steps"], logged)
+        assert not (run / "policy.pt").exists(), s  # interrupted, as its curve says
+        assert not scalars(run).get(FINAL_METRIC), s
+    train_group(seed_jobs(tmp_path / "cut", on, resume=True))
+    train_group(seed_jobs(tmp_path / "whole", on))
     for s in (0, 1):
         cut, uncut = (scalars(tmp_path / p / f"seed{s}") for p in ("cut", "whole"))
         assert cut == uncut, s
