@@ -347,22 +347,28 @@ def _train(jobs: list, waiting: list[JobReturn]) -> None:
 
     locks = [rundir.acquire(j.run_dir) for j in jobs if not j.replay]  # those it writes
     try:
+        unreadable = _unreadable(jobs)  # each fails alone; its group trains without it
+        group = [j for i, j in enumerate(jobs) if i not in unreadable]
         try:
-            results = train_group(jobs)
+            grouped = (
+                train_group(group) if any(not j.replay for j in group) else [None] * len(group)
+            )
         except NotBatchable as exc:
-            alone = count(sum(not j.replay for j in jobs), "job")
+            alone = count(sum(not j.replay for j in group), "job")
             log.info(f"{alone} run one process each: {exc}")
-            results = []
-            for j in jobs:
+            grouped = []
+            for j in group:
                 if j.replay:  # finished before: kept as it is
-                    results.append(None)
+                    grouped.append(None)
                     continue
                 try:
-                    results.append(train(j.cfg, j.run_dir, resume=j.resume))
+                    grouped.append(train(j.cfg, j.run_dir, resume=j.resume))
                 except Exception as err:  # noqa: BLE001 (recorded as the job's failure)
-                    results.append(err)
+                    grouped.append(err)
         except Exception as exc:  # noqa: BLE001 (the whole group failed: each job records it)
-            results = [exc] * len(jobs)
+            grouped = [exc] * len(group)
+        rest = iter(grouped)
+        results = [unreadable[i] if i in unreadable else next(rest) for i in range(len(jobs))]
     finally:
         for lock in locks:
             rundir.release(lock)
@@ -379,6 +385,24 @@ def _train(jobs: list, waiting: list[JobReturn]) -> None:
                 ret.status, ret._return_value = JobStatus.FAILED, result
             else:
                 ret._return_value = _record_failure(result, job.run_dir)
+
+
+def _unreadable(jobs: list) -> dict[int, Exception]:
+    """The resumed jobs of a group whose checkpoints cannot be read (pgrun.checkpoint
+    .load_readable: none left readable), by their place: each fails with its own error, where
+    the group's error would be recorded as every seed's failure, the healthy ones' too. The
+    caller holds their locks."""
+    from pgrun import checkpoint
+
+    out: dict[int, Exception] = {}
+    for i, j in enumerate(jobs):
+        if j.resume and not j.replay:
+            try:
+                with job_log(j.run_dir):  # a file it falls back from: said in its own log
+                    checkpoint.load_readable(j.run_dir)
+            except checkpoint.CheckpointError as err:
+                out[i] = err
+    return out
 
 
 @contextlib.contextmanager

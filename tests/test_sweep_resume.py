@@ -145,9 +145,10 @@ def test_ctrl_c_stops_a_basic_sweep_and_resume_continues_it(tmp_path: Path):
     assert (row["seeds"], row["failed"]) == ("2", "0"), row
 
 
-def start_two_ppo_jobs(tmp_path: Path, root: Path, launcher: str, output: int):
+def start_two_ppo_jobs(tmp_path: Path, root: Path, launcher: str, output: int, *more: str):
     """A sweep of two PPO seeds in worker processes, in a session of its own, that trains long
-    enough to be stopped in its loops (no regular checkpoint before iteration 1000)."""
+    enough to be stopped in its loops (no regular checkpoint before iteration 1000); `more`:
+    further overrides."""
     return subprocess.Popen(
         pgrun_cmd(
             "-m",
@@ -157,6 +158,7 @@ def start_two_ppo_jobs(tmp_path: Path, root: Path, launcher: str, output: int):
             "checkpoint.every=1000",
             f"hydra/launcher={launcher}",
             f"hydra.sweep.dir={root}",
+            *more,
         ),  # fmt: skip
         cwd=tmp_path,
         env=pgrun_env(),
@@ -220,6 +222,33 @@ def test_ctrl_c_checkpoints_the_jobs_of_a_parallel_sweep(tmp_path: Path, launche
     assert proc.returncode == 0, describe(proc)
     (row,) = summary(root).values()
     assert (row["seeds"], row["failed"]) == ("2", "0"), row
+
+
+def test_a_seed_whose_checkpoints_cannot_be_read_fails_alone_in_its_group(tmp_path: Path):
+    """A batched sweep stopped while both seeds train, then every checkpoint of seed 0 cut
+    short (a disk that filled up): the resume fails seed 0 with its own error and trains seed
+    1 to its end, where the group's error was recorded as both seeds' failure (seed 1's
+    failed.txt naming seed 0's file)."""
+    root = tmp_path / "sweep"
+    one_group = "hydra.launcher.n_jobs=1"  # two cores would split the group in two processes
+    process = start_two_ppo_jobs(tmp_path, root, "batched", subprocess.DEVNULL, one_group)
+    try:
+        wait_until_both_train(root)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=TIMEOUT) == 130
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    for saved in job(root, 0).glob("checkpoint-*.pt"):
+        with saved.open("r+b") as f:
+            f.truncate(100)
+    proc = run_pgrun([f"resume={root}"], cwd=tmp_path, timeout=TIMEOUT)
+    assert proc.returncode == 1, describe(proc)
+    assert "1 of 2 jobs failed (seed=0)" in proc.stderr, describe(proc)
+    failure = sweep.failure_line(job(root, 0))
+    assert failure.startswith(f"no readable checkpoint in {job(root, 0)}: checkpoint-"), failure
+    assert sweep.job_state(job(root, 1)) == "finished", describe(proc)
+    assert "unreadable" not in (job(root, 1) / "pgrun.log").read_text()  # seed 0's, in its own
 
 
 def running_in(root: Path) -> list[str]:
