@@ -240,12 +240,17 @@ def forwarding(workers: Callable[[], Iterable[int]]) -> Iterator[list[int]]:
             file=sys.stderr,
             flush=True,
         )
-        told: set[int] = set()
-        tell_workers(workers, told)
-        threading.Thread(
-            target=_tell_later, args=(workers, told, ended), name="pgrun-sweep-stop", daemon=True
-        ).start()
 
+    # The workers are told by a thread of its own, started now: a handler that started one
+    # (or took any lock) could wait for ever on a lock the main thread held when the signal
+    # came, as Thread.start's own does while another thread starts.
+    teller = threading.Thread(
+        target=_tell_workers_once_stopped,
+        args=(got, workers, ended),
+        name="pgrun-sweep-stop",
+        daemon=True,
+    )
+    teller.start()
     for sig in SIGNALS:
         signal.signal(sig, first)
     try:
@@ -256,8 +261,9 @@ def forwarding(workers: Callable[[], Iterable[int]]) -> Iterator[list[int]]:
             signal.signal(sig, handler)
 
 
-TELL_POLL_S = 0.1
-"""How often a stopping sweep looks for workers that were not yet listening for its stop."""
+TELL_POLL_S = 0.05
+"""How often a sweep's launcher looks whether it was stopped, and then for workers that were
+not yet listening for its stop."""
 
 
 def listens(pid: int, signum: int) -> bool | None:
@@ -277,7 +283,7 @@ def tell_workers(workers: Callable[[], Iterable[int]], told: set[int]) -> None:
     """SWEEP_STOP to each worker in `workers()` not in `told` that listens for it (then added to
     `told`). A worker still starting (importing, or a job's process its controller has just
     started) would die of it, or miss it if it ignores it, and then start its job as if the
-    sweep went on: it is told once it listens (_tell_later)."""
+    sweep went on: it is told once it listens (_tell_workers_once_stopped)."""
     for pid in workers():
         if pid in told or listens(pid, SWEEP_STOP) is False:
             continue
@@ -286,14 +292,17 @@ def tell_workers(workers: Callable[[], Iterable[int]], told: set[int]) -> None:
             os.kill(pid, SWEEP_STOP)
 
 
-def _tell_later(
-    workers: Callable[[], Iterable[int]], told: set[int], ended: threading.Event
+def _tell_workers_once_stopped(
+    got: list[int], workers: Callable[[], Iterable[int]], ended: threading.Event
 ) -> None:
-    """After a sweep's first stop and until its launcher has returned: the workers that were
-    not listening yet, or started since, are told as they begin to listen (tell_workers)."""
+    """While a sweep's launcher waits for its workers (until `ended`): once its first stop is
+    in `got`, each worker is told as it listens, those that were still starting or started
+    since included (tell_workers)."""
+    told: set[int] = set()
     while not ended.wait(TELL_POLL_S):
-        with contextlib.suppress(Exception):  # a pool changing under the look: the next one
-            tell_workers(workers, told)
+        if got:
+            with contextlib.suppress(Exception):  # a pool changing under the look: the next one
+                tell_workers(workers, told)
 
 
 class WorkerLost(BaseException):  # noqa: N818
