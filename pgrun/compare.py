@@ -244,6 +244,9 @@ def load_run(path: Path, root: Path) -> Run:
             run.final_return = float(value)
     elif (path / "policy.pt").is_file():  # finished, killed before its final metric was logged
         run.final_return = _checkpointed_return(path)
+    behind = _behind_its_sweep(path, run.budget) if run.final_return is not None else None
+    if behind is not None:  # finished at the budget its sweep began with; a resume raised it
+        run.final_return = None
 
     failed = path / FAILED_FILE
     if failed.is_file():
@@ -256,6 +259,14 @@ def load_run(path: Path, root: Path) -> Run:
         kept = sorted(path.glob("checkpoint-*.pt"))
         if busy is not None:
             run.failure = f"{BUSY} ({busy})"
+        elif behind is not None:
+            from pgrun.rundir import shell
+
+            run.failure = (
+                f"{NOT_FINISHED} at total_steps={behind}: it finished at total_steps={run.budget}, "
+                "and the resume that raised its sweep's budget stopped before it; pgrun "
+                f"resume={shell(path.parent)} trains it on"
+            )
         elif past_end and run.budget is not None:
             from pgrun.rundir import shell
 
@@ -315,6 +326,27 @@ def _sweep_budgets(sweep_dir: Path, mtime_ns: int) -> tuple[str | None, frozense
 
     resumed = frozenset(b for r in sweep_dir.glob("multirun-resume-*.yaml") if (b := budget(r)))
     return budget(sweep_dir / "multirun.yaml"), resumed
+
+
+def _behind_its_sweep(path: Path, budget: int | None) -> int | None:
+    """The total_steps a resume of the sweep of the finished job in `path` gave (`pgrun
+    resume=<sweep dir> total_steps=N`, the largest), where the job has not been trained on to
+    it (that resume stopped before it) and has more to train there (it did not stop on
+    stop_return): its final return belongs to the smaller budget. Else None."""
+    from pgrun.sweep import trains_further
+
+    sweep_dir = path.parent
+    if budget is None or not (sweep_dir / "multirun.yaml").is_file():
+        return None
+    own, resumed = _sweep_budgets(sweep_dir, sweep_dir.stat().st_mtime_ns)
+    given = [int(b.split("=", 1)[1]) for b in resumed if b.split("=", 1)[1].isdigit()]
+    goal = max(given, default=None)
+    if goal is None or goal <= budget:
+        return None
+    saved = read_yaml(path / ".hydra" / "config.yaml")
+    stop = saved.get("stop_return") if isinstance(saved, dict) else None
+    cfg = OmegaConf.create({"stop_return": stop, "total_steps": goal})
+    return goal if trains_further(cfg, path) else None
 
 
 def _budget_of(path: Path) -> int | None:

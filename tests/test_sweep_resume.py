@@ -640,6 +640,43 @@ def test_a_job_killed_while_its_record_was_written_resumes_and_is_compared(tmp_p
     assert compare_cmd(root).returncode == 0
 
 
+def test_jobs_a_budget_raising_resume_stopped_before_are_not_finished(tmp_path: Path):
+    """`pgrun resume=<sweep> total_steps=N` stopped before it trained a job on: that job's
+    final return is of the smaller budget, so the comparison lists it as not finished (it had
+    ranked it against the runs trained to N, or said every job finished), and names the
+    resume that trains it on."""
+    root = tmp_path / "sweep"
+    sweep_args = ["-m", "seed=0,1", "total_steps=600", "hydra/launcher=batched"]
+    proc = run_pgrun([*sweep_args, f"hydra.sweep.dir={root}"], tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    process = subprocess.Popen(
+        pgrun_cmd(f"resume={root}", "total_steps=200000"),
+        cwd=tmp_path,
+        env=pgrun_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:  # stopped once its record is written: before or as its jobs begin to train on
+        wait_for("the resume's record", lambda: any(root.glob("multirun-resume-*.yaml")))
+        time.sleep(0.2)  # the record written out
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=TIMEOUT) == 130
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    compared = compare_cmd(root)
+    assert compared.returncode == 1, describe(compared)
+    assert "2 of 2 jobs did not finish" in compared.stderr, describe(compared)
+    behind = [
+        f"not finished: {job(root, s).name}: no final return at total_steps=200000: it finished "
+        "at total_steps=600, and the resume that raised its sweep's budget stopped before it"
+        for s in (0, 1)
+    ]
+    assert any(line in compared.stdout for line in behind), describe(compared)
+    assert f"pgrun resume={rundir.shell(root)} trains it on" in compared.stdout, describe(compared)
+
+
 def test_a_finished_sweep_trains_on_to_a_larger_total_steps(tmp_path: Path):
     """`pgrun resume=<sweep> total_steps=N` trains every finished job on from its end, in its
     own directory, to the curve a sweep begun with N gives; the resumes after it keep N. A
