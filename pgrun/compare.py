@@ -408,7 +408,7 @@ def short_runs(groups: Sequence[Group]) -> list[str]:
         if not short:
             continue
         counts = sorted({len(r.steps) for r in short})
-        per = int(np.median([r.steps[0] for r in short]))
+        per = int(np.median([r.steps[-1] / len(r.steps) for r in short]))  # a batch's mean
         some = f"{len(short)} of {len(logged)} " if len(short) < len(logged) else ""
         if counts == [1]:
             text = (

@@ -743,7 +743,8 @@ def test_runs_too_short_to_have_learnt_are_named():
     """Runs of no more batches than the final return averages (5): their final return holds
     the untrained policy's first batch (with one batch, it is that), and a note says so, once
     for the groups that share the count; a group of longer runs gets none, and one of both
-    names only its short ones."""
+    names only its short ones. The env steps named are a batch's mean (the first batch, the
+    shortest where episodes grow as the policy learns, was named)."""
     from pgrun.compare import aggregate, short_runs
 
     runs = []
@@ -752,6 +753,8 @@ def test_runs_too_short_to_have_learnt_are_named():
             r = Run(Path(f"{variant}{seed}"), f"{variant}{seed}",
                     [f"variant={variant}", f"seed={seed}"], "A-v0", None)  # fmt: skip
             r.steps = 500 * np.arange(1, batches + 1)
+            if variant == "c":  # batches of episodes grow as the policy learns: 500 on average
+                r.steps = np.cumsum([300, 500, 700])
             r.returns = np.full(batches, 10.0)
             r.seconds, r.final_return, r.seed = np.ones(batches), 10.0, seed
             runs.append(r)
