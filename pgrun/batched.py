@@ -1029,7 +1029,7 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException | 
     summary or the exception that ended it (Diverged for a seed whose update stopped being
     finite; Interrupted for every unfinished run after SIGINT / SIGTERM); None for a job
     finished before (Job.replay)."""
-    points, trains, keep = resume_points(jobs)
+    points, trains, keep, exact = resume_points(jobs)
     kept = [k for k in range(len(jobs)) if keep[k]]
     replayed = [k for k in kept if jobs[k].replay]
     if replayed:
@@ -1043,7 +1043,7 @@ def train_group(jobs: Sequence[Job]) -> list[dict[str, float] | BaseException | 
             how = f"{who} trained again to the end, writing nothing"
         log.info(
             f"the group keeps its {n} {ended} seed{'s' * (n > 1)} in place ({how}): the "
-            "others continue exactly as before"
+            f"others continue {'exactly as before' if exact else 'as before to float rounding'}"
         )
     out: list[Any] = [None] * len(jobs)
     results = _train_group(
@@ -1264,7 +1264,7 @@ def _train_group(
 
 def resume_points(
     jobs: Sequence[Job],
-) -> tuple[list[dict[str, Any] | None], list[bool], list[bool]]:
+) -> tuple[list[dict[str, Any] | None], list[bool], list[bool], bool]:
     """The checkpoint each resumed job continues from (None for a job that starts): the newest
     iteration that every resumed job of the group has. A group checkpoints its seeds one after
     the other at the same iterations, so a group killed between two of them has seeds one
@@ -1279,7 +1279,9 @@ def resume_points(
     diverged seed's is the last good one, and since every seed checkpoints at the same
     iterations, it ended after the shared iteration exactly when it has that checkpoint (one
     that diverged before its first checkpoint waits as it was built). The second list says
-    which jobs train, the third which are in the group."""
+    which jobs train, the third which are in the group; the last value whether the others
+    continue exactly as the group did (not where a seed that ended after the shared iteration
+    has no checkpoint of it)."""
     saved: dict[int, list[dict[str, Any]]] = {}
     for k, j in enumerate(jobs):
         if j.replay:
@@ -1292,10 +1294,11 @@ def resume_points(
         # every seed that trains starts again from iteration 0 (none had checkpointed): the
         # group began so, beside the seeds that ended since; those are built again and train
         # to their end as they did, writing nothing
-        return [None] * len(jobs), [True] * len(jobs), [True] * len(jobs)
+        return [None] * len(jobs), [True] * len(jobs), [True] * len(jobs), True
     shared = [{c["iteration"] for c in saved[k]} for k in going]
     at = max(set.intersection(*shared), default=None) if shared else None
     out: list[dict[str, Any] | None] = [None] * len(jobs)
+    exact = True
     trains = [not j.replay for j in jobs]
     keep = [not j.replay or (at is not None and (k in saved or j.diverged))
             for k, j in enumerate(jobs)]  # fmt: skip
@@ -1309,11 +1312,12 @@ def resume_points(
                 out[k] = next((c for c in cs if c["iteration"] == at), None) or cs[0]
                 trains[k] = out[k]["iteration"] == at
                 if not trains[k]:
+                    exact = False
                     log.info(
                         f"{display(jobs[k].run_dir)} has no checkpoint of iteration {at}: it "
                         "waits as it ended, and the others continue to float rounding"
                     )
-    return out, trains, keep
+    return out, trains, keep, exact
 
 
 def _value_stats(batch: Batch, targets: Any) -> dict[str, float]:

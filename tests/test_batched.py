@@ -282,6 +282,32 @@ def test_a_group_trained_on_from_the_iteration_its_seeds_share_keeps_one_history
         assert cut == uncut, s
 
 
+def test_a_finished_seed_without_the_shared_checkpoint_is_said_to_cost_exactness(tmp_path, caplog):
+    """A finished seed that ended after the iteration its group's others continue from, with
+    no checkpoint of it (its own resume alone moved on, say), waits as it ended: the others then
+    continue to float rounding, and resume_points says so (the group's line had said they
+    continue 'exactly as before' right after). With that checkpoint it trains again to its end
+    and they continue exactly."""
+    from pgrun.batched import resume_points
+
+    def saved(run_dir: Path, iterations) -> Path:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for i in iterations:
+            torch.save({"iteration": i, "run_id": run_dir.name}, run_dir / f"checkpoint-{i:08d}.pt")
+        return run_dir
+
+    going = Job(None, saved(tmp_path / "going", (6, 7)), resume=True)
+    for ends, exact in (((5, 8), False), ((7, 8), True)):
+        ended = Job(None, saved(tmp_path / f"ended{exact}", ends), replay=True)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="pgrun.batched"):
+            points, trains, keep, same = resume_points([going, ended])
+        assert [p["iteration"] for p in points] == [7, 7 if exact else 8]
+        assert (trains, keep, same) == ([True, exact], [True, True], exact)
+        waits = "waits as it ended, and the others continue to float rounding"
+        assert (waits in caplog.text) is not exact, caplog.text
+
+
 def files_of(run_dir: Path) -> dict[str, tuple[bytes, int]]:
     """Every file of a run: its bytes and modification time."""
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.iterdir()}
