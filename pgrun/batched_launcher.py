@@ -389,14 +389,14 @@ def _train(jobs: list, waiting: list[JobReturn]) -> None:
 
 def _unreadable(jobs: list) -> dict[int, Exception]:
     """The resumed jobs of a group whose checkpoints cannot be read (pgrun.checkpoint
-    .load_readable: none left readable), by their place: each fails with its own error, where
+    .load_readable: none of its files readable), by their place: each fails with its own error, where
     the group's error would be recorded as every seed's failure, the healthy ones' too. The
     caller holds their locks."""
     from pgrun import checkpoint
 
     out: dict[int, Exception] = {}
     for i, j in enumerate(jobs):
-        if j.resume and not j.replay:
+        if j.resume and not j.replay and checkpoint.checkpoints(j.run_dir):
             try:
                 with job_log(j.run_dir):  # a file it falls back from: said in its own log
                     checkpoint.load_readable(j.run_dir)
