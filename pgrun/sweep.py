@@ -239,6 +239,7 @@ def resume_sweep_argv(sweep_dir: Path, others: list[str]) -> list[str]:
             f"{' '.join(refused)} (only {RERUN_FAILED}, {BUDGET}=N and hydra.launcher.* may be "
             "given)"
         )
+    check_launcher_settings(sweep_dir, cfg, others)
     task = budget_task(sweep_dir, cfg, given[-1] if given else None)
     jobs = expected_jobs(sweep_dir) or []
     ended = all_ended(jobs, task, rerun_failed)
@@ -258,6 +259,33 @@ def resume_sweep_argv(sweep_dir: Path, others: list[str]) -> list[str]:
     hydra_args = [str(o) for o in cfg.hydra.overrides.hydra if not str(o).startswith(skip)]
     extra = [a for a in others if a != RERUN_FAILED and a not in given]
     return ["-m", *task, *hydra_args, *extra, f"hydra.sweep.dir={_quote(str(sweep_dir))}"]
+
+
+def check_launcher_settings(sweep_dir: Path, cfg: DictConfig, others: list[str]) -> None:
+    """Each hydra.launcher.<key>=... given to `pgrun resume=<sweep dir>` names a setting of
+    the launcher the sweep recorded; else one line with the closest one and the settings it
+    has (Hydra's own error said only "Key 'n_jbs' is not in struct", and a resume with nothing
+    to run did not look at them)."""
+    import difflib
+
+    launcher = OmegaConf.select(cfg, "hydra.launcher", default=None)
+    if not isinstance(launcher, DictConfig):
+        return
+    keys = [str(k) for k in launcher if k != "_target_"]
+    name = str(launcher.get("_target_", "")).rsplit(".", 1)[-1] or "its launcher"
+    for arg in others:
+        if not arg.startswith("hydra.launcher."):
+            continue
+        key = arg.split("=", 1)[0].removeprefix("hydra.launcher.").split(".")[0]
+        if key in keys:
+            continue
+        close = difflib.get_close_matches(key, keys, n=1)
+        hint = f"; did you mean hydra.launcher.{close[0]}?" if close else ""
+        has = f"its settings: {', '.join(keys)}" if keys else "it has no settings"
+        raise UserError(
+            f"resume={rundir.display(sweep_dir)}: hydra.launcher.{key}: the sweep's launcher "
+            f"({name}) has no such setting{hint} ({has})"
+        )
 
 
 class NothingToRun(Exception):

@@ -720,6 +720,17 @@ def test_a_finished_sweep_trains_on_to_a_larger_total_steps(tmp_path: Path):
             "trains them on to N)\n"
         ), describe(proc)
         assert sorted(root.glob("multirun-resume-*.yaml")) == records
+    # a launcher setting the sweep's launcher lacks: one line, where Hydra's said "not in
+    # struct", and a resume with nothing to run took it without a word
+    typo = run_pgrun([f"resume={root}", "hydra.launcher.n_jbs=2"], tmp_path, timeout=TIMEOUT)
+    assert typo.returncode == 2, describe(typo)
+    assert typo.stderr == (
+        f"pgrun: error: resume={root.relative_to(tmp_path)}: hydra.launcher.n_jbs: the sweep's "
+        "launcher "
+        "(BatchedLauncher) has no such setting; did you mean hydra.launcher.n_jobs? (its "
+        "settings: n_jobs)\n"
+    ), describe(typo)
+    assert sorted(root.glob("multirun-resume-*.yaml")) == records
     for below in ("1000", "600"):  # below the budget a resume gave, the sweep's own among them
         refused = run_pgrun([f"resume={root}", f"total_steps={below}"], tmp_path, timeout=TIMEOUT)
         assert refused.returncode == 2, describe(refused)
