@@ -76,16 +76,24 @@ class HideNoFileOverrides(logging.Filter):
 
 
 def _warn_other_env_file(args: list[str]) -> None:
-    """One line when `env=<file>` and `env.id=<another id with a file of its own>` are both
-    given: the first file's settings (horizon, solved_return, random_return, ...) then hold for
-    the other env, which is allowed (an id of your own on a file's settings) but rarely meant."""
+    """One line when `env=<file>` and `env.id=<another id>` are both given: the file's settings
+    (horizon, solved_return, random_return, ...) then hold for the other env, which is meant for
+    an env of your own (`module:id`, said nothing of) and rarely for another registered one:
+    its threshold then says "solved" of another env's returns."""
     values = {a.split("=", 1)[0].lstrip("+~"): a.split("=", 1)[1] for a in args if "=" in a}
     env, env_id = values["env"], values["env.id"]
-    if any(c in env + env_id for c in ",()") or env == env_id or not env_file_exists(env_id):
+    if any(c in env + env_id for c in ",()") or env == env_id:
         return
+    if ":" in env_id and not env_file_exists(env_id):  # an env of your own (module:id)
+        return
+    own = (
+        f"env={env_id} takes its own"
+        if env_file_exists(env_id)
+        else f"env.id={env_id} alone takes none of them ({env_id} has no env file)"
+    )
     print(
         f"pgrun: warning: env.id={env_id} with env={env}: {env}'s env file settings (horizon, "
-        f"solved_return, random_return, ...) hold for {env_id}; env={env_id} takes its own",
+        f"solved_return, random_return, ...) hold for {env_id}; {own}",
         file=sys.stderr,
     )
 

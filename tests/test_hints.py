@@ -43,6 +43,13 @@ def test_an_id_with_a_file_of_its_own_beside_another_env_file_is_named(capsys):
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("pgrun: warning: env.id=MountainCar-v0 with env=CartPole-v1:")
     assert line.endswith("env=MountainCar-v0 takes its own")
+    # a registered id without a file: Pendulum's threshold (-200) said "solved" of its returns
+    env_id_argv(["env=Pendulum-v1", "env.id=FrozenLake-v1"])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("pgrun: warning: env.id=FrozenLake-v1 with env=Pendulum-v1:")
+    assert line.endswith(
+        "env.id=FrozenLake-v1 alone takes none of them (FrozenLake-v1 has no env file)"
+    )
     for quiet in (
         ["env=CartPole-v1", "env.id=my_pkg:Line-v0"],
         ["env=Acrobot-v1", "env.id=Acrobot-v1"],
