@@ -848,7 +848,10 @@ def resume_argv(args: list[str]) -> list[str]:
             "composed again (restore the file from a copy of the run)"
         )
     if not any(run_dir.glob("checkpoint-*.pt")):
-        raise UserError(f"resume={shown}: the run has no checkpoint to continue from")
+        raise UserError(
+            f"resume={shown}: the run has no checkpoint to continue from (it stopped before "
+            f"its first): remove it (rm -r {rundir.shell(run_dir)}) and start the run again"
+        )
     if any(a in ("-m", "--multirun") for a in args):
         raise UserError("resume continues one run: drop -m/--multirun")
     others = [a for a in args if not a.startswith("resume=")]

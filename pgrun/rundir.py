@@ -256,6 +256,12 @@ def claim(path: str | os.PathLike, how_to_start_over: str) -> Path:
     lock = acquire(path)
     if not made and holds_run(path):
         release(lock)
+        if not any(path.glob("checkpoint-*.pt")) and not (path / "policy.pt").is_file():
+            raise RunDirError(
+                f"{display(path)} holds a run that stopped before its first checkpoint "
+                f"(nothing to continue): remove it (rm -r {shell(path)}) to start there "
+                f"again, or {how_to_start_over}"
+            )
         raise RunDirError(
             f"{display(path)} holds a run already: continue it with pgrun resume="
             f"{shell(path)}, or {how_to_start_over}"

@@ -8,6 +8,7 @@ seconds; the overlapping ones are made to overlap by waiting for the first one's
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 import subprocess
 import time
@@ -157,6 +158,26 @@ def test_a_second_run_on_a_directory_in_use_is_refused(tmp_path):
         assert files(tmp_path / "run" / ".hydra") == before  # its record untouched
     finally:
         stop(first)
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_named_as_one_to_remove(tmp_path):
+    """A run killed (kill -9) after Hydra wrote its record and before its first checkpoint: a
+    new run into its directory and a resume of it each say there is nothing to continue and
+    how to remove it, where the first sent the user to `pgrun resume=` and the resume said only
+    that the run had no checkpoint."""
+    done = run_pgrun([*QUICK, "hydra.run.dir=run"], cwd=tmp_path)
+    assert done.returncode == 0, describe(done)
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    shutil.copytree(tmp_path / "run" / ".hydra", stopped / ".hydra")  # its record, nothing else
+    line = one_error_line(run_pgrun([*QUICK, "hydra.run.dir=stopped"], cwd=tmp_path))
+    assert "stopped holds a run that stopped before its first checkpoint" in line, line
+    assert "rm -r stopped" in line and "pgrun resume" not in line, line
+    line = one_error_line(run_pgrun(["resume=stopped"], cwd=tmp_path))
+    assert line == (
+        "pgrun: error: resume=stopped: the run has no checkpoint to continue from (it stopped "
+        "before its first): remove it (rm -r stopped) and start the run again"
+    ), line
 
 
 def test_a_finished_run_is_never_reused_even_by_a_killed_run(tmp_path):
