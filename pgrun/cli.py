@@ -120,6 +120,22 @@ def one_line(report: str) -> str:
             if whole
             else "; write it as a whole number in digits (e.g. 20000 or 1_000_000)"
         )
+    bare = re.search(r"Error parsing override '([\w.-]+)'; missing EQUAL at '<EOF>'", text)
+    if bare:  # `pgrun rtg`: an option without its key
+        from importlib import resources
+
+        word = bare.group(1)
+        root = resources.files("pgrun.configs")
+        groups = [g.name for g in root.iterdir() if g.is_dir() and (g / f"{word}.yaml").is_file()]
+        text += (
+            f"; write key=value: {groups[0]}={word}"
+            if groups
+            else "; write key=value (pgrun --help lists the keys and options)"
+        )
+    listed = re.search(r"Error merging override (\w+)=([^;\[\]]+); Invalid value assigned: str is "
+                       r"not a ListConfig", text)  # fmt: skip
+    if listed:  # logger=tensorboard: the key takes a list
+        text += f"; give a list: {listed.group(1)}=[{listed.group(2)}]"
     unknown = re.search(r"Key '(\w+)' not in '(\w+)'", text)
     if unknown:  # a typo'd key: name the closest one of the schema
         import dataclasses
@@ -148,6 +164,13 @@ def main() -> None:
             print(quick_help())
         except BrokenPipeError:  # `pgrun --help | head`
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
+    if sys.argv[1:] == ["--version"]:  # Hydra's flag names only Hydra's version
+        from importlib.metadata import version
+
+        import pgrun
+
+        print(f"pgrun {pgrun.__version__} (Hydra {version('hydra-core')})")
         return
     signals.raise_on_signals()
     try:

@@ -178,6 +178,8 @@ CASES: dict[str, Case] = {
     # twice (both would write one directory), a value out of range (before any job ran)
     "sweep range step zero": Case(["-m", "seed=range(0,10,0)"], ["range(0,10,0)", "step"]),
     "sweep of no jobs": Case(["-m", "seed=range(0)"], ["no jobs", "at least one value"]),
+    "an option without its key": Case(["rtg"], ["missing EQUAL", "write key=value: variant=rtg"]),
+    "a word where a list goes": Case(["logger=tensorboard"], ["give a list: logger=[tensorboard]"]),
     "sweep repeats a seed": Case(
         ["-m", "seed=0,0,1", "hydra/launcher=batched"], ["seed=0", "twice", "each value once"]
     ),

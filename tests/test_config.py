@@ -398,3 +398,20 @@ def test_the_config_text_is_omegaconfs_yaml(overrides):
     cfg = composed(*overrides)
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     assert yaml_text(container) == OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def test_version_names_pgruns_own():
+    """`pgrun --version` names pgrun's version (Hydra's flag named only Hydra's)."""
+    import subprocess
+    import sys
+    from importlib.metadata import version
+    from pathlib import Path
+
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "pgrun"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"pgrun {pgrun.__version__} (Hydra {version('hydra-core')})\n"
