@@ -952,6 +952,13 @@ def run(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    swept = OmegaConf.select(hydra_cfg, "sweeper.params", default=None) if not multirun else None
+    if swept:  # experiment=compare_variants without -m: its sweep is not run
+        keys = ", ".join(str(k) for k in swept)
+        log.warning(
+            f"pgrun: warning: the config sweeps {keys} (hydra.sweeper.params) but this is one "
+            "run: add -m to run the sweep"
+        )
     if multirun and hydra_cfg.launcher._target_.endswith(_WORKER_LAUNCHERS):
         signals.worker_listens()  # the sweep's process may ask this worker to stop
         if signals.sweep_stopping:

@@ -109,6 +109,20 @@ def test_a_sweep_of_an_id_without_an_env_file_shows_what_was_typed(tmp_path: Pat
     assert "env.solved_return=null" in row["overrides"], row  # what the jobs ran with
 
 
+def test_a_sweeping_experiment_run_without_m_says_it_runs_one_job(tmp_path: Path):
+    """experiment=compare_variants sweeps variant and seed; without -m Hydra runs one job of
+    its defaults, and pgrun says so (it did not), once; a plain run says nothing of it."""
+    proc = run_pgrun(["experiment=compare_variants", "total_steps=300"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    warning = (
+        "pgrun: warning: the config sweeps variant, seed (hydra.sweeper.params) but this is "
+        "one run: add -m to run the sweep"
+    )
+    assert (proc.stdout + proc.stderr).count(warning) == 1, describe(proc)
+    plain = run_pgrun(["total_steps=300"], cwd=tmp_path)
+    assert plain.returncode == 0 and "hydra.sweeper.params" not in plain.stdout + plain.stderr
+
+
 def test_a_swept_key_given_twice_takes_the_last_and_says_so(tmp_path: Path):
     """`pgrun -m seed=0,1 seed=2`: Hydra takes the last value of a key; where one of the two
     is swept, the sweep would run fewer jobs than typed without a word: one warning line names
