@@ -432,6 +432,16 @@ def validate(cfg: "DictConfig | Config") -> None:
         "use a value in [0, 1], or null for no GAE",
     )
     need(
+        baseline != "time"  # time_loo leaves the episode out: no baseline over one
+        or cfg.batch_episodes >= 2
+        or _plain(cfg.rollout.name) != "episodes",
+        "batch_episodes",
+        cfg.batch_episodes,
+        "variant.baseline=time averages over a batch's episodes, and over one it is that "
+        "episode's own return: every weight is 0 and nothing is learnt; use batch_episodes >= 2, "
+        "or variant.baseline=none",
+    )
+    need(
         lam is None or baseline == "value",
         "variant.gae_lambda",
         lam,

@@ -178,6 +178,9 @@ CASES: dict[str, Case] = {
     # twice (both would write one directory), a value out of range (before any job ran)
     "sweep range step zero": Case(["-m", "seed=range(0,10,0)"], ["range(0,10,0)", "step"]),
     "sweep of no jobs": Case(["-m", "seed=range(0)"], ["no jobs", "at least one value"]),
+    "a time baseline over one episode": Case(
+        ["batch_episodes=1"], ["batch_episodes=1", "every weight is 0", "batch_episodes >= 2"]
+    ),
     "an option without its key": Case(["rtg"], ["missing EQUAL", "write key=value: variant=rtg"]),
     "a word where a list goes": Case(["logger=tensorboard"], ["give a list: logger=[tensorboard]"]),
     "sweep repeats a seed": Case(

@@ -259,6 +259,12 @@ def test_validate_rejects_out_of_range_values(default_cfg, key, value):
 def test_validate_accepts_the_edges_of_the_ranges(default_cfg, key, value):
     cfg = with_value(default_cfg, key, value)
     assert OmegaConf.select(cfg, key) == value
+    if key == "batch_episodes":  # one episode: not with the time baseline (it cancels it)
+        with pytest.raises(ConfigError, match="every weight is 0"):
+            validate(cfg)
+        for baseline in ("none", "time_loo", "value"):
+            validate(with_value(cfg, "variant.baseline", baseline))
+        return
     validate(cfg)
 
 
