@@ -356,20 +356,21 @@ def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
 
 
-def test_quick_help_lists_every_group_option_hydra_knows():
-    """`pgrun --help` answers without composing: its groups must be the ones Hydra finds."""
+def pgrun_alone(flag: str):
+    """`pgrun <flag>` (a flag pgrun answers itself, before Hydra), finished."""
     import subprocess
     import sys
     from pathlib import Path
 
+    exe = str(Path(sys.executable).parent / "pgrun")
+    return subprocess.run([exe, flag], capture_output=True, text=True, timeout=60)
+
+
+def test_quick_help_lists_every_group_option_hydra_knows():
+    """`pgrun --help` answers without composing: its groups must be the ones Hydra finds."""
     from hydra.core.global_hydra import GlobalHydra
 
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "pgrun"), "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = pgrun_alone("--help")
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     listed = {
         line.split(":", 1)[0]: set(line.split(":", 1)[1].strip().split(", "))
@@ -408,16 +409,8 @@ def test_the_config_text_is_omegaconfs_yaml(overrides):
 
 def test_version_names_pgruns_own():
     """`pgrun --version` names pgrun's version (Hydra's flag named only Hydra's)."""
-    import subprocess
-    import sys
     from importlib.metadata import version
-    from pathlib import Path
 
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "pgrun"), "--version"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = pgrun_alone("--version")
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"pgrun {pgrun.__version__} (Hydra {version('hydra-core')})\n"
