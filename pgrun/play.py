@@ -106,6 +106,10 @@ def play(argv: list[str] | None = None) -> list[float]:
         fail(f"--episodes={args.episodes}: use an integer >= 1")
     if args.seed is not None and args.seed < 0:
         fail(f"--seed={args.seed}: use an integer >= 0")
+    if args.horizon is not None and args.horizon < 1:
+        fail(f"--horizon={args.horizon}: use an integer >= 1, or leave it out for the run's")
+    if args.run_dir.name == POLICY_FILE and args.run_dir.is_file():  # the file itself, given
+        args.run_dir = args.run_dir.parent
     import numpy as np
     import torch
 

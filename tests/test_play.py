@@ -108,6 +108,14 @@ def test_play_is_repeatable_and_sampling_differs(trained, capsys):
     assert "sampled actions" in capsys.readouterr().out
 
 
+def test_the_policy_file_itself_plays_as_its_run(trained):
+    """RUN_DIR/policy.pt given for RUN_DIR: the same episodes (it was refused as having no
+    policy.pt)."""
+    run_dir, _ = trained
+    args = ["-n", "2", "--seed", "5"]
+    assert play([str(run_dir / "policy.pt"), *args]) == play([str(run_dir), *args])
+
+
 def test_a_directory_that_does_not_exist_is_named_so(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         play([str(tmp_path / "nope")])
@@ -131,6 +139,7 @@ def test_a_run_without_a_policy_is_a_one_line_error(tmp_path, capsys):
     [
         (["-n", "0"], "--episodes=0: use an integer >= 1"),
         (["--seed", "-1"], "--seed=-1: use an integer >= 0"),
+        (["--horizon", "0"], "--horizon=0: use an integer >= 1, or leave it out for the run's"),
     ],
 )
 def test_bad_options_are_one_line(trained, capsys, args, says):
