@@ -181,10 +181,10 @@ def estimator(what: str, overrides: list[str]):
         raise PluginError(
             f"{what!r}: give module:function (your weights) or variant=<preset> (a built-in)"
         )
-    load(what, "pgrun-check")
+    load(what, "")
 
     def weights(batch, gamma, values):  # masked and checked finite in batch_estimates
-        return plugin_weights(what, batch, gamma, "pgrun-check", finite=False)
+        return plugin_weights(what, batch, gamma, "", finite=False)
 
     weights.label = what
     return what, weights, []

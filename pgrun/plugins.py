@@ -48,6 +48,12 @@ class PluginError(UserError):
     """A plug-in that cannot be loaded or returned something unusable (exit 2)."""
 
 
+def _given(key: str, spec: str) -> str:
+    """The plug-in as its user gave it: `variant.weights=mod:fn` to pgrun, `mod:fn` alone to
+    pgrun-check (key "")."""
+    return f"{key}={spec}" if key else spec
+
+
 def is_plugin(value: object) -> bool:
     """A `module:function` import path (the built-in names contain no colon)."""
     return isinstance(value, str) and ":" in value
@@ -60,12 +66,12 @@ def load(spec: str, key: str = "variant.weights") -> Callable:
     Raises PluginError naming `key`, the spec and what failed."""
     where, _, name = spec.rpartition(":")
     if not where or not name:
-        raise PluginError(f"{key}={spec}: use module:function, e.g. my_estimators:weights")
+        raise PluginError(f"{_given(key, spec)}: use module:function, e.g. my_estimators:weights")
     try:
         if where.endswith(".py"):
             path = Path(where).expanduser()
             if not path.is_file():
-                raise PluginError(f"{key}={spec}: no file {where}")
+                raise PluginError(f"{_given(key, spec)}: no file {where}")
             module_spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
@@ -79,13 +85,13 @@ def load(spec: str, key: str = "variant.weights") -> Callable:
     except Exception as exc:  # the user's module failed to import: say why, in one line
         first = _first_line(exc)
         raise PluginError(
-            f"{key}={spec}: cannot import {where} ({type(exc).__name__}: {first})"
+            f"{_given(key, spec)}: cannot import {where} ({type(exc).__name__}: {first})"
         ) from None
     fn = getattr(module, name, None)
     if fn is None:
-        raise PluginError(f"{key}={spec}: {where} has no attribute {name!r}")
+        raise PluginError(f"{_given(key, spec)}: {where} has no attribute {name!r}")
     if not callable(fn):
-        raise PluginError(f"{key}={spec}: {name} is a {type(fn).__name__}, not a function")
+        raise PluginError(f"{_given(key, spec)}: {name} is a {type(fn).__name__}, not a function")
     return fn
 
 
@@ -106,25 +112,25 @@ def plugin_weights(spec: str, batch, gamma: float, key: str = "variant.weights",
         w = fn(batch, gamma)
     except Exception as exc:
         first = _first_line(exc)
-        raise PluginError(f"{key}={spec} raised {type(exc).__name__}: {first}") from None
+        raise PluginError(f"{_given(key, spec)} raised {type(exc).__name__}: {first}") from None
     shape = tuple(batch.rew.shape)
     if not isinstance(w, torch.Tensor):
         raise PluginError(
-            f"{key}={spec} returned a {type(w).__name__}; return a torch.Tensor of shape "
+            f"{_given(key, spec)} returned a {type(w).__name__}; return a torch.Tensor of shape "
             f"(N, T) = {shape}"
         )
     if tuple(w.shape) != shape:
         raise PluginError(
-            f"{key}={spec} returned shape {tuple(w.shape)}; the batch is (N, T) = {shape}"
+            f"{_given(key, spec)} returned shape {tuple(w.shape)}; the batch is (N, T) = {shape}"
         )
     if w.dtype != batch.rew.dtype:
         raise PluginError(
-            f"{key}={spec} returned {str(w.dtype).removeprefix('torch.')} weights; return "
+            f"{_given(key, spec)} returned {str(w.dtype).removeprefix('torch.')} weights; return "
             f"{str(batch.rew.dtype).removeprefix('torch.')}, the dtype of batch.rew"
         )
     if w.requires_grad:
         raise PluginError(
-            f"{key}={spec} returned a tensor that requires grad; weights are constants: "
+            f"{_given(key, spec)} returned a tensor that requires grad; weights are constants: "
             "compute them under torch.no_grad() or .detach() them"
         )
     if not finite:
@@ -134,7 +140,7 @@ def plugin_weights(spec: str, batch, gamma: float, key: str = "variant.weights",
     if bad.any():
         i, t = (int(x) for x in bad.nonzero()[0])
         raise PluginError(
-            f"{key}={spec} returned {w[i, t].item()} at episode {i}, step {t} "
+            f"{_given(key, spec)} returned {w[i, t].item()} at episode {i}, step {t} "
             f"({int(bad.sum())} non-finite weights on valid steps)"
         )
     return torch.where(valid, w.detach(), torch.zeros_like(w))

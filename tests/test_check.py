@@ -127,7 +127,7 @@ def test_a_bad_plugin_is_one_line_and_exit_2(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "pgrun-check: error: pgrun-check=no_such_module:weights: cannot import no_such_module "
+        "pgrun-check: error: no_such_module:weights: cannot import no_such_module "
         "(ModuleNotFoundError: No module named 'no_such_module')"
     ]
 
