@@ -1103,10 +1103,11 @@ def report_done(cfg: DictConfig, run_dir: Path, result: dict) -> None:
         if solved is None
         else (" (solved)" if result["final_return"] >= solved else f" (below {solved:g})")
     )
-    # a sweep's closing block names the TensorBoard command for the whole sweep
+    # a sweep's closing block names the TensorBoard command for the whole sweep; a run that
+    # writes no event files (logger=[] or [csv]) has nothing to view there
     view = (
         ""
-        if HydraConfig.get().mode == RunMode.MULTIRUN
+        if HydraConfig.get().mode == RunMode.MULTIRUN or "tensorboard" not in list(cfg.logger)
         else f" | view: tensorboard --logdir {where}"
     )
     log.info(

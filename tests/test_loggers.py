@@ -84,6 +84,7 @@ def test_a_csv_only_run_is_compared_from_its_csv(tmp_path):
     assert done.returncode == 0, done.stderr
     run_dir = tmp_path / "run"
     assert not list(run_dir.glob("events.out.tfevents.*"))
+    assert "done: return" in done.stdout and "tensorboard" not in done.stdout  # nothing to view
     run = load_run(run_dir, tmp_path)
     assert run.failure is None and len(run.steps) > 3 and run.final_return is not None
     done = pgrun(*BASE, "logger=[csv,svg]", cwd=tmp_path)
