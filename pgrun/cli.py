@@ -11,6 +11,7 @@ import contextlib
 import gc
 import io
 import logging
+import math
 import os
 import re
 import shutil
@@ -1100,7 +1101,7 @@ def report_done(cfg: DictConfig, run_dir: Path, result: dict) -> None:
     solved = cfg.env.solved_return
     verdict = (
         ""
-        if solved is None
+        if solved is None or math.isnan(result["final_return"])
         else (" (solved)" if result["final_return"] >= solved else f" (below {solved:g})")
     )
     # a sweep's closing block names the TensorBoard command for the whole sweep; a run that
@@ -1110,9 +1111,12 @@ def report_done(cfg: DictConfig, run_dir: Path, result: dict) -> None:
         if HydraConfig.get().mode == RunMode.MULTIRUN or "tensorboard" not in list(cfg.logger)
         else f" | view: tensorboard --logdir {where}"
     )
+    what = f"return {result['final_return']:.1f}{verdict} over the last 5 batches"
+    if math.isnan(result["final_return"]):  # rollout=steps with copies short of a time limit
+        what = "no episode ended, so no return (a larger total_steps gives one)"
     log.info(
-        f"done: return {result['final_return']:.1f}{verdict} over the last 5 batches | "
-        f"{result['env_steps']:,} env steps | {result['wall_seconds']:.1f} s | {where}{view}"
+        f"done: {what} | {result['env_steps']:,} env steps | {result['wall_seconds']:.1f} s | "
+        f"{where}{view}"
     )
 
 

@@ -55,7 +55,14 @@ RETURN_TAG = "charts/episodic_return"
 FINAL_TAG = "hparams/final_return"
 FAILED_FILE = "failed.txt"  # written by pgrun/cli.py into a multirun job that failed
 BUSY = "being written by another pgrun"  # a job's failure line while another process holds it
-UNFINISHED = ("failed", "ended from outside", "being written", "not finished")  # Run.unfinished
+UNFINISHED = (
+    "failed",
+    "ended from outside",
+    "being written",
+    "not finished",
+    "without an episode",
+)  # Run.unfinished
+NO_EPISODE = "no episode ended"  # a finished run's reason where it has no return at all
 AGGREGATE_DIR = "aggregate"
 NOT_FINISHED = "no final return"  # a run that stopped before its end, its reason's start
 FINAL_WINDOW = 5  # batches in the running mean that defines the final return (pgrun/trainer.py)
@@ -102,9 +109,13 @@ class Run:
         """Why the run has no result, as the closing lines sort it: "failed" (its failed.txt:
         fix the cause, --rerun-failed), "ended from outside" (the scheduler or a killed worker
         ended it: a resume runs it again), "being written" (another pgrun holds it) or "not
-        finished" (interrupted or never started: a resume continues it); None when it finished."""
+        finished" (interrupted or never started: a resume continues it), "without an episode"
+        (it finished, and no episode ended in its budget: a larger total_steps gives it a
+        return); None when it finished."""
         if self.failure is None:
             return None
+        if self.failure.startswith(NO_EPISODE):
+            return "without an episode"
         if (self.path / FAILED_FILE).is_file():
             from pgrun.sweep import SCHEDULER_PREFIX
 
@@ -267,6 +278,17 @@ def load_run(path: Path, root: Path) -> Run:
                 "and the resume that raised its sweep's budget stopped before it; pgrun "
                 f"resume={shell(path.parent)} trains it on"
             )
+        elif (
+            (path / "policy.pt").is_file()
+            and run.final_return is not None
+            and math.isnan(run.final_return)
+            and not past_end
+        ):  # finished, and not one episode ended (rollout=steps, copies short of a time limit)
+            from pgrun.rundir import shell
+
+            sweep = (path.parent / "multirun.yaml").is_file()  # a sweep's job: resumed with it
+            more = f"pgrun resume={shell(path.parent if sweep else path)} total_steps=N"
+            run.failure = f"{NO_EPISODE} in its budget, so it has no return; {more} trains it on"
         elif past_end and run.budget is not None:
             from pgrun.rundir import shell
 
@@ -1109,6 +1131,7 @@ _COLUMN = {  # summary.csv's columns for each kind of Run.unfinished
     "ended from outside": "ended_from_outside",
     "being written": "not_finished",
     "not finished": "not_finished",
+    "without an episode": "not_finished",
 }
 
 
@@ -1219,6 +1242,7 @@ _HEADINGS = {  # summary.md's section for each kind of Run.unfinished
     "ended from outside": "Jobs ended from outside",
     "being written": "Jobs being written by another pgrun",
     "not finished": "Jobs not finished",
+    "without an episode": "Jobs that ended without a whole episode",
 }
 
 
@@ -1478,6 +1502,14 @@ def closing_lines(report: Report, prog: str) -> list[str]:
         lines.append(
             f"{prog}: error: {len(others)} of {n} jobs did not finish ({_names(others)}); "
             f"{resumes('continues', others)}"
+        )
+    short = kinds["without an episode"]
+    if short:  # finished: only a larger budget gives them a return
+        them = "it" if len(short) == 1 else "them"
+        on = f"{resume} total_steps=N" if sweep else "pgrun resume=<job dir> total_steps=N"
+        lines.append(
+            f"{prog}: error: {len(short)} of {n} jobs ended without a whole episode "
+            f"({_names(short)}): no return to compare; {on} trains {them} on"
         )
     return lines
 

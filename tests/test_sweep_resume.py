@@ -640,6 +640,31 @@ def test_a_job_killed_while_its_record_was_written_resumes_and_is_compared(tmp_p
     assert compare_cmd(root).returncode == 0
 
 
+def test_jobs_that_finished_without_a_whole_episode_are_named_with_the_way_on(tmp_path: Path):
+    """rollout=steps whose copies never reach an episode's end in the budget (4 steps of
+    CartPole): each job finishes with no return. The run's line and the comparison say so and
+    give `total_steps=N`, where they said "return nan" and "did not finish ... pgrun resume=
+    continues them", and that resume found nothing to run and said the same again. The resume
+    with a larger budget gives them their returns."""
+    root = tmp_path / "sweep"
+    args = ["-m", "rollout=steps", "rollout.steps=4", "seed=0,1", f"hydra.sweep.dir={root}"]
+    proc = run_pgrun([*args, "total_steps=64"], tmp_path)
+    assert proc.returncode == 1, describe(proc)
+    assert proc.stdout.count("done: no episode ended, so no return") == 2, describe(proc)
+    line = (
+        "pgrun: error: 2 of 2 jobs ended without a whole episode (seed=0, seed=1): no return to "
+        "compare; pgrun resume=sweep total_steps=N trains them on"
+    )
+    assert line in proc.stderr and "did not finish" not in proc.stderr, describe(proc)
+    assert "## Jobs that ended without a whole episode (2)" in (root / "summary.md").read_text()
+    again = run_pgrun([f"resume={root}"], tmp_path, timeout=TIMEOUT)
+    assert again.returncode == 1 and "did not finish" not in again.stderr, describe(again)
+    on = run_pgrun([f"resume={root}", "total_steps=600"], tmp_path, timeout=TIMEOUT)
+    assert on.returncode == 0, describe(on)
+    (row,) = summary(root).values()
+    assert (row["seeds"], row["not_finished"]) == ("2", "0"), row
+
+
 def test_jobs_a_budget_raising_resume_stopped_before_are_not_finished(tmp_path: Path):
     """`pgrun resume=<sweep> total_steps=N` stopped before it trained a job on: that job's
     final return is of the smaller budget, so the comparison lists it as not finished (it had
