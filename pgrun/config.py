@@ -374,6 +374,14 @@ def validate(cfg: "DictConfig | Config") -> None:
 
     need(0 <= cfg.seed < 2**32, "seed", cfg.seed, "use an integer >= 0 and < 2**32")
     need(cfg.batch_episodes >= 1, "batch_episodes", cfg.batch_episodes, "use an integer >= 1")
+    # before the checks that count a batch's steps with them
+    need(
+        cfg.rollout.name in _ROLLOUTS,
+        "rollout.name",
+        cfg.rollout.name,
+        "use one of " + ", ".join(_ROLLOUTS),
+    )
+    need(cfg.rollout.steps >= 1, "rollout.steps", cfg.rollout.steps, "use an integer >= 1")
     need(cfg.total_steps >= 1, "total_steps", cfg.total_steps, "use an integer >= 1")
     need(0.0 < cfg.gamma <= 1.0, "gamma", cfg.gamma, "use a value in (0, 1]")
     need(cfg.optim.lr > 0.0, "optim.lr", cfg.optim.lr, "use a value > 0")
@@ -534,13 +542,6 @@ def validate(cfg: "DictConfig | Config") -> None:
         "use an integer >= 1",
     )
     check_network("value", cfg.value, "a linear V")
-    need(
-        cfg.rollout.name in _ROLLOUTS,
-        "rollout.name",
-        cfg.rollout.name,
-        "use one of " + ", ".join(_ROLLOUTS),
-    )
-    need(cfg.rollout.steps >= 1, "rollout.steps", cfg.rollout.steps, "use an integer >= 1")
     need(
         not plugin or cfg.rollout.name == "episodes",
         "variant.weights",

@@ -178,6 +178,10 @@ CASES: dict[str, Case] = {
     # twice (both would write one directory), a value out of range (before any job ran)
     "sweep range step zero": Case(["-m", "seed=range(0,10,0)"], ["range(0,10,0)", "step"]),
     "sweep of no jobs": Case(["-m", "seed=range(0)"], ["no jobs", "at least one value"]),
+    "no steps per rollout": Case(
+        ["rollout=steps", "rollout.steps=0", "variant=ppo"],
+        ["rollout.steps=0 is out of range", "integer >= 1"],
+    ),
     "a time baseline over one episode": Case(
         ["batch_episodes=1"], ["batch_episodes=1", "every weight is 0", "batch_episodes >= 2"]
     ),
