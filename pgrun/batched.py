@@ -1236,6 +1236,7 @@ def _train_group(
                             "env_steps": states[k].env_steps,
                             "iterations": states[k].iteration,
                             "wall_seconds": states[k].wall_seconds(),
+                            "batches": len(states[k].recent),
                         }
                 if stop.signum is not None:
                     for k in range(K):

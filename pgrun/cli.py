@@ -1111,7 +1111,19 @@ def report_done(cfg: DictConfig, run_dir: Path, result: dict) -> None:
         if HydraConfig.get().mode == RunMode.MULTIRUN or "tensorboard" not in list(cfg.logger)
         else f" | view: tensorboard --logdir {where}"
     )
-    what = f"return {result['final_return']:.1f}{verdict} over the last 5 batches"
+    from pgrun.config import count
+    from pgrun.state import FINAL_WINDOW
+
+    n = result.get("batches", FINAL_WINDOW)  # the batches with an episode's end it averages
+    over = f"the last {n} batches"
+    if n < FINAL_WINDOW:  # a short run; or with rollout=steps, few batches ended episodes
+        steps = str(getattr(cfg.rollout.name, "value", cfg.rollout.name)) == "steps"
+        over = (
+            f"{count(n, 'batch', 'batches')} with a finished episode"
+            if steps
+            else f"its {count(n, 'batch', 'batches')}"
+        )
+    what = f"return {result['final_return']:.1f}{verdict} over {over}"
     if math.isnan(result["final_return"]):  # rollout=steps with copies short of a time limit
         what = "no episode ended, so no return (a larger total_steps gives one)"
     log.info(

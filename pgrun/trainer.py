@@ -189,6 +189,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any
                 "env_steps": state.env_steps,
                 "iterations": state.iteration,
                 "wall_seconds": 0.0,
+                "batches": len(state.recent),
                 "finished_before": done,
             }
         log.info(
@@ -286,4 +287,5 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict[str, Any
         "env_steps": state.env_steps,
         "iterations": state.iteration,
         "wall_seconds": state.wall_seconds(),
+        "batches": len(state.recent),  # the final return's
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -651,6 +652,8 @@ def test_jobs_that_finished_without_a_whole_episode_are_named_with_the_way_on(tm
     proc = run_pgrun([*args, "total_steps=64"], tmp_path)
     assert proc.returncode == 1, describe(proc)
     assert proc.stdout.count("done: no episode ended, so no return") == 2, describe(proc)
+    # trained on, the return is of the few batches that ended episodes, and the line says so
+    # (it said "over the last 5 batches" of every run)
     line = (
         "pgrun: error: 2 of 2 jobs ended without a whole episode (seed=0, seed=1): no return to "
         "compare; pgrun resume=sweep total_steps=N trains them on"
@@ -659,8 +662,10 @@ def test_jobs_that_finished_without_a_whole_episode_are_named_with_the_way_on(tm
     assert "## Jobs that ended without a whole episode (2)" in (root / "summary.md").read_text()
     again = run_pgrun([f"resume={root}"], tmp_path, timeout=TIMEOUT)
     assert again.returncode == 1 and "did not finish" not in again.stderr, describe(again)
-    on = run_pgrun([f"resume={root}", "total_steps=600"], tmp_path, timeout=TIMEOUT)
+    on = run_pgrun([f"resume={root}", "total_steps=256"], tmp_path, timeout=TIMEOUT)  # 4 batches
     assert on.returncode == 0, describe(on)
+    few = re.findall(r"over (\d) batch(?:es)? with a finished episode", on.stdout)
+    assert len(few) == 2 and all(int(n) < 5 for n in few), describe(on)
     (row,) = summary(root).values()
     assert (row["seeds"], row["not_finished"]) == ("2", "0"), row
 
