@@ -185,7 +185,9 @@ class ObsEncoder(nn.Module):
             self.register_buffer("_arange", torch.arange(max(self.one_hot_sizes)), persistent=False)
         if cnn and self.cnn is None:
             raise PolicyError(
-                f"policy=cnn needs image observations (a uint8 Box of frames), not {space}; use policy=mlp"
+                "policy=cnn needs image observations (a uint8 Box of frames), not a "
+                f"{type(space).__name__} of shape {tuple(space.shape or ())} and dtype "
+                f"{getattr(space, 'dtype', None)}; use policy=mlp"
             )
         if normalize:
             if self.kind == "image":

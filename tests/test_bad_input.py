@@ -178,6 +178,10 @@ CASES: dict[str, Case] = {
     # twice (both would write one directory), a value out of range (before any job ran)
     "sweep range step zero": Case(["-m", "seed=range(0,10,0)"], ["range(0,10,0)", "step"]),
     "sweep of no jobs": Case(["-m", "seed=range(0)"], ["no jobs", "at least one value"]),
+    "a CNN on a vector": Case(
+        ["env=Pendulum-v1", "policy=cnn"],
+        ["policy=cnn needs image observations", "a Box of shape (3,) and dtype float32"],
+    ),
     "no steps per rollout": Case(
         ["rollout=steps", "rollout.steps=0", "variant=ppo"],
         ["rollout.steps=0 is out of range", "integer >= 1"],
