@@ -185,12 +185,14 @@ def rewind(run_dir: str | Path, state: dict[str, Any]) -> list[str]:
     if not later:
         return []
     removed = [p.name for p in reversed(later)]
+    # newest first and policy.pt last: a kill -9 in between leaves a run that a resume takes
+    # on from the newest checkpoint left, or one still finished with its curve whole
+    for path in later:
+        path.unlink(missing_ok=True)
     end = run_dir / "policy.pt"
     if end.is_file():
         removed.append(end.name)
         end.unlink()
-    for path in later:
-        path.unlink(missing_ok=True)
     return removed
 
 
