@@ -1117,11 +1117,11 @@ def report_done(cfg: DictConfig, run_dir: Path, result: dict) -> None:
     n = result.get("batches", FINAL_WINDOW)  # the batches with an episode's end it averages
     over = f"the last {n} batches"
     if n < FINAL_WINDOW:  # a short run; or with rollout=steps, few batches ended episodes
-        steps = str(getattr(cfg.rollout.name, "value", cfg.rollout.name)) == "steps"
+        batches = count(n, "batch", "batches")
         over = (
-            f"{count(n, 'batch', 'batches')} with a finished episode"
-            if steps
-            else f"its {count(n, 'batch', 'batches')}"
+            f"{batches} with a finished episode"
+            if cfg.rollout.name == "steps"
+            else f"its {batches}"
         )
     what = f"return {result['final_return']:.1f}{verdict} over {over}"
     if math.isnan(result["final_return"]):  # rollout=steps with copies short of a time limit

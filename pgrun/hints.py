@@ -84,11 +84,12 @@ def _warn_other_env_file(args: list[str]) -> None:
     env, env_id = values["env"], values["env.id"]
     if any(c in env + env_id for c in ",()") or env == env_id:
         return
-    if ":" in env_id and not env_file_exists(env_id):  # an env of your own (module:id)
+    has_file = env_file_exists(env_id)
+    if ":" in env_id and not has_file:  # an env of your own (module:id)
         return
     own = (
         f"env={env_id} takes its own"
-        if env_file_exists(env_id)
+        if has_file
         else f"env.id={env_id} alone takes none of them ({env_id} has no env file)"
     )
     print(
